@@ -1,0 +1,125 @@
+"""The ``imgcls`` command line: a thin typer layer over :mod:`imgcls.api`.
+
+User errors (bad config, missing data, unreadable checkpoints) print one line and exit with
+code 2, without a traceback; everything else is a bug and raises normally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from imgcls.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
+app.add_typer(config_app, name="config")
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: Path | None = typer.Argument(None, help="experiment YAML (e.g. configs/quickstart.yaml)"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="train with N DDP processes (launches torchrun)"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the test-set evaluation after training"),
+) -> None:
+    """Train an experiment, evaluate it once on the test set, and write a report."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"]
+        cmd += [str(config)] if config else []
+        cmd += list(overrides or []) + (["--resume", str(resume)] if resume else []) + (["--no-eval"] if no_eval else [])
+        raise typer.Exit(subprocess.call(cmd))
+    from imgcls import api
+
+    if config is None and resume is None:
+        raise UserError("pass a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+    result = api.train(config, overrides, resume=resume, evaluate_after=not no_eval)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if result.metrics:
+            out.print(f"test accuracy: {result.metrics['accuracy']:.4f} ({result.metrics['checkpoint']} checkpoint)", highlight=False)
+            out.print(f"report: {result.report}", highlight=False)
+        else:
+            out.print(f"run: {result.run_dir}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run directory (runs/<name>/<time>)"),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="best | last | ema | swa (default: the config's eval.checkpoint)"),
+    data: list[str] | None = typer.Option(None, "--data", help="data overrides, e.g. --data data.root=/other/folder"),
+) -> None:
+    """Evaluate a run's checkpoint on the test set: metrics.json, figures and report.md."""
+    from imgcls import api
+
+    if checkpoint not in (None, "best", "last", "ema", "swa"):
+        raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
+    metrics = api.evaluate(run_dir, checkpoint, data_overrides=list(data or []))
+    out.print(f"test accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['checkpoint']} checkpoint)", highlight=False)
+    out.print(f"report: {Path(run_dir) / 'report.md'}", highlight=False)
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    images: list[Path] = typer.Argument(..., help="image files"),
+    top_k: int = typer.Option(5, "--top-k", min=1),
+    tta: int = typer.Option(1, "--tta", min=1, max=10, help="average over N test-time views (flips, shifts)"),
+    threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help="print the deepest taxonomy node with p ≥ τ"),
+    checkpoint: str | None = typer.Option(None, "--checkpoint"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Classify images with a trained run (preprocessing is read from the checkpoint)."""
+    from imgcls import api
+
+    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint)
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    for row in results:
+        top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"])
+        out.print(f"{row['image']}: {top}", highlight=False)
+        if "hierarchy" in row:
+            h = row["hierarchy"]
+            out.print(f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})", highlight=False)
+
+
+@config_app.command("show")
+def config_show(
+    config: Path | None = typer.Argument(None, help="experiment YAML (none: the defaults)"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
+) -> None:
+    """Print the fully resolved config (defaults + file + overrides)."""
+    from imgcls.config import config_to_yaml, load_config
+
+    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: resume with `imgcls train --resume RUN_DIR` (the last finished epoch is kept)")
+        sys.exit(130)
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,273 @@
+"""Data set sources: where each data set lives, how it is found, downloaded and read.
+
+- Fashion-MNIST (Xiao et al., 2017; the embedded default) and MNIST: IDX files, looked up in
+  ``data.root``, ``$IMGCLS_DATA``, ``~/.cache/imgcls`` and ``/usr/share/datasets`` (the Debian
+  package ``dataset-fashion-mnist``), else downloaded from the official mirrors (md5-checked).
+- CIFAR-10/100 and STL-10 through torchvision (downloaded only with ``data.download: true``).
+- ImageFolder trees (``root/train/<class>/*``, ``root/test/<class>/*`` or ``root/val/...``);
+  unreadable images are skipped and listed, never a crash.
+- tiny-ImageNet (``tiny-imagenet-200``), class names are WordNet ids.
+
+Every source returns in-memory uint8 tensors; the file-backed path (for trees too large for
+memory) keeps paths and decodes in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls.config import DataConfig
+from imgcls.data.idx import read_idx
+from imgcls.data.images import ImageData
+from imgcls.errors import DataError
+from imgcls.registry import DATASETS
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass
+class DataSource:
+    """A loaded data set: train and test parts plus normalisation statistics and metadata."""
+
+    train: ImageData
+    test: ImageData
+    mean: list[float]
+    std: list[float]
+    #: optional class name → WordNet synset name map (for taxonomies built from WordNet)
+    synsets: dict[str, str] = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMGCLS_CACHE", Path.home() / ".cache" / "imgcls"))
+
+
+def search_dirs(cfg: DataConfig, folder: str) -> list[Path]:
+    """Folders searched, in order, for a data set stored under ``folder``."""
+    dirs: list[Path] = []
+    if cfg.root:
+        dirs += [Path(cfg.root), Path(cfg.root) / folder]
+    if os.environ.get("IMGCLS_DATA"):
+        base = Path(os.environ["IMGCLS_DATA"])
+        dirs += [base / folder, base]
+    dirs += [cache_dir() / folder, Path("/usr/share/datasets") / folder]
+    return dirs
+
+
+def _find_idx(dirs: list[Path]) -> Path | None:
+    for d in dirs:
+        if all(any((d / (name + ext)).is_file() for ext in (".gz", "")) for pair in IDX_FILES.values() for name in pair):
+            return d
+    return None
+
+
+def _idx_path(folder: Path, name: str) -> Path:
+    gz = folder / (name + ".gz")
+    return gz if gz.is_file() else folder / name
+
+
+def _download_idx(torchvision_cls: type, target: Path) -> None:
+    """Download the four IDX files from torchvision's list of official mirrors (md5-checked)."""
+    from torchvision.datasets.utils import download_url
+
+    target.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for filename, md5 in torchvision_cls.resources:
+        for mirror in torchvision_cls.mirrors:
+            try:
+                download_url(f"{mirror}{filename}", root=str(target), filename=filename, md5=md5)
+                break
+            except Exception as exc:  # network errors come in many types
+                errors.append(f"{mirror}{filename}: {exc}")
+        else:
+            raise DataError(f"download failed ({errors[-1]})")
+
+
+def _load_idx_dataset(cfg: DataConfig, folder: str, torchvision_cls: type, how_to_get: str) -> tuple[ImageData, ImageData]:
+    found = _find_idx(search_dirs(cfg, folder))
+    if found is None:
+        if cfg.download is False:
+            raise DataError(f"{folder} not found in {', '.join(map(str, search_dirs(cfg, folder)))}; {how_to_get}")
+        try:
+            _download_idx(torchvision_cls, cache_dir() / folder)
+        except DataError as exc:
+            raise DataError(f"{folder} not found locally and {exc}; {how_to_get}") from None
+        found = cache_dir() / folder
+    parts = []
+    for split in ("train", "test"):
+        images_file, labels_file = IDX_FILES[split]
+        images = torch.from_numpy(read_idx(_idx_path(found, images_file)).copy())
+        labels = torch.from_numpy(read_idx(_idx_path(found, labels_file)).astype(np.int64))
+        if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+            raise DataError(f"{found}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
+        parts.append((images.unsqueeze(1), labels))
+    names = FASHION_MNIST_CLASSES if folder == "fashion-mnist" else [str(i) for i in range(10)]
+    return tuple(ImageData(labels=lab, class_names=names, images=img) for img, lab in parts)  # type: ignore[return-value]
+
+
+# Fashion-MNIST classes → WordNet 3.0 synsets (used by `data.taxonomy: wordnet`).
+FASHION_MNIST_SYNSETS = {
+    "T-shirt/top": "jersey.n.03",
+    "Trouser": "trouser.n.01",
+    "Pullover": "sweater.n.01",
+    "Dress": "dress.n.01",
+    "Coat": "coat.n.01",
+    "Sandal": "sandal.n.01",
+    "Shirt": "shirt.n.01",
+    "Sneaker": "gym_shoe.n.01",
+    "Bag": "bag.n.04",
+    "Ankle boot": "boot.n.01",
+}
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(cfg: DataConfig) -> DataSource:
+    from torchvision.datasets import FashionMNIST
+
+    train, test = _load_idx_dataset(
+        cfg,
+        "fashion-mnist",
+        FashionMNIST,
+        "install the Debian package dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist), "
+        "or put the four *-ubyte.gz files in $IMGCLS_DATA/fashion-mnist, or set data.download=true with internet",
+    )
+    return DataSource(train, test, mean=[0.2860], std=[0.3530], synsets=dict(FASHION_MNIST_SYNSETS))
+
+
+@DATASETS.register("mnist")
+def mnist(cfg: DataConfig) -> DataSource:
+    from torchvision.datasets import MNIST
+
+    train, test = _load_idx_dataset(
+        cfg,
+        "mnist",
+        MNIST,
+        "put the four *-ubyte.gz files in $IMGCLS_DATA/mnist, or set data.download=true with internet",
+    )
+    return DataSource(train, test, mean=[0.1307], std=[0.3081])
+
+
+def _torchvision_source(cfg: DataConfig, folder: str, build: Callable[[str, bool], tuple]) -> tuple[ImageData, ImageData]:
+    root = Path(cfg.root) if cfg.root else cache_dir() / folder
+    try:
+        (x_tr, y_tr, names), (x_te, y_te, _) = build(str(root), bool(cfg.download))
+    except RuntimeError as exc:  # torchvision raises RuntimeError("Dataset not found ...")
+        raise DataError(
+            f"{folder} not found under {root} ({exc}); set data.download=true (needs internet) or data.root=<folder>"
+        ) from None
+    as_data = lambda x, y: ImageData(labels=torch.as_tensor(np.asarray(y), dtype=torch.long), class_names=names, images=x)  # noqa: E731
+    return as_data(x_tr, y_tr), as_data(x_te, y_te)
+
+
+def _hwc(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg: DataConfig) -> DataSource:
+    from torchvision.datasets import CIFAR10
+
+    def build(root: str, download: bool) -> tuple:
+        sets = [CIFAR10(root, train=t, download=download) for t in (True, False)]
+        return tuple((_hwc(s.data), s.targets, list(s.classes)) for s in sets)
+
+    train, test = _torchvision_source(cfg, "cifar10", build)
+    return DataSource(train, test, mean=[0.4914, 0.4822, 0.4465], std=[0.2470, 0.2435, 0.2616])
+
+
+@DATASETS.register("cifar100")
+def cifar100(cfg: DataConfig) -> DataSource:
+    from torchvision.datasets import CIFAR100
+
+    def build(root: str, download: bool) -> tuple:
+        sets = [CIFAR100(root, train=t, download=download) for t in (True, False)]
+        return tuple((_hwc(s.data), s.targets, list(s.classes)) for s in sets)
+
+    train, test = _torchvision_source(cfg, "cifar100", build)
+    return DataSource(train, test, mean=[0.5071, 0.4865, 0.4409], std=[0.2673, 0.2564, 0.2762])
+
+
+@DATASETS.register("stl10")
+def stl10(cfg: DataConfig) -> DataSource:
+    from torchvision.datasets import STL10
+
+    def build(root: str, download: bool) -> tuple:
+        sets = [STL10(root, split=s, download=download) for s in ("train", "test")]
+        return tuple((torch.from_numpy(s.data), s.labels, list(s.classes)) for s in sets)
+
+    train, test = _torchvision_source(cfg, "stl10", build)
+    return DataSource(train, test, mean=[0.4467, 0.4398, 0.4066], std=[0.2603, 0.2566, 0.2713])
+
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """List ``root/<class>/**/<image>`` files; returns (files, labels, class_names) in sorted order."""
+    if class_names is None:
+        class_names = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not class_names:
+        raise DataError(f"no class sub-folders in '{root}'; expected {root}/<class name>/<images>")
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(str(path))
+                labels.append(label)
+    return files, labels, class_names
+
+
+def _folder_split(files: list[str], labels: list[int], names: list[str]) -> ImageData:
+    return ImageData(labels=torch.as_tensor(labels, dtype=torch.long), class_names=names, files=files)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> DataSource:
+    if not cfg.root:
+        raise DataError("data.name=imagefolder needs data.root=<folder with train/ and test/ (or val/) class sub-folders>")
+    root = Path(cfg.root)
+    train_dir = root / "train"
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(f"'{root}' must contain train/ and test/ (or val/) folders, each with one sub-folder per class")
+    files, labels, names = scan_folder(train_dir)
+    test_files, test_labels, _ = scan_folder(test_dir, names)
+    if not files:
+        raise DataError(f"no images found under '{train_dir}' (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return DataSource(_folder_split(files, labels, names), _folder_split(test_files, test_labels, names), mean=[], std=[])
+
+
+@DATASETS.register("tiny_imagenet")
+def tiny_imagenet(cfg: DataConfig) -> DataSource:
+    """tiny-ImageNet-200: ``train/<wnid>/images/*.JPEG``; the official ``val`` set (labelled by
+    ``val_annotations.txt``) is our test set; validation is split from train as everywhere else."""
+    root = Path(cfg.root) if cfg.root else cache_dir() / "tiny-imagenet-200"
+    if (root / "tiny-imagenet-200").is_dir():
+        root = root / "tiny-imagenet-200"
+    annotations = root / "val" / "val_annotations.txt"
+    if not (root / "train").is_dir() or not annotations.is_file():
+        raise DataError(
+            f"tiny-ImageNet not found at '{root}'; download http://cs231n.stanford.edu/tiny-imagenet-200.zip, "
+            "unzip it and set data.root to the tiny-imagenet-200 folder"
+        )
+    files, labels, names = scan_folder(root / "train")
+    index = {n: i for i, n in enumerate(names)}
+    test_files, test_labels = [], []
+    for line in annotations.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[1] in index:
+            test_files.append(str(root / "val" / "images" / parts[0]))
+            test_labels.append(index[parts[1]])
+    return DataSource(_folder_split(files, labels, names), _folder_split(test_files, test_labels, names), mean=[], std=[])

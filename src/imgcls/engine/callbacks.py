@@ -1,0 +1,218 @@
+"""Training callbacks: checkpointing, early stopping, history (CSV + TensorBoard) and progress.
+
+Methods plug behaviour into the loop through callbacks (and heads/losses), never through
+method-specific branches in the trainer. Every callback can save and restore its state, so a
+resumed run continues exactly. Weight averaging (EMA, SWA) lives in ``engine/averaging.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from imgcls.engine.trainer import Trainer
+
+console = Console(stderr=True)
+
+
+class Callback:
+    """Hooks called by the trainer; all optional. ``metrics`` is the epoch's row of history."""
+
+    name = "callback"
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_stage_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_train_step_end(self, trainer: Trainer) -> None: ...
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+class EarlyStopping(Callback):
+    """Ends the current stage when the monitored validation metric stops improving."""
+
+    name = "early_stopping"
+
+    def __init__(self, monitor: str, patience: int, min_delta: float = 0.0) -> None:
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def on_stage_start(self, trainer: Trainer) -> None:
+        self.best, self.bad_epochs = None, 0
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        value = float(metrics[self.monitor])
+        if improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                trainer.stop_stage(f"early stopping: {self.monitor} did not improve for {self.patience} epochs")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+class StopAtValAcc(Callback):
+    """Ends a stage once validation accuracy reaches the stage's ``stop_at_val_acc`` (seed 001 polish)."""
+
+    name = "stop_at_val_acc"
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        target = trainer.stage.stop_at_val_acc
+        if target is not None and metrics["val_acc"] >= target:
+            trainer.stop_stage(f"val_acc {metrics['val_acc']:.4f} ≥ {target}")
+
+
+class Checkpointer(Callback):
+    """Writes ``last.pt`` (full resumable state) every epoch and ``best.pt`` when the monitor improves."""
+
+    name = "checkpointer"
+
+    def __init__(self, directory: Path, monitor: str) -> None:
+        self.directory, self.monitor = directory, monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        value = float(metrics[self.monitor])
+        if improved(value, self.best, self.mode):
+            self.best, self.best_epoch = value, int(metrics["epoch"])
+            if trainer.dist.is_main:
+                trainer.save_checkpoint(self.directory / "best.pt", full=False, metrics=metrics)
+        if trainer.dist.is_main:
+            trainer.save_checkpoint(self.directory / "last.pt", full=True, metrics=metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+class HistoryLogger(Callback):
+    """One row per epoch in ``history.csv`` (rewritten whole, so resume never duplicates rows) and
+    TensorBoard scalars (epoch metrics, and the training loss every ``log_every`` steps)."""
+
+    name = "history"
+
+    def __init__(self, run_dir: Path, tensorboard: bool, log_every: int) -> None:
+        self.run_dir, self.tensorboard, self.log_every = run_dir, tensorboard, log_every
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.tensorboard and trainer.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=trainer.state.step or None)
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if self.writer is not None and trainer.state.step % self.log_every == 0:
+            self.writer.add_scalar("train/loss_step", trainer.last_loss(), trainer.state.step)
+            self.writer.add_scalar("train/lr", trainer.current_lr(), trainer.state.step)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        self.rows.append(dict(metrics))
+        if not trainer.dist.is_main:
+            return
+        fields: list[str] = []
+        for row in self.rows:
+            fields += [k for k in row if k not in fields]
+        with open(self.run_dir / "history.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(f"epoch/{key}", value, int(metrics["epoch"]))
+            self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])
+
+
+class ProgressPrinter(Callback):
+    """A rich progress bar (loss, img/s, ETA) on terminals and one summary line per epoch."""
+
+    name = "progress"
+
+    def __init__(self, live: bool) -> None:
+        self.live = live and console.is_terminal
+        self.progress: Progress | None = None
+        self.task = None
+        self.start = 0.0
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self.start = time.perf_counter()
+        if not (self.live and trainer.dist.is_main):
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(), console=console, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            f"{trainer.stage.name} epoch {trainer.state.epoch_in_stage + 1}/{trainer.stage.epochs}",
+            total=trainer.steps_per_epoch, loss=float("nan"), ips=0.0,
+        )
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if self.progress is not None and trainer.state.batch_in_epoch % 5 == 0:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            self.progress.update(
+                self.task, completed=trainer.state.batch_in_epoch, loss=trainer.last_loss(),
+                ips=trainer.state.images_in_epoch / elapsed,
+            )
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if trainer.dist.is_main:
+            extra = "".join(f" {k} {metrics[k]:.4f}" for k in metrics if k.startswith(("ema_val_acc", "swa_val_acc")))
+            console.print(
+                f"[{metrics['stage']}] epoch {metrics['epoch']}/{trainer.total_epochs}  "
+                f"train_loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.4f}  "
+                f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}{extra}  "
+                f"lr {metrics['lr']:.2e}  {metrics['img_per_s']:.0f} img/s  {metrics['epoch_time_s']:.1f}s",
+                highlight=False,
+            )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,64 @@
+"""Numeric precision and backend switches: autocast dtype, grad scaling, TF32, cudnn.benchmark,
+deterministic mode.
+
+``precision: auto`` picks bf16 autocast on CUDA devices that support it. On CPU it picks fp32:
+on this project's reference CPU (AVX-512 with BF16) bf16 autocast was measured *slower* for the
+quickstart CNN (see benchmarks/results/cpu_precision.json), so fp32 is the faster safe choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from imgcls.config import TrainConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from imgcls.errors import ConfigError
+
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "bf16":
+        return torch.bfloat16
+    if cfg.precision == "fp16":
+        return torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+
+
+def channels_last_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"

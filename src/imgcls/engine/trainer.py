@@ -1,0 +1,384 @@
+"""The training loop, readable top to bottom.
+
+An experiment is a list of stages (default: one). For each stage the trainer applies the
+stage's freezing and head, builds its optimiser and per-step schedule, then runs epochs:
+train (augment → forward → the head's named loss terms → backward → step), validate on the
+validation split, and hand the epoch's metrics to the callbacks (checkpointing, early stopping,
+history, progress, weight averaging). Methods never add branches here: they plug in through
+heads (forward/loss/predict), augmentation and callbacks.
+
+Exact resume: every source of randomness in an epoch (shuffle order, augmentation, dropout)
+is derived from ``(seed, epoch)``, and ``last.pt`` stores model, optimiser, scheduler, scaler,
+progress and callback states, so an interrupted run resumed from its last checkpoint reaches
+the same weights as an uninterrupted one (in deterministic mode).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig
+from imgcls.data.batch import Batch
+from imgcls.data.loader import epoch_generator
+from imgcls.data.preprocess import Preprocess
+from imgcls.engine import checkpoint as ckpt_io
+from imgcls.engine.callbacks import Callback, console
+from imgcls.engine.distributed import DistInfo, all_reduce_sum
+from imgcls.engine.optim import build_optimizer, build_scheduler
+from imgcls.engine.precision import autocast, channels_last_enabled, resolve_precision
+from imgcls.errors import ConfigError, TrainingError
+from imgcls.models.classifier import Classifier, build_head
+
+
+@dataclass
+class TrainState:
+    stage: int = 0  # index of the current stage
+    epoch_in_stage: int = 0  # epochs finished in the current stage
+    global_epoch: int = 0  # epochs finished overall
+    step: int = 0  # optimiser steps overall
+    batch_in_epoch: int = 0
+    images_in_epoch: int = 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        model: Classifier,
+        train_loader,
+        val_loader,
+        *,
+        device: torch.device,
+        preprocess_meta: dict[str, Any],
+        class_names: list[str],
+        callbacks: list[Callback] = (),
+        augment=None,
+        dist: DistInfo = DistInfo(),
+        taxonomy=None,
+    ) -> None:
+        self.cfg, self.model, self.device, self.dist = cfg, model.to(device), device, dist
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.callbacks = list(callbacks)
+        self.augment = augment if augment is not None and not augment.is_identity else None
+        self.preprocess_meta, self.class_names, self.taxonomy = preprocess_meta, class_names, taxonomy
+        self.stages = cfg.resolved_stages()
+        self.total_epochs = cfg.total_epochs()
+        self.state = TrainState()
+        self.amp_dtype = resolve_precision(cfg.train, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        channels_last = channels_last_enabled(cfg.train, device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.prep = Preprocess(preprocess_meta["mean"], preprocess_meta["std"], device, channels_last)
+        self.steps_per_epoch = max(1, len(train_loader) // cfg.train.accumulate)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.frozen: list[nn.Module] = []
+        self.loss_weights: dict[str, float] = {}
+        self.label_smoothing = cfg.train.label_smoothing
+        self.scheduler_paused = False  # weight-averaging callbacks (SWA) take over the lr
+        self._stop_reason: str | None = None
+        self._last_loss = torch.zeros((), device=device)
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def stage(self) -> StageConfig:
+        return self.stages[self.state.stage]
+
+    def stop_stage(self, reason: str) -> None:
+        self._stop_reason = reason
+
+    def last_loss(self) -> float:
+        return float(self._last_loss)
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else 0.0
+
+    def callback(self, name: str) -> Callback | None:
+        return next((c for c in self.callbacks if c.name == name), None)
+
+    def autocast(self):
+        return autocast(self.device, self.amp_dtype)
+
+    # ------------------------------------------------------------------ stages
+    def _stage_section(self, base: OptimConfig | ScheduleConfig, overrides: dict, where: str):
+        try:
+            return type(base).model_validate({**base.model_dump(), **overrides})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"invalid stages[{self.state.stage}].{where}.{key}={err.get('input')!r}: {err['msg']}") from None
+
+    def _select_modules(self, prefixes: list[str], what: str) -> list[nn.Module]:
+        modules = dict(self.model.named_modules())
+        missing = [p for p in prefixes if p not in modules]
+        if missing:
+            top = sorted({n.split(".")[0] for n in modules if n})
+            raise ConfigError(f"stages[{self.state.stage}].{what}: no module named {missing}; top-level modules: {top}")
+        return [modules[p] for p in prefixes]
+
+    def _apply_stage_model_changes(self, stage: StageConfig) -> None:
+        """Head switch (a new head with fresh parameters) — part of the model's structure."""
+        if stage.head:
+            self.model.head = build_head(
+                stage.head, stage.head_args, self.model.head.in_features, self.model.head.num_classes,
+                self.cfg.train.label_smoothing, self.taxonomy,
+            ).to(self.device)
+
+    def _setup_stage(self) -> None:
+        stage = self.stage
+        if stage.train_only:
+            keep = self._select_modules(stage.train_only, "train_only")
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            for m in keep:
+                m.requires_grad_(True)
+        else:
+            self.model.requires_grad_(True)
+        for m in self._select_modules(stage.freeze, "freeze"):
+            m.requires_grad_(False)
+        # A module whose own parameters are all frozen also stays in eval mode (BN statistics, dropout).
+        self.frozen = [
+            m for m in self.model.modules()
+            if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)
+        ]
+        optim_cfg = self._stage_section(self.cfg.optim, stage.optim, "optim")
+        sched_cfg = self._stage_section(self.cfg.schedule, stage.schedule, "schedule")
+        self.label_smoothing = stage.label_smoothing if stage.label_smoothing is not None else self.cfg.train.label_smoothing
+        self.model.head.label_smoothing = self.label_smoothing
+        self.loss_weights = dict(stage.loss_weights)
+        self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, sched_cfg, int(stage.epochs or 0), self.steps_per_epoch)
+        self.scheduler_paused = False
+        self.train_model = self._wrap(self.model)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        if self.cfg.train.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self, full: bool, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "format": ckpt_io.FORMAT,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "config": self.cfg.model_dump(mode="json"),
+            "class_names": list(self.class_names),
+            "taxonomy": self.taxonomy.to_dict() if self.taxonomy is not None else None,
+            "preprocess": dict(self.preprocess_meta),
+            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
+            "progress": asdict(self.state),
+            "versions": ckpt_io.versions(),
+            "extra_weights": {},
+        }
+        for cb in self.callbacks:  # averaged weights (EMA/SWA) travel with every checkpoint
+            weights = getattr(cb, "averaged_state_dict", None)
+            if weights is not None and (w := weights()) is not None:
+                payload["extra_weights"][cb.name] = w
+        if full:
+            payload["optimizer"] = self.optimizer.state_dict()
+            payload["scheduler"] = self.scheduler.state_dict()
+            payload["scaler"] = self.scaler.state_dict()
+            payload["scheduler_paused"] = self.scheduler_paused
+            payload["callbacks"] = {cb.name: cb.state_dict() for cb in self.callbacks}
+        return payload
+
+    def save_checkpoint(self, path: Path, full: bool, metrics: dict[str, Any] | None = None) -> None:
+        ckpt_io.atomic_save(self.checkpoint_payload(full, metrics), path)
+
+    def _restore(self, ckpt: dict[str, Any]) -> bool:
+        """Load a full checkpoint; returns whether the optimiser state belongs to the current stage."""
+        self.state = TrainState(**{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")})
+        for stage in self.stages[: self.state.stage + 1]:
+            self._apply_stage_model_changes(stage)
+        self.model.load_state_dict(ckpt["model"])
+        for cb in self.callbacks:
+            if cb.name in ckpt.get("callbacks", {}):
+                cb.load_state_dict(ckpt["callbacks"][cb.name])
+            if cb.name in ckpt.get("extra_weights", {}) and hasattr(cb, "load_averaged"):
+                cb.load_averaged(self, ckpt["extra_weights"][cb.name])
+        finished_stage = self.state.epoch_in_stage >= (self.stage.epochs or 0)
+        if finished_stage:
+            self.state.stage += 1
+            self.state.epoch_in_stage = 0
+        return not finished_stage
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
+        mid_stage = self._restore(resume) if resume is not None else False
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            while self.state.stage < len(self.stages):
+                if not mid_stage:
+                    self._apply_stage_model_changes(self.stage)
+                self._setup_stage()
+                if mid_stage:
+                    self.optimizer.load_state_dict(resume["optimizer"])
+                    self.scheduler.load_state_dict(resume["scheduler"])
+                    self.scaler.load_state_dict(resume["scaler"])
+                    self.scheduler_paused = bool(resume.get("scheduler_paused", False))
+                else:
+                    for cb in self.callbacks:
+                        cb.on_stage_start(self)
+                mid_stage = False
+                self._stop_reason = None
+                while self.state.epoch_in_stage < (self.stage.epochs or 0) and self._stop_reason is None:
+                    self._run_epoch()
+                if self._stop_reason and self.dist.is_main:
+                    console.print(f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False)
+                self.state.stage += 1
+                self.state.epoch_in_stage = 0
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        history = self.callback("history")
+        return list(history.rows) if history is not None else []
+
+    def _run_epoch(self) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_start(self)
+        start = time.perf_counter()
+        train_metrics = self.train_epoch()
+        val_metrics = self.validate(self.model, self.val_loader)
+        self.state.epoch_in_stage += 1
+        self.state.global_epoch += 1
+        metrics: dict[str, Any] = {
+            "epoch": self.state.global_epoch,
+            "stage": self.stage.name,
+            "step": self.state.step,
+            "lr": self.current_lr(),
+            **train_metrics,
+            **{f"val_{k}": v for k, v in val_metrics.items()},
+        }
+        for cb in self.callbacks:
+            cb.on_validation_end(self, metrics)
+        metrics["epoch_time_s"] = time.perf_counter() - start
+        metrics["img_per_s"] = train_metrics["train_images"] / max(train_metrics["train_time_s"], 1e-9)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)
+
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen:  # frozen means eval mode too: BN statistics stay put
+            m.eval()
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg.train
+        self._set_train_mode()
+        epoch = self.state.global_epoch
+        self.train_loader.set_epoch(epoch)
+        aug_gen = epoch_generator(cfg.seed, epoch, salt=2)
+        torch.manual_seed(epoch_generator(cfg.seed, epoch, salt=3).initial_seed())  # dropout, drop-path
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        self.state.batch_in_epoch = self.state.images_in_epoch = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        n_batches = len(self.train_loader)
+        for i, batch in enumerate(self.train_loader):
+            batch = batch.to(self.device)
+            batch = batch.with_images(self.prep.to_unit(batch.images))
+            if self.augment is not None:
+                batch = self.augment(batch, aug_gen, epoch)
+            batch = batch.with_images(self.prep.normalize(batch.images))
+            boundary = (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches
+            loss, terms, logits = self._forward_backward(batch, sync=boundary)
+            if boundary:
+                self._optimizer_step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
+            sums["loss"] = sums.get("loss", torch.zeros((), device=self.device)) + loss.detach().float() * len(batch)
+            if logits.shape[-1] == self.model.head.num_classes:
+                correct += (logits.detach().argmax(-1) == batch.targets).sum()
+            seen += len(batch)
+            self._last_loss = loss.detach()
+            self.state.batch_in_epoch = i + 1
+            self.state.images_in_epoch = seen
+            if boundary:
+                for cb in self.callbacks:
+                    cb.on_train_step_end(self)
+        elapsed = time.perf_counter() - start
+        keys = sorted(sums)
+        totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [correct.float(), torch.tensor(float(seen), device=self.device)]), self.dist)
+        n = max(float(totals[-1]), 1.0)
+        out = {f"train_{k}": float(totals[j]) / n for j, k in enumerate(keys)}
+        out["train_acc"] = float(totals[-2]) / n
+        out["train_images"] = n
+        out["train_time_s"] = elapsed
+        return out
+
+    def _forward_backward(self, batch: Batch, sync: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        no_sync = getattr(self.train_model, "no_sync", None)
+        context = no_sync() if (no_sync is not None and not sync) else _null()
+        with context:
+            with self.autocast():
+                output = self.train_model(batch.images, batch.targets)
+                terms = self.model.head.loss(output, batch)
+            loss = sum(self.loss_weights.get(k, 1.0) * v.float() for k, v in terms.items())
+            if (self.device.type == "cpu" or self.state.step % self.cfg.train.log_every == 0) and not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {float(loss)} at epoch {self.state.global_epoch + 1}, step {self.state.step} "
+                    f"(terms: {', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); lower optim.lr, set train.grad_clip, "
+                    "or use train.precision=fp32; the last checkpoint is intact"
+                )
+            self.scaler.scale(loss / self.cfg.train.accumulate).backward()
+        return loss, terms, output.logits
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.scheduler_paused:
+            self.scheduler.step()
+        self.state.step += 1
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, loader) -> dict[str, float]:
+        """Mean loss (all terms summed) and accuracy of ``model`` on ``loader``, reduced over ranks."""
+        if loader is None or len(loader) == 0:
+            return {"loss": float("nan"), "acc": float("nan")}
+        was_training = model.training
+        model.eval()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        count = 0
+        for batch in loader:
+            batch = batch.to(self.device)
+            images = self.prep(batch.images)
+            with self.autocast():
+                output = model(images)
+                terms = model.head.loss(output, batch)
+            loss = sum(self.loss_weights.get(k, 1.0) * v.float() for k, v in terms.items())
+            probs = model.head.predict(output)
+            total_loss += loss * len(batch)
+            correct += (probs.argmax(-1) == batch.targets).sum()
+            count += len(batch)
+        model.train(was_training)
+        totals = all_reduce_sum(torch.stack([total_loss, correct.float(), torch.tensor(float(count), device=self.device)]), self.dist)
+        n = max(float(totals[2]), 1.0)
+        return {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,137 @@
+"""Evaluating a trained model once on the test set: predictions → metrics.json → figures →
+report.md (+ ``model.safetensors`` of the evaluated weights).
+
+Figures are plain functions over an :class:`EvalContext`, listed in ``FIGURES``; each returns
+the file it wrote (or ``None`` and a note when it does not apply, e.g. Grad-CAM on a model
+without convolutions or attention), so a new plot is one more function, not a new code path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls.config import ExperimentConfig
+from imgcls.data.prepare import PreparedData, make_loader
+from imgcls.data.preprocess import Preprocess
+from imgcls.engine.checkpoint import save_safetensors
+from imgcls.engine.distributed import DistInfo
+from imgcls.engine.precision import autocast, resolve_precision
+from imgcls.evaluation.metrics import classification_metrics
+from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
+from imgcls.evaluation.predict import Predictions, predict_loader
+from imgcls.evaluation.report import write_report
+from imgcls.models.classifier import Classifier, count_parameters
+
+
+@dataclass
+class EvalContext:
+    model: Classifier
+    cfg: ExperimentConfig
+    data: PreparedData
+    run_dir: Path
+    device: torch.device
+    prep: Preprocess
+    preds: Predictions
+    class_names: list[str]
+    metrics: dict[str, Any]
+    taxonomy: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def autocast(self):
+        return autocast(self.device, resolve_precision(self.cfg.train, self.device))
+
+
+FigureFn = Callable[[EvalContext], "Path | None"]
+
+
+def fig_confusion(ctx: EvalContext) -> Path:
+    return plot_confusion(ctx.metrics["confusion_matrix"], ctx.class_names, ctx.run_dir / "confusion.png")
+
+
+def fig_curves(ctx: EvalContext) -> Path | None:
+    return plot_curves(read_history(ctx.run_dir / "history.csv"), ctx.run_dir / "curves.png")
+
+
+#: (caption, function); functions run in order when ``eval.plots`` is on
+FIGURES: list[tuple[str, FigureFn]] = [
+    ("Training curves", fig_curves),
+    ("Confusion matrix", fig_confusion),
+]
+
+
+@torch.no_grad()
+def inference_throughput(model: Classifier, prep: Preprocess, device: torch.device, image_shape: tuple[int, int, int],
+                         batch_size: int, autocast_fn, seconds: float = 1.5) -> float:
+    """Images per second of ``model`` in eval mode on random uint8 inputs at ``batch_size``."""
+    model.eval()
+    images = torch.randint(0, 256, (batch_size, *image_shape), dtype=torch.uint8, device=device)
+    with autocast_fn():
+        model(prep(images))  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n == 0:
+        with autocast_fn():
+            model(prep(images))
+        n += batch_size
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - start)
+
+
+def evaluate_model(
+    model: Classifier, cfg: ExperimentConfig, data: PreparedData, run_dir: Path, *, device: torch.device,
+    dist: DistInfo, taxonomy, checkpoint: str, checkpoint_detail: str, preprocess: dict[str, Any],
+    class_names: list[str], train_time_s: float,
+) -> dict[str, Any]:
+    model = model.to(device).eval()
+    prep = Preprocess(preprocess["mean"], preprocess["std"], device)
+    batch_size = cfg.eval.batch_size or cfg.train.batch_size
+    loader = make_loader(data.test, data, cfg, train=False, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, device=device)
+    amp = lambda: autocast(device, resolve_precision(cfg.train, device))  # noqa: E731
+    start = time.perf_counter()
+    preds = predict_loader(model, loader, prep, device, amp, dist, with_features=cfg.eval.plots and cfg.eval.embeddings_plot)
+    metrics = classification_metrics(preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins)
+    metrics.update(
+        checkpoint=checkpoint, checkpoint_detail=checkpoint_detail, train_time_s=train_time_s,
+        eval_time_s=time.perf_counter() - start, params=count_parameters(model),
+        trainable_params=count_parameters(model, trainable_only=True), eval_batch_size=batch_size,
+        head_inference_mode=model.head.inference_mode,
+    )
+    if not dist.is_main:
+        return metrics
+    shape = (int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["image_size"]))
+    metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, batch_size, amp)
+    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy)
+    for extend in METRIC_EXTENSIONS:
+        extend(ctx)
+    figures: dict[str, str] = {}
+    if cfg.eval.plots:
+        for caption, fn in FIGURES:
+            path = fn(ctx)
+            if path is not None:
+                figures[caption] = Path(path).name
+    save_safetensors(model.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": checkpoint})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_report(run_dir, metrics, cfg.model_dump(mode="json"), figures, ctx.notes)
+    return metrics
+
+
+def hierarchical_extension(ctx: EvalContext) -> None:
+    """Hierarchical metrics whenever the run has a taxonomy (flat heads: leaf probabilities summed up the tree)."""
+    if ctx.taxonomy is None:
+        return
+    from imgcls.evaluation.hierarchical import hierarchical_metrics
+
+    ctx.metrics["hierarchical"] = hierarchical_metrics(
+        ctx.preds.probs, ctx.preds.targets, ctx.taxonomy, node_probs=ctx.preds.node_probs, threshold=ctx.cfg.eval.hier_threshold
+    )
+
+
+#: functions adding metrics to the context before figures are drawn
+METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [hierarchical_extension]

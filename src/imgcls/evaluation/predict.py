@@ -1,0 +1,82 @@
+"""Batched prediction over a loader: probabilities, logits, embeddings and targets, in data order
+(gathered across DDP ranks without padding), with optional test-time augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imgcls.data.preprocess import Preprocess
+from imgcls.engine.distributed import DistInfo, all_gather_cat
+
+
+@dataclass
+class Predictions:
+    probs: torch.Tensor  # (N, C) class probabilities
+    logits: torch.Tensor  # (N, K) raw head outputs
+    embeddings: torch.Tensor  # (N, E) head embeddings
+    targets: torch.Tensor  # (N,)
+    index: torch.Tensor  # (N,) positions in the evaluated set
+    node_probs: torch.Tensor | None = None  # (N, nodes) for heads predicting taxonomy nodes
+    features: torch.Tensor | None = None  # (N, D) backbone features (when asked for)
+
+
+def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """Up to ``n`` deterministic views: identity, horizontal flip, then 1-pixel-shifted crops of both."""
+    views = [images, images.flip(-1)]
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        shifted = torch.roll(images, shifts=(dy, dx), dims=(-2, -1))
+        views += [shifted, shifted.flip(-1)]
+    return views[: max(1, n)]
+
+
+@torch.no_grad()
+def predict_tensor(
+    model: nn.Module, images: torch.Tensor, prep: Preprocess, autocast: Callable, tta: int = 1,
+    transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, object]:
+    """Class probabilities of one batch of uint8 images, averaged over TTA views; also the plain output."""
+    unit = prep.to_unit(images)
+    views = [t(unit) for t in transforms] if transforms is not None else tta_views(unit, tta)
+    probs, first = None, None
+    for view in views:
+        with autocast():
+            out = model(prep.normalize(view))
+        p = model.head.predict(out).float()
+        probs = p if probs is None else probs + p
+        first = first or out
+    return probs / len(views), first
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module, loader, prep: Preprocess, device: torch.device, autocast: Callable,
+    dist: DistInfo = DistInfo(), tta: int = 1, with_features: bool = False,
+) -> Predictions:
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("probs", "logits", "embeddings", "targets", "index", "nodes", "features")}
+    for batch in loader:
+        batch = batch.to(device)
+        probs, out = predict_tensor(model, batch.images, prep, autocast, tta)
+        parts["probs"].append(probs.cpu())
+        parts["logits"].append(out.logits.float().cpu())
+        parts["embeddings"].append(out.embeddings.float().cpu())
+        parts["targets"].append(batch.targets.cpu())
+        parts["index"].append(batch.index.cpu())
+        if hasattr(model.head, "predict_nodes"):
+            parts["nodes"].append(model.head.predict_nodes(out).float().cpu())
+        if with_features:
+            unrefined = out.extras.get("unrefined") if out.extras else None
+            parts["features"].append((unrefined if unrefined is not None else model.forward_features(prep(batch.images))).float().cpu())
+    cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
+    if dist.enabled:
+        cat = {k: None if v is None else all_gather_cat(v.to(device), dist).cpu() for k, v in cat.items()}
+    order = torch.argsort(cat["index"])
+    pick = lambda t: None if t is None else t[order]  # noqa: E731
+    return Predictions(
+        probs=pick(cat["probs"]), logits=pick(cat["logits"]), embeddings=pick(cat["embeddings"]),
+        targets=pick(cat["targets"]), index=pick(cat["index"]), node_probs=pick(cat["nodes"]), features=pick(cat["features"]),
+    )

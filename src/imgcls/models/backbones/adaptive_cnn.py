@@ -1,0 +1,94 @@
+"""AdaptiveCNN: residual blocks with squeeze-and-excitation (seed 004, SPEC §5.1).
+
+Two fixed layouts from the seed's ``src/models.py``: ``mnist`` (1×28×28, stem with max-pool,
+6 blocks 32→64→128, ≈ 709 K parameters with the seed's 128→64→C classifier) and ``cifar``
+(3×32×32, 11 blocks 64→128→256→512, ≈ 17.6 M with the 512→256→C classifier). The backbone ends
+at the global average pool; the seed's classifier is our ``mlp`` head (hidden 64 or 256,
+dropout 0.3). SE (Hu et al., 2018) uses reduction 16 and bias-free linear layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imgcls.errors import ConfigError
+from imgcls.registry import BACKBONES
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation: GAP → Linear(C, C/r) → ReLU → Linear(C/r, C) → sigmoid → channel scale."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc(x.mean(dim=(2, 3)))
+        return x * scale[:, :, None, None]
+
+
+class ResidualBlock(nn.Module):
+    """conv3×3(stride) → BN → ReLU → conv3×3 → BN → SE → + shortcut → ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, use_se: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.se = SEBlock(c_out) if use_se else nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.se(self.bn2(self.conv2(out)))
+        return self.relu(out + self.shortcut(x))
+
+
+#: (stem channels, stem max-pool, [(out channels, stride), ...]) per layout, as in the seed's code.
+LAYOUTS = {
+    "mnist": (32, True, [(32, 1), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]),
+    "cifar": (64, False, [(64, 1), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2), (256, 1), (256, 1), (512, 2), (512, 1), (512, 1)]),
+}
+#: the seed's classifier hidden width per layout (use with the ``mlp`` head)
+CLASSIFIER_HIDDEN = {"mnist": 64, "cifar": 256}
+
+
+class AdaptiveCNN(nn.Module):
+    def __init__(self, layout: str = "mnist", in_chans: int = 1, use_se: bool = True, width_mult: float = 1.0) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ConfigError(f"adaptive_cnn layout '{layout}' is unknown; use one of {sorted(LAYOUTS)}")
+        stem, pool, blocks = LAYOUTS[layout]
+        w = lambda c: max(8, round(c * width_mult))  # noqa: E731
+        layers: list[nn.Module] = [nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False), nn.BatchNorm2d(w(stem)), nn.ReLU(inplace=True)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        c = w(stem)
+        for c_out, stride in blocks:
+            layers.append(ResidualBlock(c, w(c_out), stride, use_se))
+            c = w(c_out)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+
+@BACKBONES.register("adaptive_cnn")
+def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0, **_: object) -> AdaptiveCNN:
+    return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult)

@@ -1,0 +1,66 @@
+"""Any timm model as a backbone (Wightman, PyTorch Image Models): ``timm:<model name>``.
+
+The model is created without its classifier (``num_classes=0``), so ``forward`` returns pooled
+features of width ``num_features``. Hub weights load with ``pretrained: true`` (needs internet);
+local weights with ``pretrained_file`` (safetensors or a ``weights_only`` torch file, loaded by
+timm's own loader, which also adapts ``in_chans`` and drops the classifier).
+Token models (ViT, DeiT, DINOv2) also expose ``forward_tokens``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from imgcls.errors import ConfigError, DataError
+from imgcls.registry import BACKBONES
+
+
+class TimmBackbone(nn.Module):
+    def __init__(self, name: str, in_chans: int, pretrained: bool = False, pretrained_file: str | None = None, **kwargs) -> None:
+        super().__init__()
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            raise ConfigError(f"timm has no model '{name}'" + (f"; similar: {', '.join(close)}" if close else ""))
+        overlay = None
+        if pretrained_file:
+            if not Path(pretrained_file).is_file():
+                raise DataError(f"model.pretrained_file '{pretrained_file}' does not exist")
+            overlay = {"file": str(pretrained_file)}
+            pretrained = True
+        try:
+            self.model = timm.create_model(
+                name, pretrained=pretrained, num_classes=0, in_chans=in_chans, pretrained_cfg_overlay=overlay, **kwargs
+            )
+        except TypeError as exc:
+            raise ConfigError(f"bad model.backbone_args for timm:{name}: {exc}") from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            if pretrained and not pretrained_file:
+                raise DataError(
+                    f"could not fetch pretrained weights for timm:{name} ({type(exc).__name__}); "
+                    "offline, download them elsewhere and set model.pretrained_file=<file>"
+                ) from None
+            raise
+        self.num_features = int(self.model.num_features)
+        self.pretrained_cfg = dict(getattr(self.model, "pretrained_cfg", {}) or {})
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def forward_tokens(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Token outputs ``(B, N, D)`` of the given blocks (prefix tokens dropped) for token models."""
+        if not hasattr(self.model, "forward_intermediates"):
+            raise ConfigError(f"{type(self.model).__name__} has no token outputs")
+        outs = self.model.forward_intermediates(x, indices=layers, output_fmt="NLC", intermediates_only=True)
+        return dict(zip(layers, outs, strict=True))
+
+
+@BACKBONES.register("timm", prefix=True)
+def timm_backbone(name: str, in_chans: int = 3, pretrained: bool = False, pretrained_file: str | None = None, **kwargs) -> TimmBackbone:
+    return TimmBackbone(name, in_chans=in_chans, pretrained=pretrained, pretrained_file=pretrained_file, **kwargs)

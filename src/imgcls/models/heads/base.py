@@ -1,0 +1,88 @@
+"""The Head contract (MMPretrain-style: a head owns its parameters *and* its loss).
+
+Every head maps backbone features ``(B, D)`` to a :class:`HeadOutput`, turns that output into
+named loss terms, and into class probabilities. The trainer only ever calls these three
+methods, sums the loss dict and logs each term, so a new method plugs in as a head without
+touching the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from imgcls.data.batch import Batch
+
+
+@dataclass
+class HeadOutput:
+    """What a head returns.
+
+    logits: ``(B, C)`` scores over the classes the head predicts (leaf classes for flat heads,
+        tree nodes for multi-label hierarchical heads).
+    embeddings: ``(B, E)`` the representation the head classifies (used for t-SNE,
+        compactness/separation and memory banks).
+    extras: anything else a head needs in its own ``loss`` (e.g. auxiliary logits).
+    """
+
+    logits: torch.Tensor
+    embeddings: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Head(nn.Module):
+    """Base class for classification heads.
+
+    Subclasses implement ``forward``; the default ``loss`` is (label-smoothed, soft-target
+    aware) cross-entropy over ``output.logits`` and the default ``predict`` is a softmax.
+
+    ``inference_mode`` names how predictions depend on the rest of the batch:
+    ``"sample"`` for ordinary heads (each sample independent); batch-graph heads declare
+    ``"batch"``, ``"self"`` or ``"memory"``.
+    """
+
+    num_classes: int
+    in_features: int
+    #: Whether ``predict`` outputs are leaf-class probabilities (flat heads) or node
+    #: probabilities over a taxonomy (multi-label hierarchical heads).
+    output_space: str = "classes"
+
+    def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if in_features <= 0 or num_classes <= 1:
+            raise ValueError(f"head needs in_features > 0 and num_classes > 1, got {in_features}, {num_classes}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+
+    @property
+    def inference_mode(self) -> str:
+        return "sample"
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        raise NotImplementedError  # abstract: every concrete head overrides forward
+
+    def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"ce": cross_entropy(output.logits, batch, self.label_smoothing)}
+
+    def predict(self, output: HeadOutput) -> torch.Tensor:
+        return output.logits.float().softmax(dim=-1)
+
+
+def cross_entropy(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against hard labels, or against ``batch.soft_targets`` after MixUp/CutMix.
+
+    Label smoothing applies in both cases (for soft targets: ``(1-ε)·t + ε/C``), so mixing
+    never silently disables it (a pitfall of seed 004).
+    """
+    logits = logits.float()
+    if batch.soft_targets is None:
+        return nn.functional.cross_entropy(logits, batch.targets, label_smoothing=label_smoothing)
+    target = batch.soft_targets.float()
+    if label_smoothing > 0:
+        target = target * (1.0 - label_smoothing) + label_smoothing / target.shape[-1]
+    return torch.sum(-target * logits.log_softmax(dim=-1), dim=-1).mean()

@@ -1,0 +1,188 @@
+"""SphereMulti and SphereMultiHier: hyperspherical multi-label heads over taxonomy nodes (seed 002;
+Ke et al., ECCV 2022 "Hyperspherical Learning in Multi-Label Classification"; CIHMLC HBCE;
+SPEC §3.3).
+
+Every non-root node ``j`` of the taxonomy has a weight ``W_j``; with ``z = normalize(embedding)``,
+``cos θ_j = z·normalize(W_j)``. Training logits are ``s·cos(θ_j + m·a_j)`` with ``a_j = y_j``
+(``margin_on: positives``, default [INFERRED], as the ECCV paper: harder positives) or
+``a_j = 1`` (``margin_on: all``, the seed); the same clamped-arccos and monotone fallback as
+ArcFace. At inference (no targets) the logits are ``s·cos θ`` — **no margin** (the seed kept it,
+which shifts every probability down). ``W`` is xavier-normal (seed). The target is the
+multi-hot root → leaf path of the class (soft node marginals after MixUp/CutMix).
+
+* ``sphere_multi``: BCE (mean over batch × nodes, unweighted, as the seed) or Asymmetric Loss.
+* ``sphere_multi_hier``: HBCE (:class:`imgcls.losses.hierarchical.HierarchicalBCELoss`):
+  level-weighted BCE/ASL + hierarchy penalty (``soft`` by default; ``hard`` = the seed's
+  thresholded form, which has zero gradient) + distance penalty.
+
+Prediction: ``predict_nodes`` = ``σ(logits)`` per node; ``predict`` = the class distribution
+``softmax_c Σ_j log P(y_j = L_cj)`` (likelihood of each class's lineage vector, [INFERRED]).
+Label smoothing does not apply to these multi-label losses and is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imgcls.errors import ConfigError
+from imgcls.losses.asymmetric import asymmetric_loss
+from imgcls.losses.hierarchical import HierarchicalBCELoss, class_log_likelihood
+from imgcls.models.heads.arcface import (
+    additive_angular_margin,
+    check_margin_scale,
+    cosine_logits,
+    default_scale,
+)
+from imgcls.models.heads.base import Head, HeadOutput
+from imgcls.models.heads.embedding import EmbeddingMLP
+from imgcls.registry import HEADS
+from imgcls.taxonomy.tree import Taxonomy
+
+if TYPE_CHECKING:
+    from imgcls.data.batch import Batch
+
+MARGIN_ON = ("positives", "all")
+
+
+def require_taxonomy(taxonomy: Taxonomy | None, head: str, num_classes: int) -> Taxonomy:
+    """The taxonomy a hierarchical head needs, checked against the number of classes."""
+    if taxonomy is None:
+        raise ConfigError(
+            f"head '{head}' needs a taxonomy: set data.taxonomy (e.g. 'wordnet' or a parent-map file)"
+        )
+    if taxonomy.num_classes != num_classes:
+        raise ConfigError(
+            f"head '{head}': taxonomy has {taxonomy.num_classes} classes but the data has {num_classes}"
+        )
+    return taxonomy
+
+
+@HEADS.register("sphere_multi")
+class SphereMultiHead(Head):
+    """Hyperspherical multi-label head over all taxonomy nodes.
+
+    head_args: ``scale`` (None: 16 for ≤ 20 nodes, else 30), ``margin`` (0.5 rad), ``margin_on``
+    (``positives`` | ``all``), ``loss`` (``bce`` | ``asl``), ``gamma_neg`` / ``gamma_pos`` /
+    ``clip`` (ASL: 4 / 1 / 0.05), ``embedding`` / ``dropout`` / ``embed_final_act`` (embedding MLP).
+    """
+
+    output_space = "nodes"
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        taxonomy: Taxonomy | None = None,
+        scale: float | None = None,
+        margin: float = 0.5,
+        margin_on: str = "positives",
+        loss: str = "bce",
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        embedding: Sequence[int] | None = None,
+        dropout: float = 0.2,
+        embed_final_act: str = "relu",
+    ) -> None:
+        super().__init__(in_features, num_classes, label_smoothing)
+        self.taxonomy = require_taxonomy(taxonomy, type(self).__name__, num_classes)
+        check_margin_scale(scale, margin)
+        if margin_on not in MARGIN_ON:
+            raise ConfigError(f"margin_on must be one of {', '.join(MARGIN_ON)}, got '{margin_on}'")
+        if loss not in ("bce", "asl"):
+            raise ConfigError(f"loss must be 'bce' or 'asl', got '{loss}'")
+        self.num_nodes = self.taxonomy.num_nodes
+        self.scale = float(scale) if scale is not None else default_scale(self.num_nodes)
+        self.margin, self.margin_on, self.loss_name = float(margin), margin_on, loss
+        self.asl = {"gamma_neg": gamma_neg, "gamma_pos": gamma_pos, "clip": clip}
+        self.embed = EmbeddingMLP(in_features, embedding, dropout, embed_final_act)
+        self.weight = nn.Parameter(torch.empty(self.num_nodes, self.embed.out_features))
+        nn.init.xavier_normal_(self.weight)
+        self.register_buffer("lineage", self.taxonomy.lineage_matrix(), persistent=False)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
+        emb = self.embed(features)
+        cos = cosine_logits(emb, self.weight)
+        if targets is not None:
+            mask = (
+                self.lineage[targets.long()].bool()
+                if self.margin_on == "positives"
+                else torch.ones_like(cos).bool()
+            )
+            cos = additive_angular_margin(cos, mask, self.margin)
+        return HeadOutput(logits=self.scale * cos, embeddings=emb)
+
+    def node_targets(self, batch: Batch) -> torch.Tensor:
+        """``(B, N)`` multi-hot path targets (node marginals for soft targets)."""
+        if batch.soft_targets is not None:
+            return batch.soft_targets.float() @ self.lineage
+        return self.lineage[batch.targets.long()]
+
+    def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        y = self.node_targets(batch)
+        if self.loss_name == "bce":
+            return {"bce": F.binary_cross_entropy_with_logits(output.logits.float(), y)}
+        return {"asl": asymmetric_loss(output.logits, y, **self.asl)}
+
+    def predict_nodes(self, output: HeadOutput) -> torch.Tensor:
+        """``(B, N)`` node probabilities ``σ(logits)`` in taxonomy node order."""
+        return torch.sigmoid(output.logits.float())
+
+    def predict(self, output: HeadOutput) -> torch.Tensor:
+        """``(B, C)`` leaf-class probabilities (softmax of the lineage log-likelihoods)."""
+        return torch.softmax(class_log_likelihood(output.logits, self.lineage), dim=1)
+
+
+@HEADS.register("sphere_multi_hier")
+class SphereMultiHierHead(SphereMultiHead):
+    """SphereMulti trained with HBCE (see :class:`~imgcls.losses.hierarchical.HierarchicalBCELoss`).
+
+    head_args (besides SphereMulti's): ``level_weights`` (``inverse_level_size`` | ``none``),
+    ``penalty_mode`` (``soft`` | ``hard``), ``penalties`` (``fixed`` | ``data``), ``hier_penalty``
+    (0.1), ``penalty_scale`` (1.0), ``class_counts`` (for ``data``), ``distance_weight``,
+    ``threshold`` (0.5, hard mode), ``soft_violation`` (``diff`` | ``product``).
+    Loss terms: ``bce`` (or ``asl``), ``hier_penalty``, ``distance_penalty``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        taxonomy: Taxonomy | None = None,
+        level_weights: str = "inverse_level_size",
+        penalty_mode: str = "soft",
+        penalties: str = "fixed",
+        hier_penalty: float = 0.1,
+        penalty_scale: float = 1.0,
+        class_counts: list[int] | None = None,
+        distance_weight: float = 0.1,
+        threshold: float = 0.5,
+        soft_violation: str = "diff",
+        **sphere_args: object,
+    ) -> None:
+        super().__init__(in_features, num_classes, label_smoothing, taxonomy=taxonomy, **sphere_args)  # type: ignore[arg-type]
+        self.hbce = HierarchicalBCELoss(
+            self.taxonomy,
+            base=self.loss_name,
+            level_weights=level_weights,
+            penalty_mode=penalty_mode,
+            penalties=penalties,
+            hier_penalty=hier_penalty,
+            penalty_scale=penalty_scale,
+            class_counts=class_counts,
+            distance_weight=distance_weight,
+            threshold=threshold,
+            soft_violation=soft_violation,
+            **self.asl,  # type: ignore[arg-type]
+        )
+
+    def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        targets = batch.soft_targets if batch.soft_targets is not None else batch.targets
+        return self.hbce(output.logits, targets)
