@@ -318,15 +318,14 @@ def test_cl_fch_refuses_labels_at_evaluation():
 
 
 def test_cl_fch_eval_graph_comes_from_auxiliary_pseudo_labels():
-    x, _ = clustered(12)
+    x, y = clustered(12)
     head = make_head("class_label", memory_size=0).eval()
     out = head(x)
     pseudo = out.extras["aux_logits"].argmax(dim=-1)
+    assert not torch.equal(pseudo, y)  # the untrained auxiliary head disagrees with the labels
     head.train()  # dropout is 0, so train/eval differ only in where the labels come from
-    with_pseudo = head(x, pseudo)
-    assert torch.allclose(out.logits, with_pseudo.logits, atol=1e-6)
-    # the prediction is the same whatever the true labels are (they are never passed)
-    assert torch.allclose(head.eval()(x).logits, out.logits)
+    assert torch.allclose(out.logits, head(x, pseudo).logits, atol=1e-6)
+    assert not torch.allclose(out.logits, head(x, y).logits, atol=1e-3)
 
 
 def test_cl_fch_rbf_fallback_uses_the_rbf_graph():

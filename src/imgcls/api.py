@@ -239,7 +239,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.meta, self.class_names, self.taxonomy = preprocess, class_names, taxonomy
-        self.prep = Preprocess(preprocess["mean"], preprocess["std"], self.device)
+        self.prep = Preprocess.from_meta(preprocess, self.device)
 
     def load_images(self, images: list[Any]) -> torch.Tensor:
         from PIL import Image

@@ -132,6 +132,7 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1, description="steps between TensorBoard scalars")
     progress: bool = True
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
+    ddp_find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradients in a step")
 
 
 class EvalConfig(Section):

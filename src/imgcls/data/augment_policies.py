@@ -60,6 +60,7 @@ OP_NAMES: tuple[str, ...] = (
 )
 OP_ID = {name: i for i, name in enumerate(OP_NAMES)}
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+GEOMETRIC_IDS = range(OP_ID["ShearX"], OP_ID["Rotate"] + 1)  # adjacent ids: one contiguous slice after sorting
 AUTOAUGMENT_POLICIES = {
     "cifar10": AutoAugmentPolicy.CIFAR10,
     "imagenet": AutoAugmentPolicy.IMAGENET,
@@ -124,26 +125,34 @@ def apply_op_program(
 ) -> torch.Tensor:
     """Apply, slot after slot, each sample's op ``op_ids[b, k]`` with signed magnitude ``magnitudes[b, k]``.
 
-    ``op_ids``/``magnitudes``/``active``: CPU tensors ``(B, K)``; inactive slots do nothing. For each
-    slot the geometric samples share one warp and every colour op runs once on its subset.
+    ``op_ids``/``magnitudes``/``active``: CPU tensors ``(B, K)``; inactive slots do nothing. Per slot
+    the batch is reordered once so that samples drawing the same op are contiguous; every op then
+    runs on a slice (geometric ops together, one warp), and the batch is put back in order. That
+    keeps host-to-device copies at three per slot, whatever the number of ops drawn.
     """
     _, _, height, width = images.shape
-    out = images.clone()
     device = images.device
-    geometric_ids = torch.tensor([OP_ID[name] for name in GEOMETRIC_OPS])
+    num_ops = len(OP_NAMES)
+    out = images
     for k in range(op_ids.shape[1]):
         ids = torch.where(active[:, k], op_ids[:, k], OP_ID["Identity"])
-        mags = magnitudes[:, k]
-        geometric = torch.isin(ids, geometric_ids).nonzero().squeeze(1)
-        if geometric.numel():
-            matrices = _geometric_matrices(ids[geometric], mags[geometric], height, width)
-            index = geometric.to(device)
-            out.index_copy_(0, index, warp(out.index_select(0, index), matrices))
+        if bool((ids == OP_ID["Identity"]).all()):
+            continue
+        order = torch.argsort(ids, stable=True)
+        ids_sorted, mags_sorted = ids[order], magnitudes[order, k]
+        bounds = [0, *torch.bincount(ids, minlength=num_ops).cumsum(0).tolist()]  # op i: [bounds[i], bounds[i+1])
+        order_dev = order.to(device)
+        work = out.index_select(0, order_dev)
+        mags_dev = mags_sorted.to(device=device, dtype=images.dtype)
+        start, stop = bounds[GEOMETRIC_IDS.start], bounds[GEOMETRIC_IDS.stop]
+        if stop > start:
+            matrices = _geometric_matrices(ids_sorted[start:stop], mags_sorted[start:stop], height, width)
+            work[start:stop] = warp(work[start:stop], matrices)
         for name, kernel in _COLOUR_KERNELS.items():
-            chosen = (ids == OP_ID[name]).nonzero().squeeze(1)
-            if chosen.numel():
-                index = chosen.to(device)
-                out.index_copy_(0, index, kernel(out.index_select(0, index), mags[chosen].to(device)))
+            start, stop = bounds[OP_ID[name]], bounds[OP_ID[name] + 1]
+            if stop > start:
+                work[start:stop] = kernel(work[start:stop], mags_dev[start:stop])
+        out = torch.empty_like(work).index_copy_(0, order_dev, work)
     return out
 
 

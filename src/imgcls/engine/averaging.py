@@ -88,6 +88,10 @@ class SWACallback(Callback):
         if self.swa is None or not _same_structure(self.swa.module, trainer.model):
             self.swa = AveragedModel(trainer.model)
         self.swa.update_parameters(trainer.model)
+        # Non-BN buffers (e.g. an FCH memory bank) follow the live model; BN statistics are recomputed.
+        for (name, buf), live in zip(self.swa.module.named_buffers(), trainer.model.buffers(), strict=True):
+            if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                buf.copy_(live)
         update_batchnorm(self.swa.module, trainer)
         result = trainer.validate(self.swa.module, trainer.val_loader)
         metrics.update({f"swa_val_{k}": v for k, v in result.items()})

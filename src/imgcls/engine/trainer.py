@@ -76,7 +76,7 @@ class Trainer:
         channels_last = channels_last_enabled(cfg.train, device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.prep = Preprocess(preprocess_meta["mean"], preprocess_meta["std"], device, channels_last)
+        self.prep = Preprocess.from_meta(preprocess_meta, device, channels_last)
         self.steps_per_epoch = max(1, len(train_loader) // cfg.train.accumulate)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
@@ -114,22 +114,30 @@ class Trainer:
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"invalid stages[{self.state.stage}].{where}.{key}={err.get('input')!r}: {err['msg']}") from None
+            raise ConfigError(
+                f"invalid stages[{self.state.stage}].{where}.{key}={err.get('input')!r}: {err['msg']}"
+            ) from None
 
     def _select_modules(self, prefixes: list[str], what: str) -> list[nn.Module]:
         modules = dict(self.model.named_modules())
         missing = [p for p in prefixes if p not in modules]
         if missing:
             top = sorted({n.split(".")[0] for n in modules if n})
-            raise ConfigError(f"stages[{self.state.stage}].{what}: no module named {missing}; top-level modules: {top}")
+            raise ConfigError(
+                f"stages[{self.state.stage}].{what}: no module named {missing}; top-level modules: {top}"
+            )
         return [modules[p] for p in prefixes]
 
     def _apply_stage_model_changes(self, stage: StageConfig) -> None:
         """Head switch (a new head with fresh parameters) — part of the model's structure."""
         if stage.head:
             self.model.head = build_head(
-                stage.head, stage.head_args, self.model.head.in_features, self.model.head.num_classes,
-                self.cfg.train.label_smoothing, self.taxonomy,
+                stage.head,
+                stage.head_args,
+                self.model.head.in_features,
+                self.model.head.num_classes,
+                self.cfg.train.label_smoothing,
+                self.taxonomy,
             ).to(self.device)
 
     def _setup_stage(self) -> None:
@@ -146,16 +154,21 @@ class Trainer:
             m.requires_grad_(False)
         # A module whose own parameters are all frozen also stays in eval mode (BN statistics, dropout).
         self.frozen = [
-            m for m in self.model.modules()
+            m
+            for m in self.model.modules()
             if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)
         ]
         optim_cfg = self._stage_section(self.cfg.optim, stage.optim, "optim")
         sched_cfg = self._stage_section(self.cfg.schedule, stage.schedule, "schedule")
-        self.label_smoothing = stage.label_smoothing if stage.label_smoothing is not None else self.cfg.train.label_smoothing
+        self.label_smoothing = (
+            stage.label_smoothing if stage.label_smoothing is not None else self.cfg.train.label_smoothing
+        )
         self.model.head.label_smoothing = self.label_smoothing
         self.loss_weights = dict(stage.loss_weights)
         self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
-        self.scheduler = build_scheduler(self.optimizer, sched_cfg, int(stage.epochs or 0), self.steps_per_epoch)
+        self.scheduler = build_scheduler(
+            self.optimizer, sched_cfg, int(stage.epochs or 0), self.steps_per_epoch
+        )
         self.scheduler_paused = False
         self.train_model = self._wrap(self.model)
 
@@ -163,7 +176,9 @@ class Trainer:
         wrapped = model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+            wrapped = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self.cfg.train.ddp_find_unused_parameters
+            )
         if self.cfg.train.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -199,7 +214,9 @@ class Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> bool:
         """Load a full checkpoint; returns whether the optimiser state belongs to the current stage."""
-        self.state = TrainState(**{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")})
+        self.state = TrainState(
+            **{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")}
+        )
         for stage in self.stages[: self.state.stage + 1]:
             self._apply_stage_model_changes(stage)
         self.model.load_state_dict(ckpt["model"])
@@ -301,7 +318,9 @@ class Trainer:
                 self._optimizer_step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
-            sums["loss"] = sums.get("loss", torch.zeros((), device=self.device)) + loss.detach().float() * len(batch)
+            sums["loss"] = sums.get(
+                "loss", torch.zeros((), device=self.device)
+            ) + loss.detach().float() * len(batch)
             if logits.shape[-1] == self.model.head.num_classes:
                 correct += (logits.detach().argmax(-1) == batch.targets).sum()
             seen += len(batch)
@@ -313,7 +332,12 @@ class Trainer:
                     cb.on_train_step_end(self)
         elapsed = time.perf_counter() - start
         keys = sorted(sums)
-        totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [correct.float(), torch.tensor(float(seen), device=self.device)]), self.dist)
+        totals = all_reduce_sum(
+            torch.stack(
+                [sums[k] for k in keys] + [correct.float(), torch.tensor(float(seen), device=self.device)]
+            ),
+            self.dist,
+        )
         n = max(float(totals[-1]), 1.0)
         out = {f"train_{k}": float(totals[j]) / n for j, k in enumerate(keys)}
         out["train_acc"] = float(totals[-2]) / n
@@ -321,7 +345,9 @@ class Trainer:
         out["train_time_s"] = elapsed
         return out
 
-    def _forward_backward(self, batch: Batch, sync: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def _forward_backward(
+        self, batch: Batch, sync: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         no_sync = getattr(self.train_model, "no_sync", None)
         context = no_sync() if (no_sync is not None and not sync) else _null()
         with context:
@@ -329,7 +355,9 @@ class Trainer:
                 output = self.train_model(batch.images, batch.targets)
                 terms = self.model.head.loss(output, batch)
             loss = sum(self.loss_weights.get(k, 1.0) * v.float() for k, v in terms.items())
-            if (self.device.type == "cpu" or self.state.step % self.cfg.train.log_every == 0) and not torch.isfinite(loss):
+            if (
+                self.device.type == "cpu" or self.state.step % self.cfg.train.log_every == 0
+            ) and not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {float(loss)} at epoch {self.state.global_epoch + 1}, step {self.state.step} "
                     f"(terms: {', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); lower optim.lr, set train.grad_clip, "
@@ -371,7 +399,10 @@ class Trainer:
             correct += (probs.argmax(-1) == batch.targets).sum()
             count += len(batch)
         model.train(was_training)
-        totals = all_reduce_sum(torch.stack([total_loss, correct.float(), torch.tensor(float(count), device=self.device)]), self.dist)
+        totals = all_reduce_sum(
+            torch.stack([total_loss, correct.float(), torch.tensor(float(count), device=self.device)]),
+            self.dist,
+        )
         n = max(float(totals[2]), 1.0)
         return {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n}
 

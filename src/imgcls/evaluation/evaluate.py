@@ -90,7 +90,7 @@ def evaluate_model(
     class_names: list[str], train_time_s: float,
 ) -> dict[str, Any]:
     model = model.to(device).eval()
-    prep = Preprocess(preprocess["mean"], preprocess["std"], device)
+    prep = Preprocess.from_meta(preprocess, device)
     batch_size = cfg.eval.batch_size or cfg.train.batch_size
     loader = make_loader(data.test, data, cfg, train=False, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, device=device)
     amp = lambda: autocast(device, resolve_precision(cfg.train, device))  # noqa: E731
@@ -133,5 +133,11 @@ def hierarchical_extension(ctx: EvalContext) -> None:
     )
 
 
+def batch_graph_extension(ctx: EvalContext) -> None:
+    from imgcls.evaluation.batch_graph import batch_dependence_extension
+
+    batch_dependence_extension(ctx)
+
+
 #: functions adding metrics to the context before figures are drawn
-METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [hierarchical_extension]
+METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [hierarchical_extension, batch_graph_extension]

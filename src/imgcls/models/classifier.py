@@ -31,7 +31,8 @@ class Classifier(nn.Module):
         return self.backbone.forward_features(images)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
-        return self.head(self.dropout(self.forward_features(images)), targets)
+        # Heads see labels only while they train (margins, class-label graphs); never at evaluation.
+        return self.head(self.dropout(self.forward_features(images)), targets if self.head.training else None)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         return self.head.predict(self(images))

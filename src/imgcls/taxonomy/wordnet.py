@@ -222,9 +222,12 @@ def synset_for_wnid(wn: Any, wnid: str) -> Any:
     if not _WNID.match(wnid):
         raise DataError(f"'{wnid}' is not a WordNet noun id (expected 'n' + 8 digits, e.g. n01443537)")
     try:
-        return wn.synset_from_pos_and_offset("n", int(wnid[1:]))
-    except Exception:  # nltk raises WordNetError / ValueError for unknown offsets
-        raise DataError(f"WordNet id '{wnid}' is not a WordNet 3.0 noun synset") from None
+        synset = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
+    except Exception:  # nltk raises WordNetError / ValueError for some bad offsets, returns None for others
+        synset = None
+    if synset is None:
+        raise DataError(f"WordNet id '{wnid}' is not a WordNet 3.0 noun synset")
+    return synset
 
 
 def synset_by_name(wn: Any, name: str) -> Any:
@@ -288,4 +291,7 @@ def taxonomy_from_wordnet(
 
 def taxonomy_from_wnids(wnids: Sequence[str], rule: str = "first_path", wn: Any = None) -> Taxonomy:
     """Taxonomy over ImageNet-style WordNet ids (tiny-ImageNet: the 200 folder names)."""
+    bad = [w for w in wnids if not _WNID.match(str(w))]
+    if bad:
+        raise DataError(f"'{bad[0]}' is not a WordNet noun id (expected 'n' + 8 digits, e.g. n01443537)")
     return taxonomy_from_wordnet(list(wnids), rule=rule, wn=wn)

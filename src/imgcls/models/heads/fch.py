@@ -138,7 +138,7 @@ class FCHHead(Head):
         sigma: fixed RBF bandwidth; ``None`` = detached median heuristic per batch.
         knn_k: neighbours per node for ``knn``/``attention`` (default 8) and ``cosine_topk`` (default 1).
         threshold: drop edges lighter than this (default 0.2 for ``cosine_topk``, as in the public code;
-            none for the others).
+            none for the others; 0 keeps every edge).
         attention_dim: width d_k of the attention queries/keys.
         add_self_loops: add ``I`` before the degree normalisation.
         graph_activation, graph_dropout: after the graph convolution.

@@ -1,0 +1,123 @@
+"""Training throughput of the real data path vs the model's raw compute ceiling (issue 2 target ≥ 0.95).
+
+Ceiling: forward + backward + optimiser step on a random tensor already on the device.
+Pipeline: the trainer's own ``train_epoch`` on Fashion-MNIST (in-memory uint8 loader, batched
+augmentation, preprocessing, loss terms, metrics), same model, batch, precision and layout.
+
+    .venv/bin/python benchmarks/throughput.py [--backbone timm:resnet18] [--batch 256] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import time_steps, write_results
+
+from imgcls.config import load_config
+from imgcls.data.augment import build_train_augment
+from imgcls.data.batch import Batch
+from imgcls.data.prepare import make_loader, prepare_data
+from imgcls.engine.precision import configure_backends, resolve_device
+from imgcls.engine.trainer import Trainer
+from imgcls.models.classifier import build_model
+
+
+def measure(overrides: list[str], batch: int, steps: int) -> dict:
+    """Ceiling and pipeline img/s for the config given by ``overrides``."""
+    overrides = [
+        *overrides,
+        f"train.batch_size={batch}",
+        "train.progress=false",
+        "output.tensorboard=false",
+        f"data.train_subset={batch * (steps + 3)}",
+        "data.val_fraction=0",
+    ]
+    cfg = load_config(None, overrides)
+    device = resolve_device(cfg.train.device)
+    configure_backends(cfg.train, device)
+    data = prepare_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(data.class_names), data.channels)
+    loader = make_loader(data.train, data, cfg, train=True, batch_size=batch, device=device)
+    trainer = Trainer(
+        cfg,
+        model,
+        loader,
+        None,
+        device=device,
+        preprocess_meta=data.preprocess,
+        class_names=data.class_names,
+        augment=build_train_augment(cfg.augment, 10),
+    )
+    trainer._setup_stage()
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+
+    # Ceiling: the same trainer step on a pre-made normalised batch (no loading, no augmentation).
+    x = trainer.prep.normalize(
+        torch.randn(batch, data.channels, data.image_size, data.image_size, device=device)
+    )
+    raw = Batch(images=x, targets=torch.randint(0, 10, (batch,), device=device))
+    trainer._set_train_mode()
+
+    def ceiling_step() -> None:
+        trainer._forward_backward(raw, sync=True)
+        trainer._optimizer_step()
+
+    ceiling = batch / time_steps(ceiling_step, warmup=3, steps=steps, sync=sync)
+    # Pipeline: a real training epoch, after one warm-up epoch (allocator, oneDNN kernels).
+    trainer.train_epoch()
+    sync()
+    start = time.perf_counter()
+    metrics = trainer.train_epoch()
+    sync()
+    pipeline = metrics["train_images"] / (time.perf_counter() - start)
+    return {
+        "input": [data.channels, data.image_size, data.image_size],
+        "precision": str(trainer.amp_dtype or "fp32"),
+        "channels_last": trainer.prep.channels_last,
+        "ceiling_img_per_s": ceiling,
+        "pipeline_img_per_s": pipeline,
+        "ratio": pipeline / ceiling,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="timm:resnet18")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
+    ap.add_argument("--augment", default="crop_padding=2,hflip=0.5")
+    ap.add_argument("--name", default="throughput")
+    args = ap.parse_args()
+    overrides = [f"model.backbone={args.backbone}", "model.head=linear", f"train.precision={args.precision}"]
+    if args.channels_last != "auto":
+        overrides.append(f"train.channels_last={args.channels_last}")
+    overrides += [f"augment.{kv}" for kv in args.augment.split(",") if kv]
+    r = measure(overrides, args.batch, args.steps)
+    payload = {
+        "backbone": args.backbone,
+        "batch_size": args.batch,
+        "augment": args.augment,
+        **r,
+        "target_ratio": 0.95,
+    }
+    c, h, w = r["input"]
+    md = (
+        "| backbone | input | batch | precision | channels_last | ceiling img/s | pipeline img/s | ratio |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| {args.backbone} | {c}×{h}×{w} | {args.batch} | {r['precision']} | {r['channels_last']} | "
+        f"{r['ceiling_img_per_s']:,.0f} | {r['pipeline_img_per_s']:,.0f} | {r['ratio']:.3f} |"
+    )
+    write_results(args.name, payload, md)
+
+
+if __name__ == "__main__":
+    main()
