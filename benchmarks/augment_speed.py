@@ -43,20 +43,32 @@ except ImportError:  # kornia is optional: only measured when installed
 
 BATCH = 256
 SIZES = (28, 32, 64, 96)
-REPEATS = 5
+REPEATS = 7
 LOOP_SAMPLES = 64  # per-sample loops are timed on 64 images and scaled to 256 (their cost is linear)
 OUT_DIR = Path(__file__).parent / "results"
 
 
-def _time(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, repeats: int) -> float:
-    """Best of ``repeats`` runs after a warm-up, in ms (the minimum is robust to other load on a shared machine)."""
-    fn(images)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(images)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * min(times)
+def _time_round_robin(
+    impls: dict[str, Callable[[torch.Tensor], torch.Tensor]], images: torch.Tensor
+) -> dict[str, float]:
+    """ms per batch of B images for each implementation: best of ``REPEATS`` runs after a warm-up.
+
+    The implementations take turns within each repeat, so load from other processes on a shared
+    machine hits them alike; the minimum is the least disturbed run. Per-sample loops run on
+    ``LOOP_SAMPLES`` images and are scaled to B (their cost is linear in the number of images).
+    """
+    inputs = {name: images[:LOOP_SAMPLES] if name == "tv loop" else images for name in impls}
+    scale = {name: BATCH / LOOP_SAMPLES if name == "tv loop" else 1.0 for name in impls}
+    best = dict.fromkeys(impls, float("inf"))
+    with torch.no_grad():
+        for name, fn in impls.items():
+            fn(inputs[name])
+        for _ in range(REPEATS):
+            for name, fn in impls.items():
+                start = time.perf_counter()
+                fn(inputs[name])
+                best[name] = min(best[name], 1000.0 * (time.perf_counter() - start) * scale[name])
+    return best
 
 
 def _per_sample(transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -125,20 +137,13 @@ def candidates(size: int) -> dict[str, dict[str, Callable[[torch.Tensor], torch.
 
 def main() -> None:
     torch.manual_seed(0)
-    torch.set_num_threads(
-        1
-    )  # one thread: stable timings on a shared machine, and what one loader worker gets
+    torch.set_num_threads(1)  # stable timings on a shared machine; also what one loader worker gets
     start = time.perf_counter()
     results = []
     for size in SIZES:
         images = torch.rand(BATCH, 3, size, size)
         for op, impls in candidates(size).items():
-            for impl, fn in impls.items():
-                with torch.no_grad():
-                    if impl == "tv loop":
-                        ms = _time(fn, images[:LOOP_SAMPLES], 3) * BATCH / LOOP_SAMPLES
-                    else:
-                        ms = _time(fn, images, REPEATS)
+            for impl, ms in _time_round_robin(impls, images).items():
                 results.append({"op": op, "size": size, "impl": impl, "ms_per_batch": round(ms, 2)})
                 print(f"{op:45s} {size:3d}px {impl:8s} {ms:8.2f} ms")
     meta = {

@@ -37,21 +37,17 @@ def machine() -> dict:
     return info
 
 
-def time_steps(
-    step: Callable[[], None], warmup: int, steps: int, sync: Callable[[], None] = lambda: None
-) -> float:
-    """Median seconds per call of ``step`` over ``steps`` timed calls after ``warmup`` calls."""
+def time_steps(step: Callable[[], None], warmup: int, steps: int, sync: Callable[[], None] = lambda: None) -> float:
+    """Mean seconds per call of ``step`` over ``steps`` back-to-back calls after ``warmup`` calls
+    (one device sync at each end, so asynchronous GPU work is not serialised per step)."""
     for _ in range(warmup):
         step()
     sync()
-    times = []
+    start = time.perf_counter()
     for _ in range(steps):
-        start = time.perf_counter()
         step()
-        sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    sync()
+    return (time.perf_counter() - start) / steps
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:
@@ -60,3 +56,51 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(markdown)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def run_grid(rows: list[tuple[str, str, list[str]]], seeds: list[int], common: list[str],
+             extract: Callable[[dict, list[dict]], dict[str, float]], partial: Path | None = None) -> dict[str, dict]:
+    """Train every (name, config, overrides) row once per seed through the public API and
+    aggregate ``extract(metrics, history)`` over seeds as mean/std. With ``partial``, the results
+    so far are written there after every run (so an interrupted grid keeps what it measured)."""
+    from imgcls import api
+
+    results: dict[str, dict] = {}
+    for name, config, overrides in rows:
+        per_seed = []
+        for seed in seeds:
+            start = time.perf_counter()
+            res = api.train(config, [*common, *overrides, f"train.seed={seed}", f"output.name={name}-s{seed}"])
+            values = extract(res.metrics, res.history)
+            values["wall_s"] = time.perf_counter() - start
+            per_seed.append(values)
+            print(name, seed, {k: round(v, 4) for k, v in values.items()}, flush=True)
+            keys = per_seed[0].keys()
+            results[name] = {"config": config, "overrides": overrides, "seeds": seeds[: len(per_seed)], "per_seed": per_seed,
+                             **{k: mean_std([s[k] for s in per_seed]) for k in keys}}
+            if partial is not None:
+                partial.write_text(json.dumps({"results": results}, indent=1))
+    return results
+
+
+def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
+    return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
+
+
+def merge_grids(paths: list[str]) -> dict[str, dict]:
+    """Combine ``results`` of grid runs over disjoint seeds (e.g. one process per seed on one GPU)."""
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for name, r in json.loads(Path(path).read_text())["results"].items():
+            m = merged.setdefault(name, {"config": r["config"], "overrides": r["overrides"], "seeds": [], "per_seed": []})
+            m["seeds"] += r["seeds"]
+            m["per_seed"] += r["per_seed"]
+    for m in merged.values():
+        for key in m["per_seed"][0]:
+            m[key] = mean_std([s[key] for s in m["per_seed"]])
+    return merged

@@ -212,6 +212,8 @@ def test_distances_and_lca(animals):
     assert t.lca(cat, dog) == mammal
     assert t.lca(cat, shark) == -1
     assert t.lca(cat, mammal) == mammal
+    assert t.path_names(cat) == ["animal", "mammal", "cat"] and t.path_names(-1) == ["animal"]
+    assert t.path_names(cat, include_root=False) == ["mammal", "cat"]
     d = t.distance_matrix()
     assert d.shape == (t.num_nodes + 1,) * 2 and d[-1, shark] == 1
     cd = t.class_distance_matrix()

@@ -75,9 +75,9 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     callbacks = [*averaging_callbacks(cfg), StopAtValAcc()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
-    callbacks += [
-        Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
+    callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
+        Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
         ProgressPrinter(cfg.train.progress),
     ]
     return callbacks
@@ -313,3 +313,23 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu"
 def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
             checkpoint: str | None = None) -> list[dict[str, Any]]:
     return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold)
+
+
+# ---------------------------------------------------------------------------------- compare / export
+def compare(run_dirs: list[str | Path], fmt: str = "markdown", sort_by: str | None = "accuracy") -> str:
+    """One table (``markdown`` or ``csv``) of the evaluated runs under ``run_dirs``; seeds of one config are averaged."""
+    from imgcls.evaluation.compare import compare_runs
+
+    if fmt not in ("markdown", "csv"):
+        raise UserError(f"table format must be markdown or csv, not '{fmt}'")
+    table = compare_runs(list(run_dirs), sort_by=sort_by)
+    return table.to_markdown() if fmt == "markdown" else table.to_csv()
+
+
+def export(run_dir: str | Path, *, onnx: bool = True, torchscript: bool = False, checkpoint: str | None = None,
+           out_dir: str | Path | None = None, atol: float = 1e-4, exporter: str = "auto") -> dict[str, Any]:
+    """Export a run to ONNX / TorchScript (input: float images in [0, 1]; output: class probabilities) and check parity."""
+    from imgcls.export import export_run
+
+    return export_run(run_dir, onnx=onnx, torchscript=torchscript, checkpoint=checkpoint, out_dir=out_dir, atol=atol,
+                      exporter=exporter)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from imgcls.errors import UserError
 
@@ -40,15 +41,17 @@ def train(
         raise typer.Exit(subprocess.call(cmd))
     from imgcls import api
 
-    if config is None and resume is None:
+    if config is not None and "=" in str(config) and not config.exists():  # `imgcls train optim.lr=1e-3`: defaults + overrides
+        overrides, config = [str(config), *(overrides or [])], None
+    elif config is None and resume is None:
         raise UserError("pass a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
     result = api.train(config, overrides, resume=resume, evaluate_after=not no_eval)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.metrics:
-            out.print(f"test accuracy: {result.metrics['accuracy']:.4f} ({result.metrics['checkpoint']} checkpoint)", highlight=False)
-            out.print(f"report: {result.report}", highlight=False)
+            out.print(f"test accuracy: {result.metrics['accuracy']:.4f} ({result.metrics['checkpoint']} checkpoint)", highlight=False, soft_wrap=True)
+            out.print(f"report: {result.report}", highlight=False, soft_wrap=True)
         else:
-            out.print(f"run: {result.run_dir}", highlight=False)
+            out.print(f"run: {result.run_dir}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -63,8 +66,8 @@ def evaluate(
     if checkpoint not in (None, "best", "last", "ema", "swa"):
         raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
     metrics = api.evaluate(run_dir, checkpoint, data_overrides=list(data or []))
-    out.print(f"test accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['checkpoint']} checkpoint)", highlight=False)
-    out.print(f"report: {Path(run_dir) / 'report.md'}", highlight=False)
+    out.print(f"test accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['checkpoint']} checkpoint)", highlight=False, soft_wrap=True)
+    out.print(f"report: {Path(run_dir) / 'report.md'}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -86,10 +89,10 @@ def predict(
         return
     for row in results:
         top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"])
-        out.print(f"{row['image']}: {top}", highlight=False)
+        out.print(f"{row['image']}: {top}", highlight=False, soft_wrap=True)
         if "hierarchy" in row:
             h = row["hierarchy"]
-            out.print(f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})", highlight=False)
+            out.print(f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})", highlight=False, soft_wrap=True)
 
 
 @config_app.command("show")
@@ -100,14 +103,66 @@ def config_show(
     """Print the fully resolved config (defaults + file + overrides)."""
     from imgcls.config import config_to_yaml, load_config
 
-    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False)
+    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories, or folders holding runs (e.g. runs/*)"),
+    fmt: str = typer.Option("markdown", "--format", help="markdown | csv"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write the table to this file instead of printing it"),
+    sort: str = typer.Option("accuracy", "--sort", help="accuracy | macro_f1 | ece | params | train_time_s | inference_img_per_s | none"),
+) -> None:
+    """One table of evaluated runs: accuracy, macro F1, ECE, params, train time, img/s (mean ± std over seeds)."""
+    from imgcls.evaluation.compare import compare_runs
+
+    if fmt not in ("markdown", "csv"):
+        raise UserError(f"--format must be markdown or csv, not '{fmt}'")
+    table = compare_runs(list(run_dirs), sort_by=None if sort == "none" else sort)
+    text = table.to_markdown() if fmt == "markdown" else table.to_csv()
+    for reason in table.skipped:
+        err.print(f"skipped {reason}", highlight=False, markup=False)
+    if output is not None:
+        output.write_text(text)
+        out.print(f"wrote {output} ({len(table.rows)} row(s))", highlight=False, soft_wrap=True)
+    else:
+        sys.stdout.write(text)  # plain: no console wrapping inside table rows
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    onnx: bool = typer.Option(False, "--onnx", help="write model.onnx (dynamic batch) and check it with onnxruntime"),
+    torchscript: bool = typer.Option(False, "--torchscript", help="write model.torchscript.pt (traced) and check it"),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="best | last | ema | swa (default: the config's eval.checkpoint)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="folder for the exported files (default: the run directory)"),
+    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="largest accepted |exported − PyTorch| probability difference"),
+    exporter: str = typer.Option("auto", "--exporter", help="auto | dynamo | torchscript (the ONNX exporter)"),
+) -> None:
+    """Export a run for inference: the model takes float images in [0, 1] and returns class probabilities."""
+    from imgcls import api
+
+    if checkpoint not in (None, "best", "last", "ema", "swa"):
+        raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
+    if not onnx and not torchscript:
+        onnx = True
+    record = api.export(run_dir, onnx=onnx, torchscript=torchscript, checkpoint=checkpoint, out_dir=output, atol=atol,
+                        exporter=exporter)
+    folder = output or run_dir
+    shape = "×".join(str(d) for d in record["input"]["shape"])
+    for kind in ("onnx", "torchscript"):
+        if kind in record:
+            out.print(f"{folder / record[kind]['file']}: max |Δp| vs PyTorch {record[kind]['max_abs_difference']:.2e} "
+                      f"(≤ {atol:g})", highlight=False, soft_wrap=True)
+    out.print(f"input: float32 images in [0, 1], {shape} (normalisation inside); output: class probabilities. "
+              f"Details: {folder / 'export.json'}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: resume with `imgcls train --resume RUN_DIR` (the last finished epoch is kept)")

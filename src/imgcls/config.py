@@ -9,6 +9,7 @@ value, what is allowed, and the closest valid key for typos.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,6 +140,7 @@ class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
     batch_size: int | None = Field(None, gt=0, description="None: the training batch size")
     top_k: list[int] = Field(default_factory=lambda: [1, 5])
+    tta: int = Field(1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)")
     calibration_bins: int = Field(15, ge=2)
     plots: bool = True
     embeddings_plot: bool = True
@@ -203,10 +205,29 @@ class ExperimentConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as people write configs (YAML 1.2 scalars): only true/false are booleans (``in_memory: no``
+    stays the string 'no'), and ``1e-3`` is a float, not a string."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_value(text: str) -> Any:
     """Parse an override value with YAML rules (numbers, bools, lists, null); fall back to the string."""
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -285,7 +306,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found; pass a YAML file such as configs/quickstart.yaml")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = parse_yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

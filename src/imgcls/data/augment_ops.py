@@ -7,9 +7,11 @@ returns values in [0, 1] and is the identity at its neutral parameter (factor 1,
 
 Why our own kernels: ``torchvision.transforms.v2.functional`` applies *one* parameter set to a
 whole batch, so per-sample geometry would need one ``F.affine`` call per sample (or per group of
-samples sharing a magnitude); kornia vectorises per sample but re-derives its parameters through
-its own RNG and is several times slower on CPU at these sizes (numbers in
-``benchmarks/results/augment_speed.md`` and at the top of :mod:`imgcls.data.augment`).
+samples sharing a magnitude). kornia vectorises per sample, but draws from torch's global RNG
+(no caller-owned generator), applies one sub-policy per batch in its Auto/RandAugment, would be a
+new dependency, and is no faster: 1.2–3× slower than these kernels on CPU for the single ops at
+28–96 px (numbers in ``benchmarks/results/augment_speed.md`` and at the top of
+:mod:`imgcls.data.augment`).
 Equalize, which torchvision already computes per image on a batch, is reused from it.
 
 Geometry convention: pixel coordinates with the pixel (row i, column j) centred at

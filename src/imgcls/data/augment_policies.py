@@ -60,7 +60,8 @@ OP_NAMES: tuple[str, ...] = (
 )
 OP_ID = {name: i for i, name in enumerate(OP_NAMES)}
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-GEOMETRIC_IDS = range(OP_ID["ShearX"], OP_ID["Rotate"] + 1)  # adjacent ids: one contiguous slice after sorting
+# adjacent ids, so that after sorting by op id the geometric samples form one slice
+GEOMETRIC_IDS = range(OP_ID[GEOMETRIC_OPS[0]], OP_ID[GEOMETRIC_OPS[-1]] + 1)
 AUTOAUGMENT_POLICIES = {
     "cifar10": AutoAugmentPolicy.CIFAR10,
     "imagenet": AutoAugmentPolicy.IMAGENET,
@@ -140,7 +141,8 @@ def apply_op_program(
             continue
         order = torch.argsort(ids, stable=True)
         ids_sorted, mags_sorted = ids[order], magnitudes[order, k]
-        bounds = [0, *torch.bincount(ids, minlength=num_ops).cumsum(0).tolist()]  # op i: [bounds[i], bounds[i+1])
+        # samples that drew op i sit at [bounds[i], bounds[i + 1]) of the sorted batch
+        bounds = [0, *torch.bincount(ids, minlength=num_ops).cumsum(0).tolist()]
         order_dev = order.to(device)
         work = out.index_select(0, order_dev)
         mags_dev = mags_sorted.to(device=device, dtype=images.dtype)

@@ -126,13 +126,14 @@ class MixUpCutMix:
             if batch.soft_targets is not None
             else F.one_hot(batch.targets, self.num_classes).float()
         )
-        lam = params.lam.to(device=device, dtype=images.dtype)
-        blend = torch.where(params.cutmix.to(device), torch.ones_like(lam), lam).view(-1, 1, 1, 1)
+        lam_t = params.lam.to(device=device, dtype=torch.float32).view(-1, 1)
+        lam = lam_t.view(-1, 1, 1, 1).to(images.dtype)
+        cutmix = params.cutmix.to(device).view(-1, 1, 1, 1)
+        blend = torch.where(cutmix, torch.ones_like(lam), lam)
         partner = images.flip(0)
         mixed = blend * images + (1.0 - blend) * partner
-        paste = box_mask(height, width, params.boxes.view(batch_size, 1, 4), device)
-        mixed = torch.where(paste & params.cutmix.to(device).view(-1, 1, 1, 1), partner, mixed)
-        lam_t = params.lam.to(device=device, dtype=own.dtype).view(-1, 1)
+        paste = box_mask(height, width, params.boxes.view(batch_size, 1, 4), device) & cutmix
+        mixed = torch.where(paste, partner, mixed)
         soft = lam_t * own + (1.0 - lam_t) * own.flip(0)
         if batch.soft_targets is None:
             targets = torch.where(lam_t.view(-1) >= 0.5, batch.targets, batch.targets.flip(0))

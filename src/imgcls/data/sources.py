@@ -43,7 +43,8 @@ class DataSource:
     test: ImageData
     mean: list[float]
     std: list[float]
-    #: optional class name → WordNet synset name map (for taxonomies built from WordNet)
+    #: optional class name → WordNet synset name map (for taxonomies built from WordNet; Fashion-MNIST's
+    #: built-in map lives in imgcls.taxonomy and is recognised from the class names)
     synsets: dict[str, str] = field(default_factory=dict)
 
 
@@ -114,21 +115,6 @@ def _load_idx_dataset(cfg: DataConfig, folder: str, torchvision_cls: type, how_t
     return tuple(ImageData(labels=lab, class_names=names, images=img) for img, lab in parts)  # type: ignore[return-value]
 
 
-# Fashion-MNIST classes → WordNet 3.0 synsets (used by `data.taxonomy: wordnet`).
-FASHION_MNIST_SYNSETS = {
-    "T-shirt/top": "jersey.n.03",
-    "Trouser": "trouser.n.01",
-    "Pullover": "sweater.n.01",
-    "Dress": "dress.n.01",
-    "Coat": "coat.n.01",
-    "Sandal": "sandal.n.01",
-    "Shirt": "shirt.n.01",
-    "Sneaker": "gym_shoe.n.01",
-    "Bag": "bag.n.04",
-    "Ankle boot": "boot.n.01",
-}
-
-
 @DATASETS.register("fashion_mnist")
 def fashion_mnist(cfg: DataConfig) -> DataSource:
     from torchvision.datasets import FashionMNIST
@@ -140,7 +126,7 @@ def fashion_mnist(cfg: DataConfig) -> DataSource:
         "install the Debian package dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist), "
         "or put the four *-ubyte.gz files in $IMGCLS_DATA/fashion-mnist, or set data.download=true with internet",
     )
-    return DataSource(train, test, mean=[0.2860], std=[0.3530], synsets=dict(FASHION_MNIST_SYNSETS))
+    return DataSource(train, test, mean=[0.2860], std=[0.3530])
 
 
 @DATASETS.register("mnist")

@@ -35,6 +35,7 @@ from imgcls.engine.optim import build_optimizer, build_scheduler
 from imgcls.engine.precision import autocast, channels_last_enabled, resolve_precision
 from imgcls.errors import ConfigError, TrainingError
 from imgcls.models.classifier import Classifier, build_head
+from imgcls.models.heads.base import HeadOutput
 
 
 @dataclass
@@ -152,11 +153,10 @@ class Trainer:
             self.model.requires_grad_(True)
         for m in self._select_modules(stage.freeze, "freeze"):
             m.requires_grad_(False)
-        # A module whose own parameters are all frozen also stays in eval mode (BN statistics, dropout).
+        # A module whose parameters are all frozen also stays in eval mode, children included
+        # (BatchNorm statistics, dropout, drop-path).
         self.frozen = [
-            m
-            for m in self.model.modules()
-            if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)
+            m for m in self.model.modules() if (params := list(m.parameters())) and not any(p.requires_grad for p in params)
         ]
         optim_cfg = self._stage_section(self.cfg.optim, stage.optim, "optim")
         sched_cfg = self._stage_section(self.cfg.schedule, stage.schedule, "schedule")
@@ -255,7 +255,7 @@ class Trainer:
                 while self.state.epoch_in_stage < (self.stage.epochs or 0) and self._stop_reason is None:
                     self._run_epoch()
                 if self._stop_reason and self.dist.is_main:
-                    console.print(f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False)
+                    console.print(f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False, markup=False)
                 self.state.stage += 1
                 self.state.epoch_in_stage = 0
         finally:
@@ -313,7 +313,7 @@ class Trainer:
                 batch = self.augment(batch, aug_gen, epoch)
             batch = batch.with_images(self.prep.normalize(batch.images))
             boundary = (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches
-            loss, terms, logits = self._forward_backward(batch, sync=boundary)
+            loss, terms, output = self._forward_backward(batch, sync=boundary)
             if boundary:
                 self._optimizer_step()
             for k, v in terms.items():
@@ -321,8 +321,7 @@ class Trainer:
             sums["loss"] = sums.get(
                 "loss", torch.zeros((), device=self.device)
             ) + loss.detach().float() * len(batch)
-            if logits.shape[-1] == self.model.head.num_classes:
-                correct += (logits.detach().argmax(-1) == batch.targets).sum()
+            correct += (self.model.head.predict(output).argmax(-1) == batch.targets).sum()
             seen += len(batch)
             self._last_loss = loss.detach()
             self.state.batch_in_epoch = i + 1
@@ -364,7 +363,7 @@ class Trainer:
                     "or use train.precision=fp32; the last checkpoint is intact"
                 )
             self.scaler.scale(loss / self.cfg.train.accumulate).backward()
-        return loss, terms, output.logits
+        return loss, terms, output
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip is not None:

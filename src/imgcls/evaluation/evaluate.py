@@ -23,6 +23,9 @@ from imgcls.data.preprocess import Preprocess
 from imgcls.engine.checkpoint import save_safetensors
 from imgcls.engine.distributed import DistInfo
 from imgcls.engine.precision import autocast, resolve_precision
+from imgcls.evaluation import figures as run_figures
+from imgcls.evaluation.complexity import complexity_extension
+from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
 from imgcls.evaluation.metrics import classification_metrics
 from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
 from imgcls.evaluation.predict import Predictions, predict_loader
@@ -43,6 +46,8 @@ class EvalContext:
     metrics: dict[str, Any]
     taxonomy: Any = None
     notes: list[str] = field(default_factory=list)
+    #: the checkpoint's preprocessing record (image_size, channels, mean, std)
+    preprocess_meta: dict[str, Any] = field(default_factory=dict)
 
     def autocast(self):
         return autocast(self.device, resolve_precision(self.cfg.train, self.device))
@@ -59,10 +64,29 @@ def fig_curves(ctx: EvalContext) -> Path | None:
     return plot_curves(read_history(ctx.run_dir / "history.csv"), ctx.run_dir / "curves.png")
 
 
+def fig_risk_coverage(ctx: EvalContext) -> Path | None:
+    """Risk–coverage of confidence-thresholded hierarchical prediction (runs with a taxonomy)."""
+    if ctx.taxonomy is None or "hierarchical" not in ctx.metrics:
+        return None
+    from imgcls.evaluation.hierarchical import plot_risk_coverage
+
+    name = ctx.cfg.output.name or ctx.run_dir.parent.name
+    return plot_risk_coverage(ctx.metrics["hierarchical"]["risk_coverage"], ctx.run_dir / "risk_coverage.png", title=name)
+
+
 #: (caption, function); functions run in order when ``eval.plots`` is on
 FIGURES: list[tuple[str, FigureFn]] = [
     ("Training curves", fig_curves),
     ("Confusion matrix", fig_confusion),
+    ("Per-class precision, recall and F1", run_figures.fig_per_class),
+    ("ROC curves (one-vs-rest)", run_figures.fig_roc),
+    ("Reliability diagram", run_figures.fig_reliability),
+    ("Most confident mistakes", run_figures.fig_misclassified),
+    ("t-SNE of embeddings", run_figures.fig_tsne),
+    ("UMAP of embeddings", run_figures.fig_umap),
+    ("Grad-CAM", run_figures.fig_gradcam),
+    ("Feature maps of the first convolution", run_figures.fig_feature_maps),
+    ("Risk–coverage of thresholded hierarchical prediction", fig_risk_coverage),
 ]
 
 
@@ -95,27 +119,30 @@ def evaluate_model(
     loader = make_loader(data.test, data, cfg, train=False, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, device=device)
     amp = lambda: autocast(device, resolve_precision(cfg.train, device))  # noqa: E731
     start = time.perf_counter()
-    preds = predict_loader(model, loader, prep, device, amp, dist, with_features=cfg.eval.plots and cfg.eval.embeddings_plot)
+    preds = predict_loader(model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True)
     metrics = classification_metrics(preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins)
     metrics.update(
         checkpoint=checkpoint, checkpoint_detail=checkpoint_detail, train_time_s=train_time_s,
         eval_time_s=time.perf_counter() - start, params=count_parameters(model),
         trainable_params=count_parameters(model, trainable_only=True), eval_batch_size=batch_size,
-        head_inference_mode=model.head.inference_mode,
+        head_inference_mode=model.head.inference_mode, tta_views=cfg.eval.tta,
     )
     if not dist.is_main:
         return metrics
     shape = (int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["image_size"]))
     metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, batch_size, amp)
-    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy)
+    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy, preprocess_meta=preprocess)
     for extend in METRIC_EXTENSIONS:
         extend(ctx)
     figures: dict[str, str] = {}
     if cfg.eval.plots:
+        times = metrics.setdefault("figure_time_s", {})
         for caption, fn in FIGURES:
+            started = time.perf_counter()
             path = fn(ctx)
             if path is not None:
                 figures[caption] = Path(path).name
+                times[Path(path).name] = round(time.perf_counter() - started, 3)
     save_safetensors(model.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": checkpoint})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(run_dir, metrics, cfg.model_dump(mode="json"), figures, ctx.notes)
@@ -140,4 +167,9 @@ def batch_graph_extension(ctx: EvalContext) -> None:
 
 
 #: functions adding metrics to the context before figures are drawn
-METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [hierarchical_extension, batch_graph_extension]
+METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
+    hierarchical_extension,
+    batch_graph_extension,
+    complexity_extension,
+    embedding_metrics_extension,
+]

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _save(fig, path: Path) -> Path:
@@ -44,7 +44,15 @@ def plot_curves(history: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     series = [
         ("Loss", [("train_loss", "train"), ("val_loss", "validation")]),
-        ("Accuracy", [("train_acc", "train"), ("val_acc", "validation"), ("ema_val_acc", "EMA validation"), ("swa_val_acc", "SWA validation")]),
+        (
+            "Accuracy",
+            [
+                ("train_acc", "train"),
+                ("val_acc", "validation"),
+                ("ema_val_acc", "EMA validation"),
+                ("swa_val_acc", "SWA validation"),
+            ],
+        ),
         ("Learning rate", [("lr", "lr (end of epoch)")]),
     ]
     for ax, (title, keys) in zip(axes, series, strict=True):
@@ -78,6 +86,13 @@ def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) 
         for i in range(n):
             for j in range(n):
                 if norm[i, j] >= 0.005:
-                    ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * norm[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     return _save(fig, path)

@@ -123,7 +123,7 @@ class HierarchicalBCELoss(nn.Module):
         hier_penalty: float = 0.1,
         penalty_scale: float = 1.0,
         class_counts: list[int] | None = None,
-        distance_weight: float = 1.0,
+        distance_weight: float = 0.1,
         threshold: float = 0.5,
         soft_violation: str = "diff",
         gamma_neg: float = 4.0,

@@ -52,7 +52,7 @@ def build_head(name: str, args: dict[str, Any], in_features: int, num_classes: i
     unknown = [k for k in args if k not in params and not accepts_any]
     if unknown:
         valid = [p for p in params if p not in ("self", "in_features", "num_classes", "label_smoothing", "taxonomy")]
-        raise ConfigError(f"unknown model.head_args key(s) {unknown} for head '{name}'; valid: {', '.join(valid)}")
+        raise ConfigError(f"unknown model.head_args key(s) {unknown} for head '{name}'; valid: {', '.join(valid) or 'none'}")
     try:
         return cls(in_features=in_features, num_classes=num_classes, **kwargs)
     except TypeError as exc:

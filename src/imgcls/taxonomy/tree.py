@@ -136,6 +136,10 @@ class Taxonomy:
             for level in range(self.max_depth + 1):
                 anc[i, level] = path[min(level, len(path) - 1)]
         self._anc_ext = anc
+        lineage = np.zeros((len(self.class_names), n), dtype=np.float64)
+        for c, node in enumerate(self.class_nodes):
+            lineage[c, self._path_ext(node)[1:]] = 1.0
+        self._lineage = lineage
         # the tree as a rustworkx graph: node i ↔ graph index i, root last
         graph = rx.PyDiGraph()
         graph.add_nodes_from([*self.nodes, self.root])
@@ -211,6 +215,11 @@ class Taxonomy:
         path = self._path_ext(self._ext(i))[1:]
         return path if include_self else path[:-1]
 
+    def path_names(self, i: int, include_root: bool = True) -> list[str]:
+        """Names on the root → ``i`` path, top-down (``-1`` → just the root)."""
+        names = [self.nodes[j] for j in (self.ancestors(i) if int(i) != -1 else [])]
+        return [self.root, *names] if include_root else names
+
     def class_path(self, c: int) -> list[int]:
         """Node indices on the root → leaf path of class ``c`` (root excluded)."""
         return self.ancestors(self.class_nodes[c])
@@ -227,10 +236,7 @@ class Taxonomy:
     # ------------------------------------------------------------------ label matrices
     def lineage_matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``(C, N)`` multi-hot: row ``c`` marks every node on class ``c``'s root → leaf path."""
-        m = torch.zeros(self.num_classes, self.num_nodes, dtype=dtype)
-        for c in range(self.num_classes):
-            m[c, self.class_path(c)] = 1
-        return m
+        return torch.from_numpy(self._lineage).to(dtype)
 
     def node_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Multi-hot node targets ``(B, N)`` from class indices ``(B,)`` or soft targets ``(B, C)``.
@@ -261,8 +267,7 @@ class Taxonomy:
             return probs @ self.lineage_matrix(
                 probs.dtype if probs.is_floating_point() else torch.float32
             ).to(probs.device)
-        arr = np.asarray(probs, dtype=np.float64)
-        return arr @ self.lineage_matrix(torch.float64).numpy()
+        return np.asarray(probs, dtype=np.float64) @ self._lineage
 
     # ------------------------------------------------------------------ levels
     def ancestor_table(self) -> np.ndarray:

@@ -90,5 +90,5 @@ class AdaptiveCNN(nn.Module):
 
 
 @BACKBONES.register("adaptive_cnn")
-def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0, **_: object) -> AdaptiveCNN:
+def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0) -> AdaptiveCNN:
     return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult)

@@ -47,8 +47,8 @@ class Head(nn.Module):
 
     num_classes: int
     in_features: int
-    #: Whether ``predict`` outputs are leaf-class probabilities (flat heads) or node
-    #: probabilities over a taxonomy (multi-label hierarchical heads).
+    #: ``"classes"`` for flat heads; ``"nodes"`` for multi-label hierarchical heads, which also implement
+    #: ``predict_nodes(output) -> (B, num_nodes)``. ``predict`` always returns class probabilities.
     output_space: str = "classes"
 
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0) -> None:

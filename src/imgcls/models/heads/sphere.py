@@ -156,6 +156,16 @@ class SphereMultiHierHead(SphereMultiHead):
         num_classes: int,
         label_smoothing: float = 0.0,
         taxonomy: Taxonomy | None = None,
+        scale: float | None = None,
+        margin: float = 0.5,
+        margin_on: str = "positives",
+        loss: str = "bce",
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        embedding: Sequence[int] | None = None,
+        dropout: float = 0.2,
+        embed_final_act: str = "relu",
         level_weights: str = "inverse_level_size",
         penalty_mode: str = "soft",
         penalties: str = "fixed",
@@ -165,9 +175,23 @@ class SphereMultiHierHead(SphereMultiHead):
         distance_weight: float = 0.1,
         threshold: float = 0.5,
         soft_violation: str = "diff",
-        **sphere_args: object,
     ) -> None:
-        super().__init__(in_features, num_classes, label_smoothing, taxonomy=taxonomy, **sphere_args)  # type: ignore[arg-type]
+        super().__init__(
+            in_features,
+            num_classes,
+            label_smoothing,
+            taxonomy=taxonomy,
+            scale=scale,
+            margin=margin,
+            margin_on=margin_on,
+            loss=loss,
+            gamma_neg=gamma_neg,
+            gamma_pos=gamma_pos,
+            clip=clip,
+            embedding=embedding,
+            dropout=dropout,
+            embed_final_act=embed_final_act,
+        )
         self.hbce = HierarchicalBCELoss(
             self.taxonomy,
             base=self.loss_name,
@@ -180,7 +204,7 @@ class SphereMultiHierHead(SphereMultiHead):
             distance_weight=distance_weight,
             threshold=threshold,
             soft_violation=soft_violation,
-            **self.asl,  # type: ignore[arg-type]
+            **self.asl,
         )
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:

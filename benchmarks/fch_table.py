@@ -1,0 +1,72 @@
+"""Issue 4: linear head vs the four FCH graphs on Fashion-MNIST (same backbone, epochs and seeds).
+
+Rows: linear; RBF/kNN/attention/class-label FCH at p = 1 and at the seed's p (RBF 1, kNN 4,
+attention 5, CL 1 — SPEC §1.3). Columns: test accuracy in batch mode at the training batch
+size, accuracy at B = 1 and in memory mode, macro F1, training step time. Mean ± std over seeds.
+
+    .venv/bin/python benchmarks/fch_table.py [--epochs 5] [--seeds 0 1 2] [--extra train.precision=bf16 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, fmt, merge_grids, run_grid, write_results
+
+CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist"
+
+
+def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
+    dep = metrics.get("batch_dependence", {})
+    b1 = next((v for k, v in dep.items() if "B=1" in k), metrics["accuracy"])
+    memory = next((v for k, v in dep.items() if k.startswith("memory")), float("nan"))
+    steps = sum(r["train_images"] for r in history) / metrics["eval_batch_size"]
+    return {"accuracy": metrics["accuracy"], "accuracy_b1": b1, "accuracy_memory": memory, "macro_f1": metrics["macro_f1"],
+            "step_ms": 1000 * sum(r["train_time_s"] for r in history) / max(steps, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--extra", nargs="*", default=[])
+    ap.add_argument("--name", default="fch_table")
+    ap.add_argument("--merge", nargs="*", help="combine result JSONs of runs over disjoint seeds instead of training")
+    args = ap.parse_args()
+    if args.merge:
+        results = merge_grids(args.merge)
+        seeds = sorted({s for r in results.values() for s in r["seeds"]})
+        write_results(args.name, {"epochs": args.epochs, "seeds": seeds, "results": results}, render(results, args.epochs, seeds))
+        return
+    fch = str(CONFIGS / "fch_rbf.yaml")
+    rows = [("linear", fch, ["model.head=linear", "model.head_args={}"])]
+    for graph, seed_p in (("rbf", 1), ("knn", 4), ("att", 5), ("cl", 1)):
+        cfg = str(CONFIGS / f"fch_{graph}.yaml")
+        rows.append((f"fch_{graph}_p1", cfg, ["model.head_args.order=1"]))
+        if seed_p != 1:
+            rows.append((f"fch_{graph}_p{seed_p}", cfg, [f"model.head_args.order={seed_p}"]))
+    common = [f"train.epochs={args.epochs}", "train.progress=false", f"output.dir=runs/bench_{args.name}", "eval.plots=false", *args.extra]
+    results = run_grid(rows, args.seeds, common, extract, partial=RESULTS / f"{args.name}.partial.json")
+    write_results(args.name, {"epochs": args.epochs, "seeds": args.seeds, "extra": args.extra, "results": results},
+                  render(results, args.epochs, args.seeds))
+
+
+def render(results: dict, epochs: int, seeds: list[int]) -> str:
+    md = [f"Fashion-MNIST, AdaptiveCNN (mnist layout), batch 256, {epochs} epochs, seeds {seeds} (mean ± std).", "",
+          "| head | accuracy (batch, B=256) % | accuracy (B=1) % | accuracy (memory) % | macro F1 % | step ms |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['accuracy_b1'], 100)} | {fmt(r['accuracy_memory'], 100)} | "
+                  f"{fmt(r['macro_f1'], 100)} | {fmt(r['step_ms'], 1, 1)} |")
+    base = results["linear"]["accuracy"][0]
+    best = max((n for n in results if n != "linear"), key=lambda n: results[n]["accuracy"][0])
+    verdict = "beats" if results[best]["accuracy"][0] > base + results["linear"]["accuracy"][1] else "does not beat"
+    md += ["", f"Best FCH row: {best} ({100 * results[best]['accuracy'][0]:.2f} %) {verdict} the linear head "
+               f"({100 * base:.2f} ± {100 * results['linear']['accuracy'][1]:.2f} %) beyond one standard deviation."]
+    return "\n".join(md)
+
+
+if __name__ == "__main__":
+    main()

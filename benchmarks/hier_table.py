@@ -1,0 +1,67 @@
+"""Issue 6: Fashion-MNIST with its WordNet class tree, five heads through the hierarchical machinery.
+
+Columns: leaf accuracy, hierarchical F1, mistake severity (mean LCA height of wrong predictions),
+violation rate, coverage at 99 % precision of confidence-thresholded prediction; mean ± std over
+seeds. Also checks that the flat (linear) head's accuracy through the hierarchical machinery is
+within 0.5 points of the same head trained without a taxonomy.
+
+    .venv/bin/python benchmarks/hier_table.py [--epochs 8] [--seeds 0 1 2] [--taxonomy wordnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, fmt, merge_grids, run_grid, write_results
+
+CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist_hier"
+HEADS = ["linear", "arcface", "sphere_multi", "sphere_hier", "arcface_multihead"]
+
+
+def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
+    h = metrics.get("hierarchical", {})
+    value = lambda key: float("nan") if h.get(key) is None else float(h[key])  # noqa: E731
+    return {"accuracy": metrics["accuracy"], "hf1": value("hierarchical_f1"), "severity": value("mistake_severity"),
+            "violation_rate": value("violation_rate"), "coverage_at_99": value("coverage_at_99_precision")}
+
+
+def render(results: dict, epochs: int, seeds: list[int]) -> str:
+    md = [f"Fashion-MNIST + WordNet tree (15 nodes, depth 4), AdaptiveCNN, {epochs} epochs, seeds {seeds} (mean ± std).", "",
+          "| head | leaf accuracy % | hF1 % | mistake severity (LCA height) | violation rate % | coverage at 99 % precision % |",
+          "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['hf1'], 100)} | {fmt(r['severity'], 1, 3)} | "
+                  f"{fmt(r['violation_rate'], 100)} | {fmt(r['coverage_at_99'], 100)} |")
+    if "linear_flat" in results and "linear" in results:
+        drop = 100 * (results["linear_flat"]["accuracy"][0] - results["linear"]["accuracy"][0])
+        md += ["", f"Flat linear head without vs with the taxonomy: {drop:+.2f} points (target: drop ≤ 0.5)."]
+    return "\n".join(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--taxonomy", default="wordnet", help="wordnet, or a parent-map file (e.g. configs/taxonomies/fashion_mnist.yaml)")
+    ap.add_argument("--extra", nargs="*", default=[])
+    ap.add_argument("--name", default="hier_table")
+    ap.add_argument("--merge", nargs="*", help="combine result JSONs of runs over disjoint seeds instead of training")
+    args = ap.parse_args()
+    if args.merge:
+        results = merge_grids(args.merge)
+        seeds = sorted({s for r in results.values() for s in r["seeds"]})
+        write_results(args.name, {"epochs": args.epochs, "seeds": seeds, "results": results}, render(results, args.epochs, seeds))
+        return
+    rows = [(head, str(CONFIGS / f"{head}.yaml"), [f"data.taxonomy={args.taxonomy}"]) for head in HEADS]
+    rows.append(("linear_flat", str(CONFIGS / "linear.yaml"), ["data.taxonomy=null"]))
+    common = [f"train.epochs={args.epochs}", "train.progress=false", f"output.dir=runs/bench_{args.name}", "eval.plots=false", *args.extra]
+    results = run_grid(rows, args.seeds, common, extract, partial=RESULTS / f"{args.name}.partial.json")
+    write_results(args.name, {"epochs": args.epochs, "seeds": args.seeds, "taxonomy": args.taxonomy, "results": results},
+                  render(results, args.epochs, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
