@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.tiny_runs import single_thread
 from torch import nn
 
 from imgcls.config import ModelConfig
 from imgcls.evaluation.cam import ClassScores, find_cam_target, grad_cam, token_reshape_transform
 from imgcls.models.classifier import build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Single-threaded torch: on a shared 2-core machine spinning intra-op threads slow tiny models many-fold."""
+    with single_thread():
+        yield
+
 
 CNN = ModelConfig(
     backbone="adaptive_cnn",
@@ -53,6 +62,21 @@ def test_vit_target_is_last_norm1_with_prefix_tokens_dropped():
     tokens = torch.randn(2, vit.num_prefix_tokens + 64, 192)
     assert target.reshape_transform(tokens).shape == (2, 192, 8, 8)  # 32 px / patch 4 = 8×8 grid
     _check_maps(grad_cam(model, x, [1, 3]), 2, 32)
+
+
+def test_own_token_backbone_uses_last_block_on_its_grid():
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        backbone="gfnet",
+        backbone_args={"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 2},
+        head="linear",
+    )
+    model = build_model(cfg, num_classes=3, in_chans=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    target = find_cam_target(model, x[:1])
+    assert target.kind == "tokens" and target.layer is model.backbone.blocks[-1]
+    assert target.reshape_transform(torch.randn(2, 64, 32)).shape == (2, 32, 8, 8)
+    _check_maps(grad_cam(model, x, [0, 2], target), 2, 32)
 
 
 def test_token_reshape_lays_tokens_row_major_after_prefix():

@@ -158,3 +158,15 @@ def test_cli_compare_two_tiny_runs(tmp_path_factory, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_api_compare_formats(tmp_path):
+    from imgcls import api
+
+    _fake_run(tmp_path, "r", 1, 0.5)
+    assert api.compare([tmp_path]).startswith("| run | backbone |")
+    assert api.compare([tmp_path], fmt="csv").startswith(
+        "run,backbone,head,num_runs,seeds,accuracy,accuracy_std"
+    )
+    with pytest.raises(UserError, match="markdown or csv"):
+        api.compare([tmp_path], fmt="xlsx")

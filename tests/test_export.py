@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from tests.tiny_runs import requires_fashion_mnist, shared_run
+from tests.tiny_runs import requires_fashion_mnist, shared_run, single_thread
 from torch import nn
 
 from imgcls.config import load_config
@@ -19,6 +19,14 @@ from imgcls.errors import UserError
 from imgcls.export import ExportParityError, export_model
 from imgcls.models.classifier import Classifier, build_model
 from imgcls.models.heads.linear import LinearHead
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Single-threaded torch: on a shared 2-core machine spinning intra-op threads slow tiny models many-fold."""
+    with single_thread():
+        yield
+
 
 PREPROCESS = {"image_size": 28, "channels": 1, "mean": [0.2860], "std": [0.3530]}
 CLASSES = [f"c{i}" for i in range(10)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import log_loss, precision_recall_fscore_support, roc_auc_score, top_k_accuracy_score
+from tests.tiny_runs import single_thread
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from imgcls.config import build_config
@@ -20,6 +21,14 @@ from imgcls.evaluation import figures
 from imgcls.evaluation.evaluate import evaluate_model
 from imgcls.evaluation.metrics import classification_metrics
 from imgcls.models.classifier import build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Single-threaded torch: on a shared 2-core machine spinning intra-op threads slow tiny models many-fold."""
+    with single_thread():
+        yield
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
+from tests.tiny_runs import single_thread
 
 from imgcls.config import ModelConfig
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation.predict import predict_tensor, tta_views
 from imgcls.models.classifier import build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Single-threaded torch: on a shared 2-core machine spinning intra-op threads slow tiny models many-fold."""
+    with single_thread():
+        yield
+
 
 NO_AUTOCAST = contextlib.nullcontext
 

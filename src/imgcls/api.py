@@ -16,14 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from imgcls.config import ExperimentConfig, apply_overrides, build_config, config_to_yaml, load_config
 from imgcls.data.prepare import PreparedData, make_loader, prepare_data
 from imgcls.engine import checkpoint as ckpt_io
-from imgcls.engine.callbacks import Checkpointer, EarlyStopping, HistoryLogger, ProgressPrinter, StopAtValAcc, console
+from imgcls.engine.callbacks import (
+    Checkpointer,
+    EarlyStopping,
+    HistoryLogger,
+    ProgressPrinter,
+    StopAtValAcc,
+)
 from imgcls.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from imgcls.engine.precision import autocast, configure_backends, resolve_device, resolve_precision
+from imgcls.engine.precision import autocast, configure_backends, resolve_device
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, UserError
 from imgcls.models.classifier import Classifier, build_model

@@ -35,7 +35,6 @@ from imgcls.engine.optim import build_optimizer, build_scheduler
 from imgcls.engine.precision import autocast, channels_last_enabled, resolve_precision
 from imgcls.errors import ConfigError, TrainingError
 from imgcls.models.classifier import Classifier, build_head
-from imgcls.models.heads.base import HeadOutput
 
 
 @dataclass

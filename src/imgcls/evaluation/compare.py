@@ -2,7 +2,7 @@
 
 Seed 004 compared its models by hand from ``test_metrics.txt`` files (SPEC §5.6); here every
 evaluated run directory contributes its ``config.yaml`` and ``metrics.json``. Runs whose configs
-are identical apart from ``train.seed`` (and settings that cannot change results: output paths,
+(name included) are identical apart from ``train.seed`` (and settings that cannot change results: output paths,
 progress bars, data location and loader workers) are one row, with mean ± sample standard
 deviation over the seeds. Runs sharing a name but not a config get the differing keys in their
 label, so a sweep such as ``optim.lr=1e-3`` vs ``3e-3`` reads as two labelled rows.
