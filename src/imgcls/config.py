@@ -116,9 +116,9 @@ class TrainConfig(Section):
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA with bf16 support / CPU with AVX-512 BF16, else fp32"
+        "auto", description="auto: bf16 autocast on CUDA with bf16 support / CPUs with AVX-512 BF16 or AMX, else fp32"
     )
-    channels_last: bool | None = Field(None, description="None: on CUDA only")
+    channels_last: bool | None = Field(None, description="None: on (faster for conv nets on CUDA and on CPU)")
     compile: bool = False
     seed: int = 42
     deterministic: bool = False

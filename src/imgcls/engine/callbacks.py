@@ -210,7 +210,7 @@ class ProgressPrinter(Callback):
                 f"train_loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.4f}  "
                 f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}{extra}  "
                 f"lr {metrics['lr']:.2e}  {metrics['img_per_s']:.0f} img/s  {metrics['epoch_time_s']:.1f}s",
-                highlight=False, markup=False,
+                highlight=False, markup=False, soft_wrap=True,
             )
 
     def on_fit_end(self, trainer: Trainer) -> None:
