@@ -338,3 +338,26 @@ def export(run_dir: str | Path, *, onnx: bool = True, torchscript: bool = False,
 
     return export_run(run_dir, onnx=onnx, torchscript=torchscript, checkpoint=checkpoint, out_dir=out_dir, atol=atol,
                       exporter=exporter)
+
+
+def taxonomy(source: str | Path, overrides: list[str] | None = None):
+    """The Taxonomy of a run directory (from its checkpoint) or of a config's ``data.taxonomy``."""
+    source = Path(source)
+    if source.is_dir():
+        ckpt, _ = load_run_checkpoint(source, "last")
+        if not ckpt.get("taxonomy"):
+            raise UserError(f"the run '{source}' was trained without a taxonomy")
+        from imgcls.taxonomy import Taxonomy
+
+        return Taxonomy.from_dict(ckpt["taxonomy"])
+    cfg = load_config(source, overrides)
+    if not cfg.data.taxonomy:
+        raise UserError(f"'{source}' sets no data.taxonomy (wordnet or a parent-map/label-path file)")
+    from imgcls.data.sources import DataSource  # noqa: F401  (registers data sets)
+    from imgcls.registry import DATASETS
+
+    source_data = DATASETS.build(cfg.data.name, cfg=cfg.data)
+    from imgcls.taxonomy import build_taxonomy
+
+    return build_taxonomy(cfg.data.taxonomy, source_data.train.class_names, rule=cfg.data.taxonomy_rule,
+                          synsets=source_data.synsets or None)

@@ -95,6 +95,21 @@ def predict(
             out.print(f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})", highlight=False, soft_wrap=True)
 
 
+taxonomy_app = typer.Typer(no_args_is_help=True, help="Inspect class taxonomies.")
+app.add_typer(taxonomy_app, name="taxonomy")
+
+
+@taxonomy_app.command("show")
+def taxonomy_show(
+    source: Path = typer.Argument(..., help="an experiment YAML with data.taxonomy, or a run directory"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
+) -> None:
+    """Print the class tree a config (or a trained run) uses."""
+    from imgcls import api
+
+    out.print(api.taxonomy(source, overrides).render(), highlight=False, markup=False, soft_wrap=True)
+
+
 @config_app.command("show")
 def config_show(
     config: Path | None = typer.Argument(None, help="experiment YAML (none: the defaults)"),
