@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -82,7 +83,7 @@ def run_grid(rows: list[tuple[str, str, list[str]]], seeds: list[int], common: l
             print(name, seed, {k: round(v, 4) for k, v in values.items()}, flush=True)
             keys = per_seed[0].keys()
             results[name] = {"config": config, "overrides": overrides, "seeds": seeds[: len(per_seed)], "per_seed": per_seed,
-                             **{k: mean_std([s[k] for s in per_seed]) for k in keys}}
+                             "device": device_label(), **{k: mean_std([s[k] for s in per_seed]) for k in keys}}
             if partial is not None:
                 partial.write_text(json.dumps({"results": results}, indent=1))
     return results
@@ -92,15 +93,52 @@ def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
 
 
+def device_label() -> str:
+    info = machine()
+    return info["device"] if info["device"] != "cpu" else f"CPU ({info.get('cpu_model', '?')}, {info['torch_threads']} threads)"
+
+
 def merge_grids(paths: list[str]) -> dict[str, dict]:
-    """Combine ``results`` of grid runs over disjoint seeds (e.g. one process per seed on one GPU)."""
+    """Combine ``results`` of grid runs over disjoint seeds (e.g. one process per seed on one GPU) or
+    disjoint rows (e.g. rows measured on another machine); each row keeps the device it ran on."""
     merged: dict[str, dict] = {}
     for path in paths:
         for name, r in json.loads(Path(path).read_text())["results"].items():
-            m = merged.setdefault(name, {"config": r["config"], "overrides": r["overrides"], "seeds": [], "per_seed": []})
+            m = merged.setdefault(name, {"config": r["config"], "overrides": r["overrides"], "seeds": [], "per_seed": [],
+                                         "device": r.get("device", "?")})
             m["seeds"] += r["seeds"]
             m["per_seed"] += r["per_seed"]
     for m in merged.values():
         for key in m["per_seed"][0]:
             m[key] = mean_std([s[key] for s in m["per_seed"]])
     return merged
+
+
+def grid_main(name: str, doc: str, rows_for: Callable[[argparse.Namespace], list[tuple[str, str, list[str]]]],
+              extract: Callable[[dict, list[dict]], dict[str, float]], render: Callable[[dict, int, list[int]], str],
+              default_epochs: int, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda ap: None) -> None:
+    """The command line shared by the table benchmarks: train every row for every seed (or only
+    ``--rows``), or ``--merge`` earlier result files; write JSON + Markdown under results/."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=default_epochs)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run")
+    ap.add_argument("--name", default=name, help="results file stem")
+    ap.add_argument("--rows", nargs="*", help="train only these rows (names as in the table)")
+    ap.add_argument("--merge", nargs="*", help="combine result JSONs (disjoint seeds or rows) instead of training")
+    add_arguments(ap)
+    args = ap.parse_args()
+    if args.merge:
+        results = merge_grids(args.merge)
+        seeds = sorted({s for r in results.values() for s in r["seeds"]})
+        write_results(args.name, {"epochs": args.epochs, "seeds": seeds, "results": results}, render(results, args.epochs, seeds))
+        return
+    rows = rows_for(args)
+    unknown = sorted(set(args.rows or []) - {row[0] for row in rows})
+    if unknown:
+        ap.error(f"unknown rows {unknown}; choose from {[row[0] for row in rows]}")
+    rows = [row for row in rows if not args.rows or row[0] in args.rows]
+    common = [f"train.epochs={args.epochs}", "train.progress=false", f"output.dir=runs/bench_{args.name}", "eval.plots=false", *args.extra]
+    results = run_grid(rows, args.seeds, common, extract, partial=RESULTS / f"{args.name}.partial.json")
+    extra = {k: v for k, v in vars(args).items() if k not in ("merge", "name")}
+    write_results(args.name, {**extra, "results": results}, render(results, args.epochs, args.seeds))

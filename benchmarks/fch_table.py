@@ -4,17 +4,17 @@ Rows: linear; RBF/kNN/attention/class-label FCH at p = 1 and at the seed's p (RB
 attention 5, CL 1 — SPEC §1.3). Columns: test accuracy in batch mode at the training batch
 size, accuracy at B = 1 and in memory mode, macro F1, training step time. Mean ± std over seeds.
 
-    .venv/bin/python benchmarks/fch_table.py [--epochs 5] [--seeds 0 1 2] [--extra train.precision=bf16 ...]
+    .venv/bin/python benchmarks/fch_table.py [--epochs 5] [--seeds 0 1 2] [--rows fch_att_p1 ...] [--extra k=v ...]
+    .venv/bin/python benchmarks/fch_table.py --merge results/a.json results/b.json --name fch_table
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, fmt, merge_grids, run_grid, write_results
+from common import fmt, grid_main
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist"
 
@@ -28,38 +28,27 @@ def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
             "step_ms": 1000 * sum(r["train_time_s"] for r in history) / max(steps, 1)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--extra", nargs="*", default=[])
-    ap.add_argument("--name", default="fch_table")
-    ap.add_argument("--merge", nargs="*", help="combine result JSONs of runs over disjoint seeds instead of training")
-    args = ap.parse_args()
-    if args.merge:
-        results = merge_grids(args.merge)
-        seeds = sorted({s for r in results.values() for s in r["seeds"]})
-        write_results(args.name, {"epochs": args.epochs, "seeds": seeds, "results": results}, render(results, args.epochs, seeds))
-        return
-    fch = str(CONFIGS / "fch_rbf.yaml")
-    rows = [("linear", fch, ["model.head=linear", "model.head_args={}"])]
+def rows_for(args) -> list[tuple[str, str, list[str]]]:
+    rows = [("linear", str(CONFIGS / "fch_rbf.yaml"), ["model.head=linear", "model.head_args={}"])]
     for graph, seed_p in (("rbf", 1), ("knn", 4), ("att", 5), ("cl", 1)):
         cfg = str(CONFIGS / f"fch_{graph}.yaml")
         rows.append((f"fch_{graph}_p1", cfg, ["model.head_args.order=1"]))
         if seed_p != 1:
             rows.append((f"fch_{graph}_p{seed_p}", cfg, [f"model.head_args.order={seed_p}"]))
-    common = [f"train.epochs={args.epochs}", "train.progress=false", f"output.dir=runs/bench_{args.name}", "eval.plots=false", *args.extra]
-    results = run_grid(rows, args.seeds, common, extract, partial=RESULTS / f"{args.name}.partial.json")
-    write_results(args.name, {"epochs": args.epochs, "seeds": args.seeds, "extra": args.extra, "results": results},
-                  render(results, args.epochs, args.seeds))
+    return rows
+
+
+def main() -> None:
+    grid_main("fch_table", __doc__, rows_for, extract, render, default_epochs=5)
 
 
 def render(results: dict, epochs: int, seeds: list[int]) -> str:
     md = [f"Fashion-MNIST, AdaptiveCNN (mnist layout), batch 256, {epochs} epochs, seeds {seeds} (mean ± std).", "",
-          "| head | accuracy (batch, B=256) % | accuracy (B=1) % | accuracy (memory) % | macro F1 % | step ms |", "|---|---|---|---|---|---|"]
+          "| head | accuracy (batch, B=256) % | accuracy (B=1) % | accuracy (memory) % | macro F1 % | step ms | measured on |",
+          "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['accuracy_b1'], 100)} | {fmt(r['accuracy_memory'], 100)} | "
-                  f"{fmt(r['macro_f1'], 100)} | {fmt(r['step_ms'], 1, 1)} |")
+                  f"{fmt(r['macro_f1'], 100)} | {fmt(r['step_ms'], 1, 1)} | {r.get('device', '?')} |")
     base = results["linear"]["accuracy"][0]
     best = max((n for n in results if n != "linear"), key=lambda n: results[n]["accuracy"][0])
     verdict = "beats" if results[best]["accuracy"][0] > base + results["linear"]["accuracy"][1] else "does not beat"

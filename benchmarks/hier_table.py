@@ -5,17 +5,17 @@ violation rate, coverage at 99 % precision of confidence-thresholded prediction;
 seeds. Also checks that the flat (linear) head's accuracy through the hierarchical machinery is
 within 0.5 points of the same head trained without a taxonomy.
 
-    .venv/bin/python benchmarks/hier_table.py [--epochs 8] [--seeds 0 1 2] [--taxonomy wordnet]
+    .venv/bin/python benchmarks/hier_table.py [--epochs 8] [--seeds 0 1 2] [--taxonomy wordnet] [--rows sphere_hier ...]
+    .venv/bin/python benchmarks/hier_table.py --merge results/a.json results/b.json --name hier_table
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, fmt, merge_grids, run_grid, write_results
+from common import fmt, grid_main
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist_hier"
 HEADS = ["linear", "arcface", "sphere_multi", "sphere_hier", "arcface_multihead"]
@@ -30,37 +30,25 @@ def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
 
 def render(results: dict, epochs: int, seeds: list[int]) -> str:
     md = [f"Fashion-MNIST + WordNet tree (15 nodes, depth 4), AdaptiveCNN, {epochs} epochs, seeds {seeds} (mean ± std).", "",
-          "| head | leaf accuracy % | hF1 % | mistake severity (LCA height) | violation rate % | coverage at 99 % precision % |",
-          "|---|---|---|---|---|---|"]
+          "| head | leaf accuracy % | hF1 % | mistake severity (LCA height) | violation rate % | coverage at 99 % precision % | measured on |",
+          "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['hf1'], 100)} | {fmt(r['severity'], 1, 3)} | "
-                  f"{fmt(r['violation_rate'], 100)} | {fmt(r['coverage_at_99'], 100)} |")
+                  f"{fmt(r['violation_rate'], 100)} | {fmt(r['coverage_at_99'], 100)} | {r.get('device', '?')} |")
     if "linear_flat" in results and "linear" in results:
         drop = 100 * (results["linear_flat"]["accuracy"][0] - results["linear"]["accuracy"][0])
         md += ["", f"Flat linear head without vs with the taxonomy: {drop:+.2f} points (target: drop ≤ 0.5)."]
     return "\n".join(md)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--taxonomy", default="wordnet", help="wordnet, or a parent-map file (e.g. configs/taxonomies/fashion_mnist.yaml)")
-    ap.add_argument("--extra", nargs="*", default=[])
-    ap.add_argument("--name", default="hier_table")
-    ap.add_argument("--merge", nargs="*", help="combine result JSONs of runs over disjoint seeds instead of training")
-    args = ap.parse_args()
-    if args.merge:
-        results = merge_grids(args.merge)
-        seeds = sorted({s for r in results.values() for s in r["seeds"]})
-        write_results(args.name, {"epochs": args.epochs, "seeds": seeds, "results": results}, render(results, args.epochs, seeds))
-        return
+def rows_for(args) -> list[tuple[str, str, list[str]]]:
     rows = [(head, str(CONFIGS / f"{head}.yaml"), [f"data.taxonomy={args.taxonomy}"]) for head in HEADS]
-    rows.append(("linear_flat", str(CONFIGS / "linear.yaml"), ["data.taxonomy=null"]))
-    common = [f"train.epochs={args.epochs}", "train.progress=false", f"output.dir=runs/bench_{args.name}", "eval.plots=false", *args.extra]
-    results = run_grid(rows, args.seeds, common, extract, partial=RESULTS / f"{args.name}.partial.json")
-    write_results(args.name, {"epochs": args.epochs, "seeds": args.seeds, "taxonomy": args.taxonomy, "results": results},
-                  render(results, args.epochs, args.seeds))
+    return [*rows, ("linear_flat", str(CONFIGS / "linear.yaml"), ["data.taxonomy=null"])]
+
+
+def main() -> None:
+    grid_main("hier_table", __doc__, rows_for, extract, render, default_epochs=8, add_arguments=lambda ap: ap.add_argument(
+        "--taxonomy", default="wordnet", help="wordnet, or a parent-map file (e.g. configs/taxonomies/fashion_mnist.yaml)"))
 
 
 if __name__ == "__main__":

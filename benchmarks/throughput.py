@@ -77,6 +77,7 @@ def measure(overrides: list[str], batch: int, steps: int) -> dict:
     metrics = trainer.train_epoch()
     sync()
     pipeline = metrics["train_images"] / (time.perf_counter() - start)
+    data_s = data_path_seconds(trainer, sync)
     return {
         "input": [data.channels, data.image_size, data.image_size],
         "precision": str(trainer.amp_dtype or "fp32"),
@@ -84,7 +85,32 @@ def measure(overrides: list[str], batch: int, steps: int) -> dict:
         "ceiling_img_per_s": ceiling,
         "pipeline_img_per_s": pipeline,
         "ratio": pipeline / ceiling,
+        "data_augment_s_per_batch": data_s,
+        "step_s_per_batch": batch / pipeline,
+        "data_augment_fraction": data_s * pipeline / batch,
     }
+
+
+def data_path_seconds(trainer: Trainer, sync) -> float:
+    """Mean seconds per batch of the trainer's data path alone: loader → device → augmentation →
+    normalisation, exactly as in ``Trainer.train_epoch`` but without the model."""
+    from imgcls.data.loader import epoch_generator
+
+    loader = trainer.train_loader
+    loader.set_epoch(0)
+    gen = epoch_generator(trainer.cfg.train.seed, 0, salt=2)
+    n = 0
+    sync()
+    start = time.perf_counter()
+    for batch in loader:
+        batch = batch.to(trainer.device)
+        batch = batch.with_images(trainer.prep.to_unit(batch.images))
+        if trainer.augment is not None:
+            batch = trainer.augment(batch, gen, 0)
+        batch = batch.with_images(trainer.prep.normalize(batch.images))
+        n += 1
+    sync()
+    return (time.perf_counter() - start) / max(n, 1)
 
 
 def main() -> None:

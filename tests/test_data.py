@@ -388,7 +388,7 @@ def test_rank_sharding_unions_to_the_single_process_batches(drop_last, world_siz
 
 
 def test_global_batch_must_divide_by_world_size():
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ConfigError, match="not divisible"):
         InMemoryLoader(toy_data(), 10, shuffle=True, drop_last=False, world_size=4)
 
 
@@ -453,3 +453,35 @@ def test_sampler_config_errors():
         m_per_class_order(labels, gen, 3, 8)
     with pytest.raises(ConfigError, match="number of classes"):
         m_per_class_order(labels, gen, 1, 8)  # 8 classes per batch, only 4 exist
+
+
+@pytest.mark.parametrize(("name", "dataset_class", "num_classes"), [("cifar10", "CIFAR10", 10), ("cifar100", "CIFAR100", 100)])
+def test_cifar_sources_convert_torchvision_sets_to_chw(monkeypatch, tmp_path, name, dataset_class, num_classes):
+    import torchvision.datasets
+
+    from imgcls.registry import DATASETS
+
+    calls = []
+
+    class FakeCifar:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append((root, train, download))
+            n = 6 if train else 4
+            self.data = (np.arange(n * 32 * 32 * 3) % 251).astype(np.uint8).reshape(n, 32, 32, 3)
+            self.targets = [i % num_classes for i in range(n)]
+            self.classes = [f"class{i}" for i in range(num_classes)]
+
+    monkeypatch.setattr(torchvision.datasets, dataset_class, FakeCifar)
+    source = DATASETS.get(name)(DataConfig(name=name, root=str(tmp_path)))
+    assert calls == [(str(tmp_path), True, False), (str(tmp_path), False, False)]
+    assert source.train.images.shape == (6, 3, 32, 32) and source.test.images.shape == (4, 3, 32, 32)
+    fake = FakeCifar(str(tmp_path), True, False)
+    assert int(source.train.images[2, 1, 5, 7]) == int(fake.data[2, 5, 7, 1])  # HWC → CHW
+    assert source.train.labels.tolist() == fake.targets and len(source.train.class_names) == num_classes
+
+    def missing(root, train, download):
+        raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(torchvision.datasets, dataset_class, missing)
+    with pytest.raises(DataError, match=r"data\.download=true"):
+        DATASETS.get(name)(DataConfig(name=name, root=str(tmp_path)))

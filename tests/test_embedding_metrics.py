@@ -75,12 +75,14 @@ def test_extension_reports_features_and_embeddings_as_json():
         features=torch.tensor([[1.0, 0.0], [1.0, 2.0], [0.0, 1.0], [2.0, 1.0]]),
         embeddings=torch.tensor([[1.0], [1.0], [1.0], [1.0]]),  # one class centre direction: separation 0
         targets=y,
+        features_name="backbone features",
     )
     ctx = SimpleNamespace(preds=preds, metrics={})
     embedding_metrics_extension(ctx)
     geo = ctx.metrics["embedding_geometry"]
     assert set(geo) == {"features", "head_embeddings"}
     assert geo["features"]["dim"] == 2 and geo["head_embeddings"]["dim"] == 1
+    assert geo["features"]["name"] == "backbone features"
     assert geo["features"]["compactness"] == pytest.approx(1.0)
     assert geo["head_embeddings"]["relative_compactness"] is None  # 0/0 → null, not NaN
     json.loads(json.dumps(ctx.metrics, allow_nan=False))

@@ -222,3 +222,45 @@ def test_short_optimisation_lowers_loss(tax, name, args):
         probs = head.predict(head(x))
     assert probs.shape == (200, 7) and torch.allclose(probs.sum(1), torch.ones(200), atol=1e-5)
     assert (probs.argmax(1) == y).float().mean() > 0.8
+
+
+# --------------------------------------------------------------------------------------------- thresholded prediction
+
+
+def tiny_predictor(tax, head: str):
+    from imgcls.api import Predictor
+    from imgcls.config import ModelConfig
+    from imgcls.models.classifier import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="adaptive_cnn", backbone_args={"layout": "mnist", "width_mult": 0.25}, head=head)
+    model = build_model(cfg, tax.num_classes, 1, taxonomy=tax)
+    meta = {"image_size": 28, "channels": 1, "mean": [0.5], "std": [0.5], "model_size": 28}
+    return Predictor(model, meta, list(tax.class_names), tax)
+
+
+def test_threshold_prediction_uses_the_node_space_heads_own_node_probabilities(tax, monkeypatch):
+    predictor = tiny_predictor(tax, "sphere_multi")
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    node = {name: i for i, name in enumerate(tax.nodes)}
+    fixed = torch.zeros(2, tax.num_nodes)
+    fixed[:, node["B"]], fixed[:, node["b2"]], fixed[:, node["b21"]] = 0.95, 0.85, 0.5
+    monkeypatch.setattr(predictor.model.head, "predict_nodes", lambda out: fixed[: out.logits.shape[0]])
+    rows = predictor.predict(list(images), top_k=2, threshold=0.8)
+    for row in rows:
+        assert row["hierarchy"]["path"] == [tax.root, "B", "b2"]  # b21 (0.5) is below τ: stop at b2
+        assert row["hierarchy"]["probability"] == pytest.approx(0.85)
+
+
+def test_threshold_prediction_of_a_flat_head_sums_class_probabilities(tax):
+    predictor = tiny_predictor(tax, "linear")
+    images = list(torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8))
+    probs = predictor.predict_proba(images)
+    rows = predictor.predict(images, threshold=0.0)  # τ = 0: always down to a leaf class
+    for p, row in zip(probs, rows, strict=True):
+        leaf = row["hierarchy"]["path"][-1]
+        assert leaf in tax.class_names
+        # a flat head's node probability is its summed class probabilities: for a leaf, the class's own
+        assert row["hierarchy"]["probability"] == pytest.approx(float(p[tax.class_names.index(leaf)]), abs=1e-6)
+    top = predictor.predict(images, threshold=1.01)  # τ above every probability: the root
+    assert all(r["hierarchy"]["path"] == [tax.root] for r in top)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from imgcls.config import ModelConfig
 from imgcls.data.batch import Batch
 from imgcls.errors import ConfigError
-from imgcls.models.backbones.adaptive_cnn import AdaptiveCNN, ResidualBlock, SEBlock
+from imgcls.models.backbones.adaptive_cnn import AdaptiveCNN, ResidualBlock, SEBlock, norm_layer
 from imgcls.models.classifier import Classifier, build_model, count_parameters
 from imgcls.models.heads.base import HeadOutput, cross_entropy
 from imgcls.models.heads.linear import LinearHead, MLPHead
@@ -102,6 +102,24 @@ def test_residual_block_shortcut_only_when_shape_changes():
     block = ResidualBlock(32, 64, 2)
     assert not isinstance(block.shortcut, torch.nn.Identity)
     assert block(torch.randn(1, 32, 8, 8)).shape == (1, 64, 4, 4)
+
+
+def test_group_norm_variant_is_batch_independent_and_same_size():
+    torch.manual_seed(0)
+    model = AdaptiveCNN("mnist", width_mult=0.25, norm="group").train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8}  # widths 8, 16, 32 are multiples of 8
+    assert norm_layer("group", 10).num_groups == 1  # otherwise one group (layer norm over C, H, W)
+    x = torch.randn(6, 1, 28, 28)
+    # in train mode a sample's output does not depend on the rest of the batch (BatchNorm's would)
+    assert torch.allclose(model(x)[:2], model(x[:2]), atol=1e-5)
+    batch_norm = AdaptiveCNN("mnist", width_mult=0.25).train()
+    assert not torch.allclose(batch_norm(x)[:2], batch_norm(x[:2]), atol=1e-3)
+    same_size = sum(p.numel() for p in AdaptiveCNN("mnist").parameters())
+    assert sum(p.numel() for p in AdaptiveCNN("mnist", norm="group").parameters()) == same_size
+    with pytest.raises(ConfigError, match="norm 'layer'"):
+        AdaptiveCNN("mnist", norm="layer")
 
 
 def test_unknown_layout_is_a_config_error():

@@ -128,8 +128,10 @@ def train(
                              rank=dist.rank, world_size=dist.world_size, device=device) if len(data.val) else None
 
     from imgcls.data.augment import build_train_augment
+    from imgcls.models.feature_cache import attach_feature_cache
 
     augment = build_train_augment(cfg.augment, len(data.class_names))
+    attach_feature_cache(model, cfg, augment)
     trainer = Trainer(
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
         class_names=data.class_names, callbacks=build_callbacks(cfg, run_dir), augment=augment, dist=dist, taxonomy=taxonomy,
@@ -273,15 +275,23 @@ class Predictor:
         return torch.cat(out)
 
     @torch.no_grad()
-    def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
-        from imgcls.evaluation.predict import predict_tensor
+    def _predict_views(self, images: list[Any], tta: int):
+        from imgcls.evaluation.predict import predict_views
 
         batch = self.load_images(images).to(self.device)
-        probs, _ = predict_tensor(self.model, batch, self.prep, lambda: autocast(self.device, None), tta)
-        return probs.cpu()
+        return predict_views(self.model, batch, self.prep, lambda: autocast(self.device, None), tta)
+
+    def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
+        return self._predict_views(images, tta).probs.cpu()
 
     def predict(self, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None) -> list[dict[str, Any]]:
-        probs = self.predict_proba(images, tta)
+        """Top-k classes per image; with ``threshold`` τ also the deepest taxonomy node on a consistent
+        root path whose probability ≥ τ. Node probabilities come from the head itself for node-space
+        heads (``predict_nodes``: SphereMulti, SphereMultiHier, per-level heads), else the class
+        probabilities summed up the tree."""
+        views = self._predict_views(images, tta)
+        probs = views.probs.cpu()
+        node_probs = None if views.node_probs is None else views.node_probs.cpu()
         k = min(top_k, probs.shape[1])
         results = []
         for i, p in enumerate(probs):
@@ -291,18 +301,20 @@ class Predictor:
                 "top_k": [{"class": self.class_names[j], "probability": float(v)} for v, j in zip(values, idx.tolist(), strict=True)],
             }
             if threshold is not None:
-                row["hierarchy"] = self.hierarchical_path(p[None], threshold)[0]
+                row["hierarchy"] = self.hierarchical_path(p[None], threshold, None if node_probs is None else node_probs[i : i + 1])[0]
             results.append(row)
         return results
 
-    def hierarchical_path(self, class_probs: torch.Tensor, threshold: float) -> list[dict[str, Any]]:
+    def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
+                          node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
         from imgcls.errors import UserError as _UserError
 
         if self.taxonomy is None:
             raise _UserError("--threshold needs a model trained with a taxonomy (data.taxonomy)")
         from imgcls.evaluation.hierarchical import threshold_decode
 
-        node_probs = self.taxonomy.class_to_node_probs(class_probs)
+        if node_probs is None:
+            node_probs = self.taxonomy.class_to_node_probs(class_probs)
         nodes = threshold_decode(node_probs, self.taxonomy, threshold)
         return [{"path": self.taxonomy.path_names(int(n)), "probability": float(node_probs[i, int(n)]) if int(n) >= 0 else 1.0}
                 for i, n in enumerate(nodes)]

@@ -86,6 +86,8 @@ class ModelConfig(Section):
     head: str = "linear"
     head_args: dict[str, Any] = Field(default_factory=dict)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head")
+    cache_features: bool = Field(False, description="frozen-trunk training: compute a frozen backbone's features once per image")
+    cache_features_max_mb: float = Field(4096.0, gt=0, description="memory bound of the feature cache")
 
 
 class OptimConfig(Section):

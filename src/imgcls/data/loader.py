@@ -16,6 +16,7 @@ from imgcls.data.batch import Batch
 from imgcls.data.decode import FileImages, collate_skip
 from imgcls.data.images import ImageData
 from imgcls.data.samplers import epoch_order
+from imgcls.errors import ConfigError
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
@@ -38,7 +39,8 @@ class _Loader:
         world_size: int = 1,
     ) -> None:
         if batch_size % world_size:
-            raise ValueError(f"global batch size {batch_size} is not divisible by world size {world_size}")
+            raise ConfigError(f"the global batch size {batch_size} is not divisible by world size {world_size}; "
+                              f"use a multiple of {world_size} (train.batch_size / eval.batch_size)")
         self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
         self.seed, self.sampler, self.samples_per_class = seed, sampler, samples_per_class
         self.rank, self.world_size, self.epoch = rank, world_size, 0

@@ -158,28 +158,27 @@ def _hwc(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
 
 
-@DATASETS.register("cifar10")
-def cifar10(cfg: DataConfig) -> DataSource:
-    from torchvision.datasets import CIFAR10
+def _cifar(name: str, dataset_class: str, mean: list[float], std: list[float]) -> Callable[[DataConfig], DataSource]:
+    """CIFAR-10 / CIFAR-100 through torchvision (same files layout, different class)."""
 
-    def build(root: str, download: bool) -> tuple:
-        sets = [CIFAR10(root, train=t, download=download) for t in (True, False)]
-        return tuple((_hwc(s.data), s.targets, list(s.classes)) for s in sets)
+    def source(cfg: DataConfig) -> DataSource:
+        import torchvision.datasets
 
-    train, test = _torchvision_source(cfg, "cifar10", build)
-    return DataSource(train, test, mean=[0.4914, 0.4822, 0.4465], std=[0.2470, 0.2435, 0.2616])
+        dataset = getattr(torchvision.datasets, dataset_class)
+
+        def build(root: str, download: bool) -> tuple:
+            sets = [dataset(root, train=t, download=download) for t in (True, False)]
+            return tuple((_hwc(s.data), s.targets, list(s.classes)) for s in sets)
+
+        train, test = _torchvision_source(cfg, name, build)
+        return DataSource(train, test, mean=mean, std=std)
+
+    source.__name__ = name
+    return source
 
 
-@DATASETS.register("cifar100")
-def cifar100(cfg: DataConfig) -> DataSource:
-    from torchvision.datasets import CIFAR100
-
-    def build(root: str, download: bool) -> tuple:
-        sets = [CIFAR100(root, train=t, download=download) for t in (True, False)]
-        return tuple((_hwc(s.data), s.targets, list(s.classes)) for s in sets)
-
-    train, test = _torchvision_source(cfg, "cifar100", build)
-    return DataSource(train, test, mean=[0.5071, 0.4865, 0.4409], std=[0.2673, 0.2564, 0.2762])
+cifar10 = DATASETS.register("cifar10")(_cifar("cifar10", "CIFAR10", [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]))
+cifar100 = DATASETS.register("cifar100")(_cifar("cifar100", "CIFAR100", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]))
 
 
 @DATASETS.register("stl10")

@@ -85,3 +85,5 @@ def embedding_metrics_extension(ctx: EvalContext) -> None:
     ctx.metrics["embedding_geometry"] = {
         k: {m: None if v != v else v for m, v in row.items()} for k, row in out.items()
     }
+    if "features" in out:
+        ctx.metrics["embedding_geometry"]["features"]["name"] = preds.features_name

@@ -486,7 +486,7 @@ def embedding_panels(ctx: EvalContext) -> tuple[torch.Tensor, list[tuple[str, to
     if feats is None or (feats.shape == emb.shape and torch.allclose(feats, emb)):
         return rows, [(f"backbone features = head embeddings (D={emb.shape[1]})", emb)]
     return rows, [
-        (f"unrefined features (D={feats.shape[1]})", feats),
+        (f"{preds.features_name} (D={feats.shape[1]})", feats),
         (f"head embeddings (D={emb.shape[1]})", emb),
     ]
 

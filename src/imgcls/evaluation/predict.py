@@ -22,6 +22,7 @@ class Predictions:
     index: torch.Tensor  # (N,) positions in the evaluated set
     node_probs: torch.Tensor | None = None  # (N, nodes) for heads predicting taxonomy nodes
     features: torch.Tensor | None = None  # (N, D) backbone features (when asked for)
+    features_name: str = "backbone features"  # what ``features`` holds (a refining head's input embeddings)
 
 
 def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -33,22 +34,52 @@ def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
     return views[: max(1, n)]
 
 
+@dataclass
+class ViewPrediction:
+    probs: torch.Tensor  # (B, C) class probabilities averaged over the views
+    output: object  # the head output of the first (untransformed) view
+    node_probs: torch.Tensor | None  # (B, nodes) averaged over the views, for node-space heads
+    features: torch.Tensor | None  # (B, D) backbone features of the first view (when asked for)
+
+
 @torch.no_grad()
+def predict_views(
+    model: nn.Module, images: torch.Tensor, prep: Preprocess, autocast: Callable, tta: int = 1,
+    transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None, with_features: bool = False,
+) -> ViewPrediction:
+    """Class (and, for node-space heads, taxonomy-node) probabilities of one batch of uint8 images,
+    averaged over TTA views. Backbone features are captured by a hook on the head's input, so asking
+    for them costs no second forward pass."""
+    unit = prep.to_unit(images)
+    views = [t(unit) for t in transforms] if transforms is not None else tta_views(unit, tta)
+    node_head = hasattr(model.head, "predict_nodes")
+    captured: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) if with_features else None
+    probs = nodes = first = None
+    try:
+        for view in views:
+            with autocast():
+                out = model(prep.normalize(view))
+            p = model.head.predict(out).float()
+            probs = p if probs is None else probs + p
+            if node_head:
+                q = model.head.predict_nodes(out).float()
+                nodes = q if nodes is None else nodes + q
+            first = first or out
+    finally:
+        if hook is not None:
+            hook.remove()
+    return ViewPrediction(probs / len(views), first, None if nodes is None else nodes / len(views),
+                          captured[0] if captured else None)
+
+
 def predict_tensor(
     model: nn.Module, images: torch.Tensor, prep: Preprocess, autocast: Callable, tta: int = 1,
     transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, object]:
     """Class probabilities of one batch of uint8 images, averaged over TTA views; also the plain output."""
-    unit = prep.to_unit(images)
-    views = [t(unit) for t in transforms] if transforms is not None else tta_views(unit, tta)
-    probs, first = None, None
-    for view in views:
-        with autocast():
-            out = model(prep.normalize(view))
-        p = model.head.predict(out).float()
-        probs = p if probs is None else probs + p
-        first = first or out
-    return probs / len(views), first
+    pred = predict_views(model, images, prep, autocast, tta, transforms)
+    return pred.probs, pred.output
 
 
 @torch.no_grad()
@@ -58,19 +89,23 @@ def predict_loader(
 ) -> Predictions:
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("probs", "logits", "embeddings", "targets", "index", "nodes", "features")}
+    features_name = "backbone features"
     for batch in loader:
         batch = batch.to(device)
-        probs, out = predict_tensor(model, batch.images, prep, autocast, tta)
-        parts["probs"].append(probs.cpu())
+        pred = predict_views(model, batch.images, prep, autocast, tta, with_features=with_features)
+        out = pred.output
+        parts["probs"].append(pred.probs.cpu())
         parts["logits"].append(out.logits.float().cpu())
         parts["embeddings"].append(out.embeddings.float().cpu())
         parts["targets"].append(batch.targets.cpu())
         parts["index"].append(batch.index.cpu())
-        if hasattr(model.head, "predict_nodes"):
-            parts["nodes"].append(model.head.predict_nodes(out).float().cpu())
+        if pred.node_probs is not None:
+            parts["nodes"].append(pred.node_probs.cpu())
         if with_features:
             unrefined = out.extras.get("unrefined") if out.extras else None
-            parts["features"].append((unrefined if unrefined is not None else model.forward_features(prep(batch.images))).float().cpu())
+            if unrefined is not None:
+                features_name = "unrefined embeddings"
+            parts["features"].append((unrefined if unrefined is not None else pred.features).float().cpu())
     cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
     if dist.enabled:
         cat = {k: None if v is None else all_gather_cat(v.to(device), dist).cpu() for k, v in cat.items()}
@@ -79,4 +114,5 @@ def predict_loader(
     return Predictions(
         probs=pick(cat["probs"]), logits=pick(cat["logits"]), embeddings=pick(cat["embeddings"]),
         targets=pick(cat["targets"]), index=pick(cat["index"]), node_probs=pick(cat["nodes"]), features=pick(cat["features"]),
+        features_name=features_name,
     )

@@ -26,8 +26,12 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = head
+        #: optional :class:`imgcls.models.feature_cache.FeatureCache` (frozen-trunk training)
+        self.feature_cache = None
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.feature_cache is not None:
+            return self.feature_cache(self.backbone, images)
         return self.backbone.forward_features(images)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:

@@ -5,6 +5,9 @@ Two fixed layouts from the seed's ``src/models.py``: ``mnist`` (1×28×28, stem 
 (3×32×32, 11 blocks 64→128→256→512, ≈ 17.6 M with the 512→256→C classifier). The backbone ends
 at the global average pool; the seed's classifier is our ``mlp`` head (hidden 64 or 256,
 dropout 0.3). SE (Hu et al., 2018) uses reduction 16 and bias-free linear layers.
+``norm: group`` swaps BatchNorm for GroupNorm (Wu & He, 2018; 8 groups where the width allows),
+an addition of ours: the outputs no longer depend on the rest of the batch, so tiny per-rank
+batches and DDP runs behave exactly like one process.
 """
 
 from __future__ import annotations
@@ -31,19 +34,29 @@ class SEBlock(nn.Module):
         return x * scale[:, :, None, None]
 
 
+NORMS = ("batch", "group")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or GroupNorm with 8 groups (1 when the width is not a multiple of 8)."""
+    if kind == "group":
+        return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
+    return nn.BatchNorm2d(channels)
+
+
 class ResidualBlock(nn.Module):
     """conv3×3(stride) → BN → ReLU → conv3×3 → BN → SE → + shortcut → ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, use_se: bool = True) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, use_se: bool = True, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn1 = norm_layer(norm, c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        self.bn2 = norm_layer(norm, c_out)
         self.se = SEBlock(c_out) if use_se else nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,18 +75,21 @@ CLASSIFIER_HIDDEN = {"mnist": 64, "cifar": 256}
 
 
 class AdaptiveCNN(nn.Module):
-    def __init__(self, layout: str = "mnist", in_chans: int = 1, use_se: bool = True, width_mult: float = 1.0) -> None:
+    def __init__(self, layout: str = "mnist", in_chans: int = 1, use_se: bool = True, width_mult: float = 1.0,
+                 norm: str = "batch") -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ConfigError(f"adaptive_cnn layout '{layout}' is unknown; use one of {sorted(LAYOUTS)}")
+        if norm not in NORMS:
+            raise ConfigError(f"adaptive_cnn norm '{norm}' is unknown; use one of {', '.join(NORMS)}")
         stem, pool, blocks = LAYOUTS[layout]
         w = lambda c: max(8, round(c * width_mult))  # noqa: E731
-        layers: list[nn.Module] = [nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False), nn.BatchNorm2d(w(stem)), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False), norm_layer(norm, w(stem)), nn.ReLU(inplace=True)]
         if pool:
             layers.append(nn.MaxPool2d(2))
         c = w(stem)
         for c_out, stride in blocks:
-            layers.append(ResidualBlock(c, w(c_out), stride, use_se))
+            layers.append(ResidualBlock(c, w(c_out), stride, use_se, norm))
             c = w(c_out)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -90,5 +106,6 @@ class AdaptiveCNN(nn.Module):
 
 
 @BACKBONES.register("adaptive_cnn")
-def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0) -> AdaptiveCNN:
-    return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult)
+def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0,
+                 norm: str = "batch") -> AdaptiveCNN:
+    return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult, norm=norm)

@@ -22,8 +22,9 @@ Label smoothing does not apply to these multi-label losses and is ignored.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from imgcls.data.batch import Batch
 
 MARGIN_ON = ("positives", "all")
+ASL_KEYS = ("gamma_neg", "gamma_pos", "clip")
 
 
 def require_taxonomy(taxonomy: Taxonomy | None, head: str, num_classes: int) -> Taxonomy:
@@ -100,7 +102,7 @@ class SphereMultiHead(Head):
         self.num_nodes = self.taxonomy.num_nodes
         self.scale = float(scale) if scale is not None else default_scale(self.num_nodes)
         self.margin, self.margin_on, self.loss_name = float(margin), margin_on, loss
-        self.asl = {"gamma_neg": gamma_neg, "gamma_pos": gamma_pos, "clip": clip}
+        self.asl = dict(zip(ASL_KEYS, (gamma_neg, gamma_pos, clip), strict=True))
         self.embed = EmbeddingMLP(in_features, embedding, dropout, embed_final_act)
         self.weight = nn.Parameter(torch.empty(self.num_nodes, self.embed.out_features))
         nn.init.xavier_normal_(self.weight)
@@ -156,56 +158,14 @@ class SphereMultiHierHead(SphereMultiHead):
         num_classes: int,
         label_smoothing: float = 0.0,
         taxonomy: Taxonomy | None = None,
-        scale: float | None = None,
-        margin: float = 0.5,
-        margin_on: str = "positives",
-        loss: str = "bce",
-        gamma_neg: float = 4.0,
-        gamma_pos: float = 1.0,
-        clip: float = 0.05,
-        embedding: Sequence[int] | None = None,
-        dropout: float = 0.2,
-        embed_final_act: str = "relu",
-        level_weights: str = "inverse_level_size",
-        penalty_mode: str = "soft",
-        penalties: str = "fixed",
-        hier_penalty: float = 0.1,
-        penalty_scale: float = 1.0,
-        class_counts: list[int] | None = None,
-        distance_weight: float = 0.1,
-        threshold: float = 0.5,
-        soft_violation: str = "diff",
+        **head_args: Any,
     ) -> None:
-        super().__init__(
-            in_features,
-            num_classes,
-            label_smoothing,
-            taxonomy=taxonomy,
-            scale=scale,
-            margin=margin,
-            margin_on=margin_on,
-            loss=loss,
-            gamma_neg=gamma_neg,
-            gamma_pos=gamma_pos,
-            clip=clip,
-            embedding=embedding,
-            dropout=dropout,
-            embed_final_act=embed_final_act,
-        )
-        self.hbce = HierarchicalBCELoss(
-            self.taxonomy,
-            base=self.loss_name,
-            level_weights=level_weights,
-            penalty_mode=penalty_mode,
-            penalties=penalties,
-            hier_penalty=hier_penalty,
-            penalty_scale=penalty_scale,
-            class_counts=class_counts,
-            distance_weight=distance_weight,
-            threshold=threshold,
-            soft_violation=soft_violation,
-            **self.asl,
-        )
+        # head_args naming HierarchicalBCELoss parameters configure HBCE; the rest go to SphereMulti
+        # (an unknown key fails there with a TypeError that build_head reports as a config error).
+        hbce_keys = set(inspect.signature(HierarchicalBCELoss).parameters) - {"taxonomy", "base", *ASL_KEYS}
+        hbce_args = {k: head_args.pop(k) for k in list(head_args) if k in hbce_keys}
+        super().__init__(in_features, num_classes, label_smoothing, taxonomy=taxonomy, **head_args)
+        self.hbce = HierarchicalBCELoss(self.taxonomy, base=self.loss_name, **hbce_args, **self.asl)
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         targets = batch.soft_targets if batch.soft_targets is not None else batch.targets
