@@ -96,5 +96,7 @@ def test_files_written_once(runs):
 
 def test_failing_rank_fails_the_job_with_its_message(tmp_path):
     proc = run_train(tmp_path, 2, "train.batch_size=33")
-    assert proc.returncode != 0
-    assert "not divisible by world size" in proc.stdout + proc.stderr
+    assert proc.returncode == 2  # the user-error code of the rank that failed
+    output = proc.stdout + proc.stderr
+    assert "not divisible by world size" in output and "DDP job failed: rank" in output
+    assert "Traceback" not in output

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,22 @@ out = Console()
 err = Console(stderr=True)
 
 
+def launch_ddp(torchrun_args: list[str]) -> int:
+    """Run torchrun in this process; a failing rank (which printed its own message) ends the job with
+    its exit code and one summary line instead of torchrun's traceback."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    try:
+        run(get_args_parser().parse_args(torchrun_args))
+    except ChildFailedError as exc:
+        # the rank that failed by itself (positive exit code), not those the launcher then stopped
+        rank, failure = min(exc.failures.items(), key=lambda item: (item[1].exitcode <= 0, item[1].timestamp, item[0]))
+        err.print(f"DDP job failed: rank {rank} exited with code {failure.exitcode} (its message is above)", highlight=False)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     config: Path | None = typer.Argument(None, help="experiment YAML (e.g. configs/quickstart.yaml)"),
@@ -35,10 +50,9 @@ def train(
 ) -> None:
     """Train an experiment, evaluate it once on the test set, and write a report."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"]
-        cmd += [str(config)] if config else []
-        cmd += list(overrides or []) + (["--resume", str(resume)] if resume else []) + (["--no-eval"] if no_eval else [])
-        raise typer.Exit(subprocess.call(cmd))
+        args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"] + ([str(config)] if config else [])
+        args += list(overrides or []) + (["--resume", str(resume)] if resume else []) + (["--no-eval"] if no_eval else [])
+        raise typer.Exit(launch_ddp(args))
     from imgcls import api
 
     if config is not None and "=" in str(config) and not config.exists():  # `imgcls train optim.lr=1e-3`: defaults + overrides
