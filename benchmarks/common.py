@@ -90,6 +90,8 @@ def run_grid(rows: list[tuple[str, str, list[str]]], seeds: list[int], common: l
 
 
 def fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
+    if ms[0] != ms[0]:  # NaN: not applicable to this row
+        return "–"
     return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
 
 

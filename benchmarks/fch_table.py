@@ -49,6 +49,8 @@ def render(results: dict, epochs: int, seeds: list[int]) -> str:
     for name, r in results.items():
         md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['accuracy_b1'], 100)} | {fmt(r['accuracy_memory'], 100)} | "
                   f"{fmt(r['macro_f1'], 100)} | {fmt(r['step_ms'], 1, 1)} | {r.get('device', '?')} |")
+    if "linear" not in results:
+        return "\n".join(md)
     base = results["linear"]["accuracy"][0]
     best = max((n for n in results if n != "linear"), key=lambda n: results[n]["accuracy"][0])
     verdict = "beats" if results[best]["accuracy"][0] > base + results["linear"]["accuracy"][1] else "does not beat"
