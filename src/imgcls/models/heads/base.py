@@ -8,6 +8,7 @@ touching the training loop.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,7 @@ class HeadOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Head(nn.Module):
+class Head(nn.Module, ABC):
     """Base class for classification heads.
 
     Subclasses implement ``forward``; the default ``loss`` is (label-smoothed, soft-target
@@ -63,8 +64,9 @@ class Head(nn.Module):
     def inference_mode(self) -> str:
         return "sample"
 
+    @abstractmethod
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
-        raise NotImplementedError  # abstract: every concrete head overrides forward
+        """Logits and embeddings of a batch of features (targets only while training)."""
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         return {"ce": cross_entropy(output.logits, batch, self.label_smoothing)}
