@@ -100,6 +100,16 @@ def device_label() -> str:
     return info["device"] if info["device"] != "cpu" else f"CPU ({info.get('cpu_model', '?')}, {info['torch_threads']} threads)"
 
 
+def grid_table(title: str, results: dict, columns: list[tuple[str, str, float, int]]) -> list[str]:
+    """Markdown lines of a table benchmark: a title, then one row per result with ``columns`` given as
+    (header, result key, scale, digits) and a final "measured on" column."""
+    md = [title, "", "| head | " + " | ".join(c[0] for c in columns) + " | measured on |", "|---" * (len(columns) + 2) + "|"]
+    for name, r in results.items():
+        cells = [fmt(r[key], scale, digits) for _, key, scale, digits in columns]
+        md.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('device', '?')} |")
+    return md
+
+
 def merge_grids(paths: list[str]) -> dict[str, dict]:
     """Combine ``results`` of grid runs over disjoint seeds (e.g. one process per seed on one GPU) or
     disjoint rows (e.g. rows measured on another machine); each row keeps the device it ran on."""

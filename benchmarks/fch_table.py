@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fmt, grid_main
+from common import grid_main, grid_table
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist"
 
@@ -43,12 +43,9 @@ def main() -> None:
 
 
 def render(results: dict, epochs: int, seeds: list[int]) -> str:
-    md = [f"Fashion-MNIST, AdaptiveCNN (mnist layout), batch 256, {epochs} epochs, seeds {seeds} (mean ± std).", "",
-          "| head | accuracy (batch, B=256) % | accuracy (B=1) % | accuracy (memory) % | macro F1 % | step ms | measured on |",
-          "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['accuracy_b1'], 100)} | {fmt(r['accuracy_memory'], 100)} | "
-                  f"{fmt(r['macro_f1'], 100)} | {fmt(r['step_ms'], 1, 1)} | {r.get('device', '?')} |")
+    md = grid_table(f"Fashion-MNIST, AdaptiveCNN (mnist layout), batch 256, {epochs} epochs, seeds {seeds} (mean ± std).", results, [
+        ("accuracy (batch, B=256) %", "accuracy", 100, 2), ("accuracy (B=1) %", "accuracy_b1", 100, 2),
+        ("accuracy (memory) %", "accuracy_memory", 100, 2), ("macro F1 %", "macro_f1", 100, 2), ("step ms", "step_ms", 1, 1)])
     if "linear" not in results:
         return "\n".join(md)
     base = results["linear"]["accuracy"][0]

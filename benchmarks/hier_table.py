@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fmt, grid_main
+from common import grid_main, grid_table
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist_hier"
 HEADS = ["linear", "arcface", "sphere_multi", "sphere_hier", "arcface_multihead"]
@@ -29,12 +29,10 @@ def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
 
 
 def render(results: dict, epochs: int, seeds: list[int]) -> str:
-    md = [f"Fashion-MNIST + WordNet tree (15 nodes, depth 4), AdaptiveCNN, {epochs} epochs, seeds {seeds} (mean ± std).", "",
-          "| head | leaf accuracy % | hF1 % | mistake severity (LCA height) | violation rate % | coverage at 99 % precision % | measured on |",
-          "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        md.append(f"| {name} | {fmt(r['accuracy'], 100)} | {fmt(r['hf1'], 100)} | {fmt(r['severity'], 1, 3)} | "
-                  f"{fmt(r['violation_rate'], 100)} | {fmt(r['coverage_at_99'], 100)} | {r.get('device', '?')} |")
+    md = grid_table(f"Fashion-MNIST + WordNet tree (15 nodes, depth 4), AdaptiveCNN, {epochs} epochs, seeds {seeds} (mean ± std).",
+                    results, [("leaf accuracy %", "accuracy", 100, 2), ("hF1 %", "hf1", 100, 2),
+                              ("mistake severity (LCA height)", "severity", 1, 3), ("violation rate %", "violation_rate", 100, 2),
+                              ("coverage at 99 % precision %", "coverage_at_99", 100, 2)])
     if "linear_flat" in results and "linear" in results:
         hier, flat = (100 * results[k]["accuracy"][0] for k in ("linear", "linear_flat"))
         md += ["", f"Linear head through the hierarchical machinery {hier:.2f} % vs without a taxonomy {flat:.2f} %: "
