@@ -28,9 +28,9 @@ from common import time_steps, write_results
 from cpu_precision import quickstart_overrides
 
 from imgcls.config import load_config
-from imgcls.data.batch import Batch
+from imgcls.runtime.batch import Batch
 from imgcls.engine.optim import build_optimizer
-from imgcls.engine.precision import (
+from imgcls.runtime.precision import (
     autocast,
     channels_last_enabled,
     configure_backends,

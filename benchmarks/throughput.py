@@ -21,9 +21,9 @@ from common import time_steps, write_results
 
 from imgcls.config import load_config
 from imgcls.data.augment import build_train_augment
-from imgcls.data.batch import Batch
+from imgcls.runtime.batch import Batch
 from imgcls.data.prepare import make_loader, prepare_data
-from imgcls.engine.precision import configure_backends, resolve_device
+from imgcls.runtime.precision import configure_backends, resolve_device
 from imgcls.engine.trainer import Trainer
 from imgcls.models.classifier import build_model
 

@@ -33,8 +33,8 @@ from imgcls.data.augment_ops import (
     warp,
 )
 from imgcls.data.augment_policies import OP_NAMES, AutoAugment, RandAugment, TrivialAugment, apply_op_program
-from imgcls.data.batch import Batch
 from imgcls.errors import ConfigError
+from imgcls.runtime.batch import Batch
 
 BILINEAR = TF.InterpolationMode.BILINEAR
 

@@ -23,9 +23,9 @@ from sklearn.metrics import (
 )
 
 from imgcls import api
-from imgcls.engine import checkpoint as ckpt_io
 from imgcls.evaluation.metrics import classification_metrics, topk_accuracy
 from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
+from imgcls.runtime import checkpoint as ckpt_io
 from tiny_runs import requires_fashion_mnist, shared_run, single_thread
 
 

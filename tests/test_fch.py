@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcls.data.batch import Batch
 from imgcls.errors import ConfigError
 from imgcls.models.heads import graph
 from imgcls.models.heads.fch import (
@@ -20,6 +19,7 @@ from imgcls.models.heads.fch import (
     structure_loss,
 )
 from imgcls.registry import HEADS
+from imgcls.runtime.batch import Batch
 
 ADJACENCIES = ["rbf", "knn", "attention", "class_label", "cosine_topk"]
 #: the seed's p per variant (RBF p=1, NN p=4, Att p=5, CL p=1); the public code's graph with p=1

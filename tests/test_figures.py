@@ -16,11 +16,11 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from imgcls.config import build_config
 from imgcls.data.images import ImageData
 from imgcls.data.prepare import PreparedData
-from imgcls.engine.distributed import DistInfo
 from imgcls.evaluation import figures
 from imgcls.evaluation.evaluate import evaluate_model
 from imgcls.evaluation.metrics import classification_metrics
 from imgcls.models.classifier import build_model
+from imgcls.runtime.distributed import DistInfo
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from imgcls.data.batch import Batch
 from imgcls.errors import ConfigError
 from imgcls.models.heads.arcface import ArcFaceHead, additive_angular_margin, default_scale
 from imgcls.models.heads.base import HeadOutput
@@ -17,6 +16,7 @@ from imgcls.models.heads.embedding import EmbeddingMLP
 from imgcls.models.heads.multihead import ArcFaceMultiHead
 from imgcls.models.heads.sphere import SphereMultiHead, SphereMultiHierHead
 from imgcls.registry import HEADS
+from imgcls.runtime.batch import Batch
 from imgcls.taxonomy import taxonomy_from_parent_map
 
 TREE = {

@@ -8,8 +8,8 @@ import torch
 
 from imgcls.config import AugmentConfig
 from imgcls.data.augment import build_train_augment
-from imgcls.data.batch import Batch
 from imgcls.data.mixing import MixParams, MixUpCutMix, cutmix_boxes
+from imgcls.runtime.batch import Batch
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.config import ModelConfig
-from imgcls.data.batch import Batch
 from imgcls.errors import ConfigError
 from imgcls.models.backbones.adaptive_cnn import AdaptiveCNN, ResidualBlock, SEBlock, norm_layer
 from imgcls.models.classifier import Classifier, build_model, count_parameters
 from imgcls.models.heads.base import HeadOutput, cross_entropy
 from imgcls.models.heads.linear import LinearHead, MLPHead
+from imgcls.runtime.batch import Batch
 from tiny_runs import single_thread
 
 

@@ -20,12 +20,12 @@ from safetensors.torch import load_file
 from imgcls import api
 from imgcls.config import load_config
 from imgcls.data.prepare import make_loader, prepare_data
-from imgcls.engine import checkpoint as ckpt_io
 from imgcls.engine.callbacks import Callback, ProgressPrinter, StopAtValAcc
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, ConfigError, TrainingError
 from imgcls.models.classifier import build_model
 from imgcls.models.heads.linear import MLPHead
+from imgcls.runtime import checkpoint as ckpt_io
 from tiny_runs import TINY_OVERRIDES, requires_fashion_mnist, shared_run, single_thread
 
 pytestmark = requires_fashion_mnist

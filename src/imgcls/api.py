@@ -19,7 +19,6 @@ import torch
 
 from imgcls.config import ExperimentConfig, apply_overrides, build_config, config_to_yaml, load_config
 from imgcls.data.prepare import PreparedData, make_loader, prepare_data
-from imgcls.engine import checkpoint as ckpt_io
 from imgcls.engine.callbacks import (
     Checkpointer,
     EarlyStopping,
@@ -27,11 +26,13 @@ from imgcls.engine.callbacks import (
     ProgressPrinter,
     StopAtValAcc,
 )
-from imgcls.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from imgcls.engine.precision import autocast, configure_backends, resolve_device
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, UserError
 from imgcls.models.classifier import Classifier, build_model
+from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
+from imgcls.runtime import checkpoint as ckpt_io
+from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
+from imgcls.runtime.precision import autocast, configure_backends, resolve_device
 
 
 @dataclass
@@ -148,58 +149,6 @@ def train(
     if evaluate_after:
         result.metrics = evaluate(run_dir, data=data, dist=dist)
     return result
-
-
-# ---------------------------------------------------------------------------------- loading
-def checkpoint_path(run_dir: Path, which: str) -> Path:
-    name = {"best": "best.pt", "last": "last.pt", "ema": "last.pt", "swa": "last.pt"}[which]
-    path = run_dir / "checkpoints" / name
-    if which == "best" and not path.is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
-        path = run_dir / "checkpoints" / "last.pt"  # no validation split: best is undefined
-    return path
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], which: str = "best") -> tuple[Classifier, ExperimentConfig, Any]:
-    """Rebuild the model a checkpoint describes and load the requested weights (plain, EMA or SWA)."""
-    cfg = build_config(ckpt["config"])
-    taxonomy = None
-    if ckpt.get("taxonomy"):
-        from imgcls.taxonomy import Taxonomy
-
-        taxonomy = Taxonomy.from_dict(ckpt["taxonomy"])
-    channels = int(ckpt["preprocess"]["channels"])
-    model_cfg = cfg.model.model_copy(update={"pretrained": False, "pretrained_file": None})
-    model = build_model(model_cfg, len(ckpt["class_names"]), channels, cfg.train.label_smoothing, taxonomy)
-    stages = cfg.resolved_stages()
-    done_stage = min(int(ckpt.get("progress", {}).get("stage", 0)), len(stages) - 1)
-    for stage in stages[: done_stage + 1]:  # heads switched by stages
-        if stage.head:
-            from imgcls.models.classifier import build_head
-
-            model.head = build_head(stage.head, stage.head_args, model.head.in_features, model.head.num_classes,
-                                    cfg.train.label_smoothing, taxonomy)
-    weights = ckpt["model"]
-    if which in ("ema", "swa"):
-        extra = ckpt.get("extra_weights", {})
-        if which not in extra:
-            raise CheckpointError(f"the checkpoint has no {which.upper()} weights; train with train.{'ema_decay' if which == 'ema' else 'swa_start'} set")
-        weights = extra[which]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit the model its config describes: {str(exc).splitlines()[0]}") from None
-    model.eval()
-    return model, cfg, taxonomy
-
-
-def load_run_checkpoint(run_dir: str | Path, which: str | None = None) -> tuple[dict[str, Any], str]:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory '{run_dir}' does not exist")
-    if which is None:
-        cfg = load_config(run_dir / "config.yaml")
-        which = cfg.eval.checkpoint
-    return ckpt_io.load_checkpoint(checkpoint_path(run_dir, which)), which
 
 
 # ---------------------------------------------------------------------------------- evaluate

@@ -224,7 +224,7 @@ def export_run(
     exporter: str = "auto",
 ) -> dict[str, Any]:
     """Export a run's checkpoint (default: the config's ``eval.checkpoint``) into ``out_dir`` (default: the run)."""
-    from imgcls.api import load_run_checkpoint, model_from_checkpoint
+    from imgcls.runs import load_run_checkpoint, model_from_checkpoint
 
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, _, _ = model_from_checkpoint(ckpt, which)

@@ -53,9 +53,9 @@ from imgcls.data.augment_ops import (
     RandomResizedCrop,
 )
 from imgcls.data.augment_policies import AutoAugment, RandAugment, TrivialAugment
-from imgcls.data.batch import Batch
 from imgcls.data.mixing import MixUpCutMix
 from imgcls.errors import ConfigError
+from imgcls.runtime.batch import Batch
 
 #: The seeds' training recipes (SPEC §5.3/§5.5 for mnist and cifar, §2.2 for asl).
 PRESETS: dict[str, dict[str, object]] = {

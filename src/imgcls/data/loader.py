@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import torch
 
-from imgcls.data.batch import Batch
 from imgcls.data.decode import FileImages, collate_skip
 from imgcls.data.images import ImageData
 from imgcls.data.samplers import epoch_order
 from imgcls.errors import ConfigError
+from imgcls.runtime.batch import Batch
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.data.augment_ops import box_mask
-from imgcls.data.batch import Batch
+from imgcls.runtime.batch import Batch
 
 
 @dataclass

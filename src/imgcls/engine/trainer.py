@@ -25,16 +25,17 @@ from pydantic import ValidationError
 from torch import nn
 
 from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig
-from imgcls.data.batch import Batch
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
-from imgcls.engine import checkpoint as ckpt_io
 from imgcls.engine.callbacks import Callback, console
-from imgcls.engine.distributed import DistInfo, all_reduce_sum
 from imgcls.engine.optim import build_optimizer, build_scheduler
-from imgcls.engine.precision import autocast, channels_last_enabled, resolve_precision
 from imgcls.errors import ConfigError, TrainingError
-from imgcls.models.classifier import Classifier, build_head
+from imgcls.models.classifier import Classifier
+from imgcls.runs import apply_stage_head
+from imgcls.runtime import checkpoint as ckpt_io
+from imgcls.runtime.batch import Batch
+from imgcls.runtime.distributed import DistInfo, all_reduce_sum
+from imgcls.runtime.precision import autocast, channels_last_enabled, resolve_precision
 
 
 @dataclass
@@ -130,15 +131,7 @@ class Trainer:
 
     def _apply_stage_model_changes(self, stage: StageConfig) -> None:
         """Head switch (a new head with fresh parameters) — part of the model's structure."""
-        if stage.head:
-            self.model.head = build_head(
-                stage.head,
-                stage.head_args,
-                self.model.head.in_features,
-                self.model.head.num_classes,
-                self.cfg.train.label_smoothing,
-                self.taxonomy,
-            ).to(self.device)
+        apply_stage_head(self.model, stage, self.cfg.train.label_smoothing, self.taxonomy)
 
     def _setup_stage(self) -> None:
         stage = self.stage

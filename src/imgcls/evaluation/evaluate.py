@@ -20,9 +20,6 @@ import torch
 from imgcls.config import ExperimentConfig
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
-from imgcls.engine.checkpoint import save_safetensors
-from imgcls.engine.distributed import DistInfo
-from imgcls.engine.precision import autocast, resolve_precision
 from imgcls.evaluation import figures as run_figures
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
@@ -31,6 +28,9 @@ from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
 from imgcls.evaluation.predict import Predictions, predict_loader
 from imgcls.evaluation.report import write_report
 from imgcls.models.classifier import Classifier, count_parameters
+from imgcls.runtime.checkpoint import save_safetensors
+from imgcls.runtime.distributed import DistInfo
+from imgcls.runtime.precision import autocast, resolve_precision
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from imgcls.data.preprocess import Preprocess
-from imgcls.engine.distributed import DistInfo, all_gather_cat
+from imgcls.runtime.distributed import DistInfo, all_gather_cat
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 from imgcls.taxonomy.builders import (
     RULES,
-    build_taxonomy,
     read_label_paths,
     read_parent_map,
     taxonomy_from_parent_map,
     taxonomy_from_paths,
 )
+from imgcls.taxonomy.factory import build_taxonomy
 from imgcls.taxonomy.tree import SELF_SUFFIX, Taxonomy
 from imgcls.taxonomy.wordnet import (
     FASHION_MNIST_SYNSETS,

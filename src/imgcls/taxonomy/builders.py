@@ -296,32 +296,3 @@ def read_label_paths(path: str | Path, class_names: Sequence[str]) -> list[list[
     if missing:
         raise DataError(f"taxonomy CSV '{p}' has no row for classes: {', '.join(missing[:5])}")
     return per_class
-
-
-def build_taxonomy(
-    spec: str, class_names: Sequence[str], rule: str = "first_path", synsets: Mapping[str, str] | None = None
-) -> Taxonomy:
-    """Build the taxonomy named by a config's ``data.taxonomy``.
-
-    ``spec``: ``"wordnet"`` (class names are WordNet ids such as ``n01443537``, or the data set
-    has a built-in synset map, or ``synsets`` maps class name → synset name), or a path to a
-    ``.yaml``/``.yml``/``.json`` parent map or a ``.csv`` of label paths.
-    """
-    check_rule(rule)
-    if spec == "wordnet":
-        from imgcls.taxonomy.wordnet import taxonomy_from_wordnet
-
-        return taxonomy_from_wordnet(class_names, rule=rule, synsets=synsets)
-    p = Path(spec).expanduser()
-    suffix = p.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json", ".csv"):
-        raise ConfigError(
-            f"data.taxonomy '{spec}' must be 'wordnet' or a .yaml/.yml/.json parent map or a .csv of label paths"
-        )
-    if not p.is_file():
-        raise DataError(f"taxonomy file '{p}' not found; set data.taxonomy to an existing file or 'wordnet'")
-    if suffix == ".csv":
-        return taxonomy_from_paths(
-            read_label_paths(p, class_names), class_names, rule, source=f"csv:{p.name}"
-        )
-    return taxonomy_from_parent_map(read_parent_map(p), class_names, rule, source=f"parent_map:{p.name}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from imgcls.data.batch import Batch
+    from imgcls.runtime.batch import Batch
 
 
 @dataclass

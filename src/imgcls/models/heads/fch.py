@@ -49,7 +49,7 @@ from imgcls.models.heads.graph import (
 from imgcls.registry import HEADS
 
 if TYPE_CHECKING:
-    from imgcls.data.batch import Batch
+    from imgcls.runtime.batch import Batch
 
 ADJACENCIES = ("rbf", "knn", "attention", "class_label", "cosine_topk")
 #: the seed's variant names (RBF-FCH, NN-FCH, Att-FCH, CL-FCH) and its documented ``--fch_type`` values

@@ -40,7 +40,7 @@ from imgcls.registry import HEADS
 from imgcls.taxonomy.tree import Taxonomy
 
 if TYPE_CHECKING:
-    from imgcls.data.batch import Batch
+    from imgcls.runtime.batch import Batch
 
 DECODES = ("leaf", "top_down", "joint")
 

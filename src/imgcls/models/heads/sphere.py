@@ -45,7 +45,7 @@ from imgcls.registry import HEADS
 from imgcls.taxonomy.tree import Taxonomy
 
 if TYPE_CHECKING:
-    from imgcls.data.batch import Batch
+    from imgcls.runtime.batch import Batch
 
 MARGIN_ON = ("positives", "all")
 ASL_KEYS = ("gamma_neg", "gamma_pos", "clip")

@@ -1,0 +1,113 @@
+"""Run directories and checkpoints (DESIGN.md "runs.py"): the one place that turns a run or a
+checkpoint back into a model.
+
+``apply_stage_heads`` builds "the model as of stage N" (heads switched by stages); the trainer
+(on every stage start and on ``--resume``), ``imgcls evaluate``/``predict``/``export`` and
+teacher loading for distillation all go through it, so a checkpoint always meets the model
+structure it was saved from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from imgcls.config import ExperimentConfig, StageConfig, build_config, load_config
+from imgcls.errors import CheckpointError
+from imgcls.models.classifier import Classifier, build_head, build_model
+from imgcls.runtime import checkpoint as ckpt_io
+
+
+def apply_stage_head(model: Classifier, stage: StageConfig, label_smoothing: float, taxonomy=None) -> bool:
+    """Switch ``model`` to the head ``stage`` names (fresh parameters); returns whether it switched."""
+    if not stage.head:
+        return False
+    device = next(model.head.parameters(), None)
+    head = build_head(
+        stage.head, stage.head_args, model.head.in_features, model.head.num_classes, label_smoothing, taxonomy
+    )
+    model.head = head.to(device.device) if device is not None else head
+    return True
+
+
+def model_as_of_stage(
+    model: Classifier, cfg: ExperimentConfig, stage_index: int, taxonomy=None
+) -> Classifier:
+    """Apply the structural changes (head switches) of stages ``0..stage_index`` to ``model``."""
+    stages = cfg.resolved_stages()
+    for stage in stages[: min(stage_index, len(stages) - 1) + 1]:
+        apply_stage_head(model, stage, cfg.train.label_smoothing, taxonomy)
+    return model
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    name = {"best": "best.pt", "last": "last.pt", "ema": "last.pt", "swa": "last.pt"}[which]
+    path = run_dir / "checkpoints" / name
+    if which == "best" and not path.is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
+        path = run_dir / "checkpoints" / "last.pt"  # no validation split: best is undefined
+    return path
+
+
+def taxonomy_of(ckpt: dict[str, Any]):
+    if not ckpt.get("taxonomy"):
+        return None
+    from imgcls.taxonomy import Taxonomy
+
+    return Taxonomy.from_dict(ckpt["taxonomy"])
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], which: str = "best"
+) -> tuple[Classifier, ExperimentConfig, Any]:
+    """Rebuild the model a checkpoint describes and load the requested weights (plain, EMA or SWA)."""
+    cfg = build_config(ckpt["config"])
+    taxonomy = taxonomy_of(ckpt)
+    channels = int(ckpt["preprocess"]["channels"])
+    model_cfg = cfg.model.model_copy(update={"pretrained": False, "pretrained_file": None})
+    model = build_model(model_cfg, len(ckpt["class_names"]), channels, cfg.train.label_smoothing, taxonomy)
+    model_as_of_stage(model, cfg, int(ckpt.get("progress", {}).get("stage", 0)), taxonomy)
+    weights = ckpt["model"]
+    if which in ("ema", "swa"):
+        extra = ckpt.get("extra_weights", {})
+        if which not in extra:
+            key = "ema_decay" if which == "ema" else "swa_start"
+            raise CheckpointError(
+                f"the checkpoint has no {which.upper()} weights; train with train.{key} set"
+            )
+        weights = extra[which]
+    load_weights(model, weights, "checkpoint")
+    model.eval()
+    return model, cfg, taxonomy
+
+
+def load_weights(model: Classifier, weights: dict[str, Any], what: str) -> None:
+    """``model.load_state_dict(weights)`` with one line naming the mismatching keys instead of a traceback."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [
+        k
+        for k, v in weights.items()
+        if k in expected and tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise CheckpointError(
+            f"{what} weights do not fit the model its config describes ({'; '.join(parts)})"
+        )
+    model.load_state_dict(weights)
+
+
+def load_run_checkpoint(run_dir: str | Path, which: str | None = None) -> tuple[dict[str, Any], str]:
+    """The checkpoint ``which`` (best/last/ema/swa; default: the run's ``eval.checkpoint``) of a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory '{run_dir}' does not exist")
+    if which is None:
+        cfg = load_config(run_dir / "config.yaml")
+        which = cfg.eval.checkpoint
+    return ckpt_io.load_checkpoint(checkpoint_path(run_dir, which)), which

@@ -1,0 +1,3 @@
+"""Runtime pieces every layer may use (DESIGN.md "runtime/"): the Batch type, precision and
+autocast, distributed helpers and atomic checkpoint I/O. Nothing here imports models, data,
+engine or evaluation, so heads, evaluation and the trainer can all depend on it."""
