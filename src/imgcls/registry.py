@@ -12,7 +12,20 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from imgcls.errors import ConfigError
+
+
+class ComponentArgs(BaseModel):
+    """Typed arguments of a registered component (``model.head_args``, ``model.backbone_args``).
+
+    Each head/backbone declares a subclass next to its code (field defaults = the component's
+    defaults, ``Field(..., description=...)`` for ``imgcls config show``) and registers it with
+    ``@HEADS.register(name, args=ThatArgs)``. Unknown keys are errors.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
 
 
 class Registry:
@@ -26,13 +39,18 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Callable[..., Any]] = {}
         self._prefixes: dict[str, Callable[..., Any]] = {}
+        self._args: dict[str, type[ComponentArgs]] = {}
 
-    def register(self, name: str, *, prefix: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(
+        self, name: str, *, prefix: bool = False, args: type[ComponentArgs] | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             table = self._prefixes if prefix else self._items
             if name in table:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             table[name] = factory
+            if args is not None:
+                self._args[f"{name}:" if prefix else name] = args
             return factory
 
         return decorator
@@ -58,6 +76,13 @@ class Registry:
         close = difflib.get_close_matches(name, self.names(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown {self.kind} '{name}'. Valid: {', '.join(self.names())}.{hint}")
+
+    def args_model(self, name: str) -> type[ComponentArgs] | None:
+        """The typed argument model registered for ``name`` (``timm:x`` → the ``timm:`` prefix's), or None."""
+        self.get(name)  # unknown names raise with a suggestion
+        if ":" in name and name.partition(":")[0] in self._prefixes:
+            return self._args.get(name.partition(":")[0] + ":")
+        return self._args.get(name)
 
     def build(self, name: str, **kwargs: Any) -> Any:
         return self.get(name)(**kwargs)
