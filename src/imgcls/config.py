@@ -157,6 +157,60 @@ class OutputConfig(Section):
     tensorboard: bool = True
 
 
+class DistillTokensConfig(Section):
+    """CST-style token distillation (seed 004, SPEC §5.4): L_tok on projected tokens + L_rel on relations."""
+
+    student_layers: list[int] = Field([6, 11], min_length=1, description="student blocks whose patch tokens are distilled")
+    teacher_layers: list[int] = Field([6, 11], min_length=1, description="teacher layers matched to student_layers, in order")
+    projector_hidden: int = Field(512, gt=0, description="hidden width of both projectors")
+    projector_dim: int = Field(256, gt=0, description="output width of both projectors")
+    teacher_token_norm: bool = Field(True, description="LayerNorm the teacher tokens (DINOv2 get_intermediate_layers norm=True)")
+    lambda_tok: float = Field(1.0, ge=0.0, description="weight of L_tok = 1 − cosine")
+    lambda_rel: float = Field(0.1, ge=0.0, description="weight of L_rel after relation_warmup_epochs")
+    relation_temperature: float = Field(0.1, gt=0.0, description="softmax temperature of the similarity distributions")
+    relation_pooled: bool = Field(True, description="B×B relations of mean-pooled tokens (seed); false: per-image N×N")
+    relation_warmup_epochs: int = Field(10, ge=0, description="L_rel weight is 0 before this epoch")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DistillTokensConfig:
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError("distill.tokens.student_layers and teacher_layers must have the same length")
+        return self
+
+
+class DistillConfig(Section):
+    """Knowledge distillation from a frozen teacher (docs/distillation.md); off while ``teacher`` is unset."""
+
+    teacher: str | None = Field(None, description="imgcls run directory, checkpoint file, or timm:<model name>")
+    teacher_checkpoint: Literal["best", "last", "ema", "swa"] | None = Field(
+        None, description="which weights of an imgcls run (None: the run's eval.checkpoint)"
+    )
+    pretrained: bool = Field(True, description="timm teacher: load its pretrained weights (hub or pretrained_file)")
+    pretrained_file: str | None = Field(None, description="timm teacher: local weights file (.safetensors/.pth)")
+    teacher_args: dict[str, Any] = Field(default_factory=dict, description="timm teacher: extra create_model arguments")
+    teacher_num_classes: int | None = Field(
+        None, ge=0, description="timm teacher classifier size (None: the data's classes with logit KD, else 0)"
+    )
+    teacher_input_size: int | None = Field(None, gt=0, description="resize images to this side for the teacher (None: its own)")
+    teacher_normalization: Literal["own", "student"] = Field(
+        "own", description="own: teacher normalises unit-range images with its own mean/std; student: the seed's bug"
+    )
+    logits: Literal["hard", "soft", "none"] = Field("soft", description="logit distillation: teacher argmax CE, τ²·KL, or off")
+    temperature: float = Field(3.0, gt=0.0, description="soft distillation temperature τ")
+    alpha_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="constant schedule: weight of the KD term (CE gets 1 − α)")
+    alpha_start: float = Field(0.0, ge=0.0, le=1.0)
+    alpha_end: float = Field(0.5, ge=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0, description="epochs of CE only before logit distillation starts")
+    tokens: DistillTokensConfig | None = Field(None, description="CST token distillation (None: off)")
+
+    @model_validator(mode="after")
+    def _something(self) -> DistillConfig:
+        if self.teacher is not None and self.logits == "none" and self.tokens is None:
+            raise ValueError("distill.teacher is set but distill.logits=none and no distill.tokens: nothing to distill")
+        return self
+
+
 class StageConfig(Section):
     """One stage of a staged experiment; unset fields inherit from the experiment."""
 
@@ -183,6 +237,7 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     stages: list[StageConfig] = Field(default_factory=list, description="empty: one stage of train.epochs")
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:

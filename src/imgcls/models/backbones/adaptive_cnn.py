@@ -101,6 +101,22 @@ class AdaptiveCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
 
+    def forward_tokens(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Feature maps of the given residual blocks (0-based, negatives count from the end) as tokens
+        ``(B, H·W, C)`` — a CNN teacher's "tokens" for token distillation (docs/distillation.md)."""
+        blocks = [i for i, m in enumerate(self.features) if isinstance(m, ResidualBlock)]
+        wanted = {}
+        for layer in layers:
+            if not -len(blocks) <= layer < len(blocks):
+                raise ConfigError(f"adaptive_cnn has residual blocks 0..{len(blocks) - 1}; layer {layer} does not exist")
+            wanted[blocks[layer]] = layer
+        out: dict[int, torch.Tensor] = {}
+        for i, module in enumerate(self.features[: max(wanted) + 1]):
+            x = module(x)
+            if i in wanted:
+                out[wanted[i]] = x.flatten(2).transpose(1, 2)
+        return {layer: out[layer] for layer in layers}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
 
