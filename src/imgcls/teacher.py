@@ -2,7 +2,8 @@
 
 A teacher is loaded from the ``distill`` config section:
 
-* an imgcls run directory or checkpoint file (``weights_only`` through :mod:`imgcls.runs`): the
+* an imgcls run directory (``runs/<name>/<time>``, or ``runs/<name>`` for its newest run) or a
+  checkpoint file (``weights_only`` through :mod:`imgcls.runs`): the
   model as of its last stage, with the checkpoint's own preprocessing (image size, channels,
   mean/std) — e.g. the AdaptiveCNN of ``configs/fashion_mnist/distill_teacher.yaml``;
 * ``timm:<name>`` with ``pretrained: true`` (hub weights) or ``pretrained_file`` (local weights),
@@ -42,8 +43,16 @@ class FrozenTeacher:
     """A frozen model with its own input convention; :meth:`logits` and :meth:`tokens` take unit-range images."""
 
     def __init__(
-        self, model: nn.Module, *, mean: list[float] | tuple[float, ...], std: list[float] | tuple[float, ...],
-        input_size: int, channels: int, kind: str, name: str, normalization: str = "own",
+        self,
+        model: nn.Module,
+        *,
+        mean: list[float] | tuple[float, ...],
+        std: list[float] | tuple[float, ...],
+        input_size: int,
+        channels: int,
+        kind: str,
+        name: str,
+        normalization: str = "own",
         class_names: list[str] | None = None,
     ) -> None:
         if normalization not in ("own", "student"):
@@ -82,10 +91,18 @@ class FrozenTeacher:
             elif self.channels == 1:
                 x = x.mean(dim=1, keepdim=True)
             else:
-                raise DataError(f"the teacher expects {self.channels}-channel images, the data has {x.shape[1]}")
+                raise DataError(
+                    f"the teacher expects {self.channels}-channel images, the data has {x.shape[1]}"
+                )
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             down = x.shape[-1] > self.input_size
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=down)
+            x = F.interpolate(
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=down,
+            )
         if self.normalization == "own":
             x = (x - self.mean) / self.std
         return x.contiguous()
@@ -102,13 +119,19 @@ class FrozenTeacher:
         if self.kind == "imgcls":
             head = self.model.head
             if getattr(head, "output_space", "classes") != "classes":
-                raise ConfigError("logit distillation needs a teacher whose head predicts classes (not taxonomy nodes)")
+                raise ConfigError(
+                    "logit distillation needs a teacher whose head predicts classes (not taxonomy nodes)"
+                )
             return self.model(x).logits.float()
         return self.model(x).float()
 
     @torch.no_grad()
     def tokens(
-        self, unit_images: torch.Tensor, layers: list[int], norm: bool = True, student_images: torch.Tensor | None = None
+        self,
+        unit_images: torch.Tensor,
+        layers: list[int],
+        norm: bool = True,
+        student_images: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
         """Patch tokens ``(B, N, D)`` of ``layers`` (prefix tokens dropped), LayerNorm'ed when ``norm``.
 
@@ -120,45 +143,73 @@ class FrozenTeacher:
         self._ready(x)
         if self.kind == "timm":
             if not hasattr(self.model, "forward_intermediates"):
-                raise ConfigError(f"timm teacher {self.name} has no intermediate tokens; use distill.logits only")
-            outs = self.model.forward_intermediates(x, indices=list(layers), norm=norm, output_fmt="NLC", intermediates_only=True)
+                raise ConfigError(
+                    f"timm teacher {self.name} has no intermediate tokens; use distill.logits only"
+                )
+            outs = self.model.forward_intermediates(
+                x, indices=list(layers), norm=norm, output_fmt="NLC", intermediates_only=True
+            )
             return {layer: t.float() for layer, t in zip(layers, outs, strict=True)}
         backbone = self.model.backbone
         inner = getattr(backbone, "model", None)
-        if inner is not None and hasattr(inner, "forward_intermediates"):  # a timm backbone inside an imgcls run
-            outs = inner.forward_intermediates(x, indices=list(layers), norm=norm, output_fmt="NLC", intermediates_only=True)
+        if inner is not None and hasattr(
+            inner, "forward_intermediates"
+        ):  # a timm backbone inside an imgcls run
+            outs = inner.forward_intermediates(
+                x, indices=list(layers), norm=norm, output_fmt="NLC", intermediates_only=True
+            )
             return {layer: t.float() for layer, t in zip(layers, outs, strict=True)}
         if not hasattr(backbone, "forward_tokens"):
-            raise ConfigError(f"the teacher's backbone {type(backbone).__name__} has no forward_tokens; use distill.logits only")
+            raise ConfigError(
+                f"the teacher's backbone {type(backbone).__name__} has no forward_tokens; use distill.logits only"
+            )
         tokens = backbone.forward_tokens(x, list(layers))
         final = getattr(backbone, "norm", None)
         out = {}
         for layer in layers:
             t = tokens[layer].float()
             if norm:
-                t = final(t) if isinstance(final, nn.LayerNorm) and final.normalized_shape[-1] == t.shape[-1] else F.layer_norm(t, t.shape[-1:])
+                t = (
+                    final(t)
+                    if isinstance(final, nn.LayerNorm) and final.normalized_shape[-1] == t.shape[-1]
+                    else F.layer_norm(t, t.shape[-1:])
+                )
             out[layer] = t
         return out
 
-    def token_dim(self, layer: int) -> int:
-        """Width of the teacher's tokens at ``layer`` (one dummy forward)."""
+    def token_dims(self, layers: list[int]) -> dict[int, int]:
+        """Width of the teacher's tokens at each of ``layers`` (one dummy forward)."""
         dummy = torch.zeros(1, self.channels, self.input_size, self.input_size, device=self.device)
-        if self.normalization == "student":
-            return int(self.tokens(dummy, [layer], norm=False, student_images=dummy)[layer].shape[-1])
-        return int(self.tokens(dummy, [layer], norm=False)[layer].shape[-1])
+        tokens = self.tokens(dummy, sorted(set(layers)), norm=False, student_images=dummy)
+        return {layer: int(tokens[layer].shape[-1]) for layer in layers}
 
     def describe(self) -> dict[str, Any]:
         return {
-            "teacher": self.name, "kind": self.kind, "input_size": self.input_size, "channels": self.channels,
-            "normalization": self.normalization, "mean": [float(v) for v in self.mean.flatten()],
+            "teacher": self.name,
+            "kind": self.kind,
+            "input_size": self.input_size,
+            "channels": self.channels,
+            "normalization": self.normalization,
+            "mean": [float(v) for v in self.mean.flatten()],
             "std": [float(v) for v in self.std.flatten()],
         }
+
+
+def latest_run(path: Path) -> Path:
+    """``runs/<name>`` (a folder of timestamped runs, no ``config.yaml`` itself) → its newest run; else ``path``."""
+    if path.is_dir() and not (path / "config.yaml").is_file():
+        runs = sorted(
+            p for p in path.iterdir() if (p / "config.yaml").is_file() and (p / "checkpoints").is_dir()
+        )
+        if runs:
+            return runs[-1]
+    return path
 
 
 def _imgcls_teacher(source: str, cfg: DistillConfig, class_names: list[str] | None) -> FrozenTeacher:
     from imgcls.runs import load_run_checkpoint, model_from_checkpoint
 
-    path = Path(source)
+    path = latest_run(Path(source))
     if path.is_dir():
         ckpt, which = load_run_checkpoint(path, cfg.teacher_checkpoint)
     elif path.is_file():
@@ -177,8 +228,14 @@ def _imgcls_teacher(source: str, cfg: DistillConfig, class_names: list[str] | No
             f"{list(class_names)[:4]}…; logit distillation needs the same classes in the same order"
         )
     return FrozenTeacher(
-        model, mean=pre["mean"], std=pre["std"], input_size=cfg.teacher_input_size or int(pre["image_size"]),
-        channels=int(pre["channels"]), kind="imgcls", name=str(source), normalization=cfg.teacher_normalization,
+        model,
+        mean=pre["mean"],
+        std=pre["std"],
+        input_size=cfg.teacher_input_size or int(pre["image_size"]),
+        channels=int(pre["channels"]),
+        kind="imgcls",
+        name=str(source),
+        normalization=cfg.teacher_normalization,
         class_names=teacher_classes,
     )
 
@@ -192,7 +249,9 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
     if classes is None:
         classes = (num_classes or 0) if cfg.logits != "none" else 0
     if cfg.logits != "none" and classes == 0:
-        raise ConfigError("logit distillation from a timm teacher needs its classifier: set distill.teacher_num_classes")
+        raise ConfigError(
+            "logit distillation from a timm teacher needs its classifier: set distill.teacher_num_classes"
+        )
     overlay = None
     pretrained = cfg.pretrained
     if cfg.pretrained_file:
@@ -200,8 +259,13 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
             raise DataError(f"distill.pretrained_file '{cfg.pretrained_file}' does not exist")
         overlay, pretrained = {"file": str(cfg.pretrained_file)}, True
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=classes, pretrained_cfg_overlay=overlay,
-                                  **cfg.teacher_args)
+        model = timm.create_model(
+            name,
+            pretrained=pretrained,
+            num_classes=classes,
+            pretrained_cfg_overlay=overlay,
+            **cfg.teacher_args,
+        )
     except TypeError as exc:
         raise ConfigError(f"bad distill.teacher_args for timm:{name}: {exc}") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -219,18 +283,27 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
         size = int(img[0]) if img is not None else int(pcfg.get("input_size", (3, 224, 224))[-1])
     chans = int(cfg.teacher_args.get("in_chans", pcfg.get("input_size", (3,))[0]))
     return FrozenTeacher(
-        model, mean=pcfg.get("mean", IMAGENET_MEAN)[:chans] if chans > 1 else pcfg.get("mean", IMAGENET_MEAN)[:1],
+        model,
+        mean=pcfg.get("mean", IMAGENET_MEAN)[:chans] if chans > 1 else pcfg.get("mean", IMAGENET_MEAN)[:1],
         std=pcfg.get("std", IMAGENET_STD)[:chans] if chans > 1 else pcfg.get("std", IMAGENET_STD)[:1],
-        input_size=size, channels=chans, kind="timm", name=f"timm:{name}", normalization=cfg.teacher_normalization,
+        input_size=size,
+        channels=chans,
+        kind="timm",
+        name=f"timm:{name}",
+        normalization=cfg.teacher_normalization,
     )
 
 
-def load_teacher(cfg: DistillConfig, class_names: list[str] | None = None, device: torch.device | str = "cpu") -> FrozenTeacher:
+def load_teacher(
+    cfg: DistillConfig, class_names: list[str] | None = None, device: torch.device | str = "cpu"
+) -> FrozenTeacher:
     """The frozen teacher ``cfg.teacher`` names (see the module docstring)."""
     if not cfg.teacher:
         raise ConfigError("distill.teacher is not set")
     if cfg.teacher.startswith("timm:"):
-        teacher = _timm_teacher(cfg.teacher.removeprefix("timm:"), cfg, len(class_names) if class_names else None)
+        teacher = _timm_teacher(
+            cfg.teacher.removeprefix("timm:"), cfg, len(class_names) if class_names else None
+        )
     else:
         teacher = _imgcls_teacher(cfg.teacher, cfg, class_names)
     return teacher.to(device)

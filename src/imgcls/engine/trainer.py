@@ -273,9 +273,9 @@ class Trainer:
             cb.on_epoch_start(self)
         start = time.perf_counter()
         self.objective.on_epoch_start(self.state.global_epoch, self.total_epochs)
-        objective_metrics = self.objective.epoch_metrics()
         train_metrics = self.train_epoch()
         val_metrics = self.validate(self.model, self.val_loader)
+        objective_metrics = self.objective.epoch_metrics()  # after the epoch: it may summarise its batches
         self.state.epoch_in_stage += 1
         self.state.global_epoch += 1
         metrics: dict[str, Any] = {

@@ -35,7 +35,9 @@ def hard_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1))
 
 
-def soft_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """``τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ))`` averaged over the batch."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -45,8 +47,13 @@ def soft_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def alpha_at(
-    epoch: int, total_epochs: int, schedule: str = "constant", alpha: float = 0.5, alpha_start: float = 0.0,
-    alpha_end: float = 0.5, warmup_epochs: int = 0,
+    epoch: int,
+    total_epochs: int,
+    schedule: str = "constant",
+    alpha: float = 0.5,
+    alpha_start: float = 0.0,
+    alpha_end: float = 0.5,
+    warmup_epochs: int = 0,
 ) -> float:
     """Weight of the distillation term during (0-based) ``epoch`` of ``total_epochs`` (SPEC §5.4)."""
     if schedule not in ALPHA_SCHEDULES:
@@ -67,7 +74,10 @@ class TokenProjector(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim),
+            nn.Linear(in_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, out_dim),
             nn.LayerNorm(out_dim),
         )
 
@@ -78,11 +88,15 @@ class TokenProjector(nn.Module):
 def token_cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """``1 − mean cos`` between matching (projected) tokens ``(B, N, D)``."""
     if student.shape != teacher.shape:
-        raise ValueError(f"token shapes differ: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}")
+        raise ValueError(
+            f"token shapes differ: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}"
+        )
     return 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1).mean()
 
 
-def relation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.1, pooled: bool = True) -> torch.Tensor:
+def relation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.1, pooled: bool = True
+) -> torch.Tensor:
     """KL(P_t ‖ P_s) between row-softmaxed cosine-similarity matrices.
 
     ``pooled``: tokens ``(B, N, D)`` (or features ``(B, D)``) are mean-pooled to one vector per

@@ -78,6 +78,12 @@ def build_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
 def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, label_smoothing: float = 0.0, taxonomy=None) -> Classifier:
     backbone = build_backbone(cfg, in_chans)
     head = build_head(cfg.head, cfg.head_args, backbone.num_features, num_classes, label_smoothing, taxonomy)
+    # token features side by side (DeiT [CLS, DIST]) need a head that splits them, and vice versa
+    if getattr(backbone, "feature_tokens", 1) != getattr(head, "feature_tokens", 1):
+        raise ConfigError(
+            f"backbone '{cfg.backbone}' gives {getattr(backbone, 'feature_tokens', 1)} token feature(s), head '{cfg.head}' "
+            f"expects {getattr(head, 'feature_tokens', 1)}: use head deit_dist with backbone_args.distillation_token=true"
+        )
     return Classifier(backbone, head, cfg.drop_rate)
 
 

@@ -41,28 +41,51 @@ from imgcls.registry import BACKBONES, ComponentArgs
 
 class DeiTArgs(ComponentArgs):
     img_size: int = Field(32, gt=0, description="input side in pixels (28 for MNIST-like data, 32 for CIFAR)")
-    patch_size: int = Field(4, gt=0, description="patch side after the conv stem (seed: 2 at 28 px, 4 at 32 px)")
+    patch_size: int = Field(
+        4, gt=0, description="patch side after the conv stem (seed: 2 at 28 px, 4 at 32 px)"
+    )
     embed_dim: int = Field(192, gt=0, description="token width (DeiT-tiny: 192)")
     depth: int = Field(12, gt=0, description="number of transformer blocks")
     num_heads: int = Field(3, gt=0, description="attention heads (embed_dim must divide by it)")
     mlp_ratio: float = Field(2.0, gt=0, description="MLP hidden width / embed_dim (seed: 2.0)")
     qkv_bias: bool = Field(True, description="bias in the query/key/value projection")
-    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout after the positional embedding and in MLP/projection")
+    drop_rate: float = Field(
+        0.0, ge=0, lt=1, description="dropout after the positional embedding and in MLP/projection"
+    )
     attn_drop_rate: float = Field(0.0, ge=0, lt=1, description="attention-probability dropout")
-    drop_path_rate: float = Field(0.1, ge=0, lt=1, description="stochastic depth of the last block (linear from 0)")
-    distillation_token: bool = Field(False, description="add a DIST token; features become [CLS, DIST] (use head deit_dist)")
-    conv_stem: bool = Field(True, description="hybrid patch embedding: two 3×3 conv-BN-GELU layers before the patch conv")
+    drop_path_rate: float = Field(
+        0.1, ge=0, lt=1, description="stochastic depth of the last block (linear from 0)"
+    )
+    distillation_token: bool = Field(
+        False, description="add a DIST token; features become [CLS, DIST] (use head deit_dist)"
+    )
+    conv_stem: bool = Field(
+        True, description="hybrid patch embedding: two 3×3 conv-BN-GELU layers before the patch conv"
+    )
     stem_channels: list[int] = Field([96, 192], description="widths of the conv stem layers (seed: 96, 192)")
-    channel_expand: bool = Field(False, description="grayscale input: a bias-free 1×1 conv to 3 channels first (seed)")
-    cls_token_dropout: float = Field(0.1, ge=0, le=1, description="training only: per-sample probability to replace "
-                                     "the CLS output by the patch-token mean")
+    channel_expand: bool = Field(
+        False, description="grayscale input: a bias-free 1×1 conv to 3 channels first (seed)"
+    )
+    cls_token_dropout: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="training only: per-sample probability to replace the CLS output by the patch-token mean",
+    )
 
 
 class HybridPatchEmbed(nn.Module):
     """(channel expand) → conv stem → strided patch convolution → tokens ``(B, N, D)``."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, conv_stem: bool, stem_channels: list[int],
-                 channel_expand: bool) -> None:
+    def __init__(
+        self,
+        in_chans: int,
+        embed_dim: int,
+        patch_size: int,
+        conv_stem: bool,
+        stem_channels: list[int],
+        channel_expand: bool,
+    ) -> None:
         super().__init__()
         self.expand = nn.Conv2d(in_chans, 3, 1, bias=False) if channel_expand else nn.Identity()
         c = 3 if channel_expand else in_chans
@@ -97,7 +120,12 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(drop)
+        self.fc1, self.act, self.fc2, self.drop = (
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+            nn.Dropout(drop),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -106,8 +134,16 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x += DropPath(MHSA(LN(x))); x += DropPath(MLP(LN(x)))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
@@ -122,10 +158,22 @@ class Block(nn.Module):
 
 class DeiT(nn.Module):
     def __init__(
-        self, in_chans: int = 3, img_size: int = 32, patch_size: int = 4, embed_dim: int = 192, depth: int = 12,
-        num_heads: int = 3, mlp_ratio: float = 2.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, distillation_token: bool = False,
-        conv_stem: bool = True, stem_channels: list[int] | tuple[int, ...] = (96, 192), channel_expand: bool = False,
+        self,
+        in_chans: int = 3,
+        img_size: int = 32,
+        patch_size: int = 4,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 2.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        distillation_token: bool = False,
+        conv_stem: bool = True,
+        stem_channels: list[int] | tuple[int, ...] = (96, 192),
+        channel_expand: bool = False,
         cls_token_dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -139,12 +187,16 @@ class DeiT(nn.Module):
         self.grid = img_size // patch_size
         self.embed_dim = embed_dim
         self.cls_token_dropout = cls_token_dropout
-        self.patch_embed = HybridPatchEmbed(in_chans, embed_dim, patch_size, conv_stem, list(stem_channels), channel_expand)
+        self.patch_embed = HybridPatchEmbed(
+            in_chans, embed_dim, patch_size, conv_stem, list(stem_channels), channel_expand
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distillation_token else None
         #: CLS (+ DIST) tokens in front of the patch tokens
         self.num_prefix_tokens = 2 if distillation_token else 1
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + self.num_prefix_tokens, embed_dim))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.grid * self.grid + self.num_prefix_tokens, embed_dim)
+        )
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
@@ -152,6 +204,8 @@ class DeiT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim * self.num_prefix_tokens
+        #: token features concatenated in ``forward_features`` (checked against the head's by ``build_model``)
+        self.feature_tokens = self.num_prefix_tokens
         for p in (self.pos_embed, self.cls_token, self.dist_token):
             if p is not None:
                 trunc_normal_(p, std=0.02)
@@ -177,7 +231,9 @@ class DeiT(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
-            raise ValueError(f"deit expects {self.img_size}×{self.img_size} inputs, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"deit expects {self.img_size}×{self.img_size} inputs, got {tuple(x.shape[-2:])}"
+            )
         tokens = self.patch_embed(x)
         prefix = [self.cls_token.expand(tokens.shape[0], -1, -1)]
         if self.dist_token is not None:

@@ -35,13 +35,19 @@ INFERENCE = ("cls", "dist", "avg")
 
 class TwoTokenHeadArgs(ComponentArgs):
     inference: Literal["cls", "dist", "avg"] = Field(
-        "avg", description="prediction from the CLS classifier, the DIST classifier, or the mean of both logits"
+        "avg",
+        description="prediction from the CLS classifier, the DIST classifier, or the mean of both logits",
     )
 
 
 @HEADS.register("deit_dist", args=TwoTokenHeadArgs)
 class TwoTokenHead(Head):
-    def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0, inference: str = "avg") -> None:
+    #: splits [CLS, DIST] features (``build_model`` checks the backbone gives two)
+    feature_tokens = 2
+
+    def __init__(
+        self, in_features: int, num_classes: int, label_smoothing: float = 0.0, inference: str = "avg"
+    ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
         if in_features % 2:
             raise ConfigError(
@@ -67,7 +73,9 @@ class TwoTokenHead(Head):
             logits = dist_logits
         else:
             logits = (cls_logits + dist_logits) / 2
-        return HeadOutput(logits=logits, embeddings=cls, extras={"cls_logits": cls_logits, "dist_logits": dist_logits})
+        return HeadOutput(
+            logits=logits, embeddings=cls, extras={"cls_logits": cls_logits, "dist_logits": dist_logits}
+        )
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         return {
