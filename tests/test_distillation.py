@@ -405,3 +405,56 @@ def test_fashion_mnist_configs_validate_and_build(name):
     assert model(torch.randn(2, 1, 28, 28)).logits.shape == (2, 10)
     if name.startswith("deit_") and name != "deit_student":
         assert cfg.distill.teacher == "runs/distill_teacher"
+
+
+# ----------------------------------------------------------------------------------------- DDP
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        cfg = load_config(None, STUDENT)
+        distill = tiny_timm_cfg(
+            logits="none",
+            tokens={"student_layers": [1], "teacher_layers": [2], "projector_hidden": 8, "projector_dim": 4},
+        )
+        torch.manual_seed(0)  # same student, teacher and projectors on both ranks
+        model = build_model(cfg.model, 10, 1)
+        teacher = load_teacher(distill)
+        objective = DistillationObjective(distill, teacher, model)
+        objective.on_epoch_start(0, 1)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(100 + rank)  # different data per rank
+        unit = torch.rand(6, 1, 28, 28)
+        batch = Batch(images=(unit - 0.5) / 0.5, targets=torch.randint(0, 10, (6,)), unit_images=unit)
+        result = objective(wrapped, model.head, batch)
+        sum(result.terms.values()).backward()
+        grads = {f"model.{k}": p.grad for k, p in model.named_parameters() if p.grad is not None}
+        grads.update({f"objective.{k}": p.grad for k, p in objective.named_parameters()})
+        torch.save(grads, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_averages_student_and_projector_gradients(tmp_path):
+    """Pitfall §5.9.3: the student's tokens come from the forward through the DDP wrapper and the projectors'
+    gradients are averaged too — both ranks end the step with the same gradients (different data per rank)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    g0, g1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert any(k.startswith("objective.student_proj") for k in g0) and any(
+        k.startswith("model.backbone.blocks.0") for k in g0
+    )
+    for k in g0:
+        torch.testing.assert_close(g0[k], g1[k], msg=k)
+    assert g0["objective.teacher_proj.0.net.0.weight"].abs().sum() > 0
