@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from imgcls.config import ExperimentConfig
+from imgcls.data import cache as _cache  # noqa: F401  (registers data.name=cached)
 from imgcls.data.decode import decode_image, load_files_into_memory, probe_channels
 from imgcls.data.images import ImageData, convert_channels, resize_uint8
 from imgcls.data.loader import FileLoader, InMemoryLoader
@@ -69,6 +70,10 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     d = cfg.data
     source: DataSource = DATASETS.build(d.name, cfg=d)
     train, test = source.train, source.test
+    if d.exclude_manifest:  # near-duplicates removed by `imgcls data dedup`, before any split or subset
+        from imgcls.data.dedup import apply_exclude_manifest
+
+        train, test = apply_exclude_manifest(train, test, d.exclude_manifest)
     if len(test) == 0:
         raise DataError(f"the {d.name} test set is empty")
     if d.train_subset:
