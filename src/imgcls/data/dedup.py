@@ -10,6 +10,10 @@ hashing is not the cost: on a 400 × 400 JPEG, decoding takes ~2.6 ms and the pH
 
 Rule (``threshold`` T, default 2 = the seed's rule): two images are duplicates when the Hamming
 distance of their hashes is **< T** (T = 1: identical hashes only; T = 2: ≤ 1 differing bit).
+Note that a pHash sets exactly the 32 of its 64 DCT coefficients that lie above their median, so
+two pHashes always differ in an *even* number of bits: with pHash, T = 2 finds only identical
+hashes, and T = 3 is the first threshold that admits near (2-bit) duplicates. dHash has no such
+constraint.
 Images are visited in a fixed order (class folder, then path); an image is removed when an
 earlier *kept* image in scope is a duplicate of it, and the manifest names the nearest such kept
 image and its distance. Scope ``within`` compares images of the same class only, ``across``
@@ -101,6 +105,18 @@ def hash_files(
     return hashes, reasons
 
 
+def check_options(threshold: int, scope: str, kind: str = "phash") -> None:
+    """One-line errors for bad ``--threshold``, ``--scope`` or ``--hash`` values (checked before any work)."""
+    if scope not in SCOPES:
+        raise UserError(f"--scope must be one of {', '.join(SCOPES)}, not '{scope}'")
+    if not 1 <= threshold <= 64:
+        raise UserError(
+            f"--threshold must be in 1..64 (duplicates: Hamming distance < threshold), not {threshold}"
+        )
+    if kind not in HASHES:
+        raise UserError(f"--hash must be one of {', '.join(HASHES)}, not '{kind}'")
+
+
 def find_duplicates(
     hashes: np.ndarray, labels: np.ndarray, threshold: int = 2, scope: str = "both"
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
@@ -110,12 +126,7 @@ def find_duplicates(
     kept), ``distance`` (its Hamming distance, −1 when kept) and pair counts: ``pairs_within_class``
     and ``pairs_across_class`` count *all* pairs with distance < ``threshold`` (whatever the scope).
     """
-    if scope not in SCOPES:
-        raise UserError(f"--scope must be one of {', '.join(SCOPES)}, not '{scope}'")
-    if not 1 <= threshold <= 64:
-        raise UserError(
-            f"--threshold must be in 1..64 (duplicates: Hamming distance < threshold), not {threshold}"
-        )
+    check_options(threshold, scope)
     hashes = np.asarray(hashes, dtype=np.uint64)
     labels = np.asarray(labels)
     n = hashes.shape[0]
@@ -151,6 +162,7 @@ def dedup_folder(
 ) -> dict:
     """Hash every image of the class tree ``src``, find near-duplicates, and write (to ``out``) and
     return the manifest. Files in ``src`` are only read."""
+    check_options(threshold, scope, kind)
     start = time.perf_counter()
     root, files, labels, class_names = scan_class_tree(src)
     hashes, reasons = hash_files(files, size=size, kind=kind, workers=workers, progress=progress)

@@ -59,7 +59,8 @@ def _adapt_stats(values: list[float], channels: int) -> list[float]:
 def _materialise(part: ImageData, size: int | None, channels: int, workers: int) -> ImageData:
     if part.images is not None:  # stored at most at the model size: upsampling happens per batch (Preprocess)
         stored = min(size, int(part.images.shape[-1])) if size else None
-        return ImageData(part.labels, part.class_names, resize_uint8(convert_channels(part.images, channels), stored))
+        images = resize_uint8(convert_channels(part.images, channels), stored)
+        return ImageData(part.labels, part.class_names, images, files=part.files, skipped=part.skipped)
     images, labels, skipped = load_files_into_memory(part.files, part.labels, size, channels, workers)
     if skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
