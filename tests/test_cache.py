@@ -139,9 +139,8 @@ def test_existing_destinations_are_protected(tree, tmp_path):
     with pytest.raises(DataError, match="unfinished cache of other files or settings"):
         build_cache(tree, dst, size=SIZE, workers=0)
     with pytest.raises(DataError, match="not empty"):
-        build_cache(
-            tree, tree, size=SIZE, workers=0
-        )  # never writes into a non-cache folder (e.g. the source)
+        # never writes into a folder that holds anything but a cache (e.g. the source)
+        build_cache(tree, tree, size=SIZE, workers=0)
     with pytest.raises(DataError, match="split folders"):
         (tmp_path / "splits" / "train" / "a").mkdir(parents=True)
         (tmp_path / "splits" / "test").mkdir()
@@ -164,18 +163,10 @@ def test_cached_trains_a_step_and_honours_the_exclude_manifest(tree, tmp_path):
         "data.num_workers=0",
     ]
     data = prepare_data(load_config(None, base))
-    assert (len(data.train), len(data.val), len(data.test), data.channels, data.image_size) == (
-        18,
-        4,
-        5,
-        1,
-        SIZE,
-    )
-    assert sorted(torch.bincount(data.test.labels).tolist()) == [
-        1,
-        2,
-        2,
-    ]  # stratified carve-out of round(0.2 × 27)
+    sizes = (len(data.train), len(data.val), len(data.test), data.channels, data.image_size)
+    assert sizes == (18, 4, 5, 1, SIZE)
+    # the test set: a stratified carve-out of round(0.2 × 27) images
+    assert sorted(torch.bincount(data.test.labels).tolist()) == [1, 2, 2]
 
     # planted duplicate: copy one image into another class; the dedup manifest removes it from training
     dup_tree = tmp_path / "tree_dup"

@@ -144,12 +144,8 @@ def test_planted_duplicates_are_found_exactly_and_the_source_is_untouched(plante
 def test_default_is_the_seed_rule_distance_below_2(planted):
     root, _ = planted
     manifest = dedup_folder(root, workers=0)
-    assert (manifest["threshold"], manifest["scope"], manifest["hash"], manifest["size"]) == (
-        2,
-        "both",
-        "phash",
-        96,
-    )
+    settings = (manifest["threshold"], manifest["scope"], manifest["hash"], manifest["size"])
+    assert settings == (2, "both", "phash", 96)
     assert removed_map(manifest) == {"a/a1_dup.png": ("a/a1.png", 0), "b/x_a3.png": ("a/a3.png", 0)}
 
 
@@ -200,9 +196,8 @@ def test_multi_index_search_equals_brute_force(max_distance):
         flips = rng.choice(64, int(target), replace=False)
         hashes[k] = source ^ np.uint64(sum(1 << int(b) for b in flips))
     hashes[400:420] = hashes[420]
-    hashes[500:700] = (hashes[500:700] & np.uint64(0xFFFFFFFF)) | np.uint64(
-        0xABCD << 40
-    )  # one shared high segment
+    # 200 hashes sharing their high segment (many candidates that are not near pairs)
+    hashes[500:700] = (hashes[500:700] & np.uint64(0xFFFFFFFF)) | np.uint64(0xABCD << 40)
     fast = near_pairs(hashes, max_distance)
     slow = brute_force_pairs(hashes, max_distance, block=257)
     assert len(fast[0]) > 200
