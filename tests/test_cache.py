@@ -138,9 +138,11 @@ def test_existing_destinations_are_protected(tree, tmp_path):
     (dst / ".partial" / "plan.json").write_text(json.dumps({"size": 99}))
     with pytest.raises(DataError, match="unfinished cache of other files or settings"):
         build_cache(tree, dst, size=SIZE, workers=0)
+    with pytest.raises(DataError, match="inside the source"):
+        build_cache(tree, tree / "alpha" / "cache", size=SIZE, workers=0)
     with pytest.raises(DataError, match="not empty"):
-        # never writes into a folder that holds anything but a cache (e.g. the source)
-        build_cache(tree, tree, size=SIZE, workers=0)
+        # never writes into a folder that holds anything but a cache
+        build_cache(tree, tree.parent, size=SIZE, workers=0)
     with pytest.raises(DataError, match="split folders"):
         (tmp_path / "splits" / "train" / "a").mkdir(parents=True)
         (tmp_path / "splits" / "test").mkdir()

@@ -143,7 +143,11 @@ def build_cache(
             keep.append(canon not in removed)
         files = [f for f, k in zip(files, keep, strict=True) if k]
         labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
+    if not files:
+        raise DataError(f"all images under '{root}' are excluded by '{exclude_manifest}'; nothing to cache")
     dst = Path(dst).expanduser()
+    if dst.resolve() == root or root in dst.resolve().parents:
+        raise DataError(f"the cache folder '{dst}' is inside the source '{root}'; choose a folder outside it")
     _prepare_destination(dst, overwrite)
     partial = dst / PARTIAL
     plan = {
@@ -164,7 +168,7 @@ def build_cache(
 
     starts = list(range(0, len(files), chunk_size))
     finished = [k for k in range(len(starts)) if all(p.is_file() for p in _chunk_paths(partial, k))]
-    pending = [k for k in range(len(starts)) if k not in set(finished)]
+    pending = sorted(set(range(len(starts))) - set(finished))
     jobs = [(files[starts[k] : starts[k] + chunk_size], size, channels, str(partial), k) for k in pending]
     sizes = [len(job[0]) for job in jobs]
     workers = default_workers() if workers is None else workers
