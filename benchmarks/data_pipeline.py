@@ -42,7 +42,9 @@ def make_jpeg_folder(root: Path, n_images: int, n_classes: int, size: int = 400,
     for i in range(n_images):
         folder = root / f"class_{i % n_classes:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        base = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BILINEAR)
+        base = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(
+            (size, size), Image.BILINEAR
+        )
         pixels = np.clip(np.asarray(base, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3)), 0, 255)
         Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
 
@@ -70,14 +72,24 @@ def bench_cache(n_images: int, n_classes: int, workers_list: list[int]) -> dict:
         make_jpeg_folder(src, n_images, n_classes)
         gen_s = time.perf_counter() - start
         files = sorted(str(p) for p in src.rglob("*.jpg"))
-        result = {"images": n_images, "classes": n_classes, "source_mb": sum(Path(f).stat().st_size for f in files) / 2**20,
-                  "generate_s": gen_s, "per_image": per_image_costs(files), "cache": {}}
+        result = {
+            "images": n_images,
+            "classes": n_classes,
+            "source_mb": sum(Path(f).stat().st_size for f in files) / 2**20,
+            "generate_s": gen_s,
+            "per_image": per_image_costs(files),
+            "cache": {},
+        }
         for workers in workers_list:
             dst = tmp / f"cache_w{workers}"
             start = time.perf_counter()
             summary = build_cache(src, dst, size=96, grayscale=True, workers=workers)
             wall = time.perf_counter() - start
-            result["cache"][workers] = {"wall_s": wall, "images_per_s": n_images / wall, "decode_images_per_s": summary["images_per_s"]}
+            result["cache"][workers] = {
+                "wall_s": wall,
+                "images_per_s": n_images / wall,
+                "decode_images_per_s": summary["images_per_s"],
+            }
             print(f"cache workers={workers}: {n_images / wall:.0f} images/s (wall {wall:.1f} s)", flush=True)
         dst = tmp / f"cache_w{workers_list[-1]}"
         start = time.perf_counter()
@@ -129,9 +141,22 @@ def bench_search(sizes: list[int], brute_sizes: list[int], threshold: int) -> di
         hashes, labels = planted_hashes(n)
         search_s, search_mb, (i, _, _) = measure(near_pairs, hashes, d)
         dedup_s, dedup_mb, (match, _, counts) = measure(find_duplicates, hashes, labels, threshold, "both")
-        rows.append({"n": n, "search_s": search_s, "search_peak_mb": search_mb, "dedup_s": dedup_s, "dedup_peak_mb": dedup_mb,
-                     "pairs": len(i), "removed": int((match >= 0).sum()), **counts})
-        print(f"search N={n}: multi-index {search_s:.3f} s ({search_mb:.1f} MiB), dedup {dedup_s:.3f} s, pairs {len(i)}", flush=True)
+        rows.append(
+            {
+                "n": n,
+                "search_s": search_s,
+                "search_peak_mb": search_mb,
+                "dedup_s": dedup_s,
+                "dedup_peak_mb": dedup_mb,
+                "pairs": len(i),
+                "removed": int((match >= 0).sum()),
+                **counts,
+            }
+        )
+        print(
+            f"search N={n}: multi-index {search_s:.3f} s ({search_mb:.1f} MiB), dedup {dedup_s:.3f} s, pairs {len(i)}",
+            flush=True,
+        )
     brute = []
     for n in brute_sizes:
         hashes, _ = planted_hashes(n)
@@ -150,11 +175,27 @@ def bench_search(sizes: list[int], brute_sizes: list[int], threshold: int) -> di
     equal = all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
     assert equal, "multi-index pairs differ from brute force"
     ns = np.array([r["n"] for r in rows], dtype=float)
-    exponent = float(np.polyfit(np.log(ns), np.log([r["search_s"] for r in rows]), 1)[0]) if len(rows) > 1 else float("nan")
+    exponent = (
+        float(np.polyfit(np.log(ns), np.log([r["search_s"] for r in rows]), 1)[0])
+        if len(rows) > 1
+        else float("nan")
+    )
     bn = np.array(brute_sizes, dtype=float)
-    brute_exponent = float(np.polyfit(np.log(bn), np.log([b["seconds"] for b in brute]), 1)[0]) if len(brute) > 1 else float("nan")
-    return {"threshold": threshold, "rows": rows, "brute_force": brute, "equal_pairs_on_n": brute_sizes[-1], "equal": equal,
-            "brute_pairs_checked": len(fast[0]), "search_exponent": exponent, "brute_force_exponent": brute_exponent}
+    brute_exponent = (
+        float(np.polyfit(np.log(bn), np.log([b["seconds"] for b in brute]), 1)[0])
+        if len(brute) > 1
+        else float("nan")
+    )
+    return {
+        "threshold": threshold,
+        "rows": rows,
+        "brute_force": brute,
+        "equal_pairs_on_n": brute_sizes[-1],
+        "equal": equal,
+        "brute_pairs_checked": len(fast[0]),
+        "search_exponent": exponent,
+        "brute_force_exponent": brute_exponent,
+    }
 
 
 def render(cache: dict, search: dict) -> str:
@@ -166,7 +207,10 @@ def render(cache: dict, search: dict) -> str:
         "",
         "| workers | images/s | wall s |",
         "|---|---|---|",
-        *[f"| {k} | {cache['cache'][k]['images_per_s']:.0f} | {cache['cache'][k]['wall_s']:.1f} |" for k in w],
+        *[
+            f"| {k} | {cache['cache'][k]['images_per_s']:.0f} | {cache['cache'][k]['wall_s']:.1f} |"
+            for k in w
+        ],
         "",
         f"Per image (1 process): read + decode + grayscale + resize {p['decode_resize_ms']:.2f} ms; pHash of the 96 px "
         f"image {p['phash_ms']:.3f} ms, dHash {p['dhash_ms']:.3f} ms — decoding dominates, so `imagehash` is kept. "
@@ -185,11 +229,20 @@ def render(cache: dict, search: dict) -> str:
     ]
     measured = {b["n"]: b["seconds"] for b in search["brute_force"]}
     for r in search["rows"]:
-        brute = f"{measured[r['n']]:.2f}" if r["n"] in measured else f"≈ {r['brute_force_s_extrapolated']:.1f} (extrap.)"
-        md.append(f"| {r['n']:,} | {r['search_s']:.3f} | {r['dedup_s']:.3f} | {max(r['search_peak_mb'], r['dedup_peak_mb']):.1f} "
-                  f"| {r['pairs']:,} | {r['removed']:,} | {brute} | {r['speedup']:.0f}× |")
-    md += ["", f"Fitted growth exponents (time ∝ N^k): multi-index k = {search['search_exponent']:.2f}, brute force "
-           f"k = {search['brute_force_exponent']:.2f}."]
+        brute = (
+            f"{measured[r['n']]:.2f}"
+            if r["n"] in measured
+            else f"≈ {r['brute_force_s_extrapolated']:.1f} (extrap.)"
+        )
+        md.append(
+            f"| {r['n']:,} | {r['search_s']:.3f} | {r['dedup_s']:.3f} | {max(r['search_peak_mb'], r['dedup_peak_mb']):.1f} "
+            f"| {r['pairs']:,} | {r['removed']:,} | {brute} | {r['speedup']:.0f}× |"
+        )
+    md += [
+        "",
+        f"Fitted growth exponents (time ∝ N^k): multi-index k = {search['search_exponent']:.2f}, brute force "
+        f"k = {search['brute_force_exponent']:.2f}.",
+    ]
     return "\n".join(md)
 
 
@@ -206,7 +259,11 @@ def main() -> None:
         search = bench_search([5_000, 20_000], [2_000, 5_000], args.threshold)
     else:
         cache = bench_cache(args.images, 28, workers_list)
-        search = bench_search([10_000, 20_000, 30_000, 100_000, 300_000, 1_000_000], [2_500, 5_000, 10_000, 20_000], args.threshold)
+        search = bench_search(
+            [10_000, 20_000, 30_000, 100_000, 300_000, 1_000_000],
+            [2_500, 5_000, 10_000, 20_000],
+            args.threshold,
+        )
     payload = {"quick": args.quick, "cache": cache, "search": search}
     write_results("data_pipeline_quick" if args.quick else "data_pipeline", payload, render(cache, search))
 
