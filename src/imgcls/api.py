@@ -168,6 +168,8 @@ def evaluate(
     run_dir = Path(run_dir)
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, cfg, taxonomy = model_from_checkpoint(ckpt, which)
+    if ckpt.get("execution") and cfg.train.precision == "auto":  # the precision training measured
+        cfg.train.precision = ckpt["execution"]["precision"]
     if data_overrides:
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), data_overrides))
     dist = dist or DistInfo()

@@ -16,6 +16,7 @@ the same weights as an uninterrupted one (in deterministic mode).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +30,15 @@ from torch import nn
 from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
+from imgcls.engine.autotune import (
+    Execution,
+    candidate_grid,
+    default_execution,
+    measure,
+    needs_tuning,
+    time_candidate,
+    training_step_factory,
+)
 from imgcls.engine.callbacks import Callback, console
 from imgcls.engine.objective import HeadObjective, Objective
 from imgcls.engine.optim import build_optimizer, build_scheduler
@@ -37,8 +47,8 @@ from imgcls.models.classifier import Classifier
 from imgcls.runs import apply_stage_head
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.batch import Batch
-from imgcls.runtime.distributed import DistInfo, all_reduce_sum
-from imgcls.runtime.precision import autocast, channels_last_enabled, resolve_precision
+from imgcls.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object
+from imgcls.runtime.precision import autocast
 
 
 @dataclass
@@ -76,12 +86,7 @@ class Trainer:
         self.stages = cfg.resolved_stages()
         self.total_epochs = cfg.total_epochs()
         self.state = TrainState()
-        self.amp_dtype = resolve_precision(cfg.train, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        channels_last = channels_last_enabled(cfg.train, device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.prep = Preprocess.from_meta(preprocess_meta, device, channels_last)
+        self._apply_execution(default_execution(cfg.train, device))
         self.objective = (objective if objective is not None else HeadObjective()).to(device)
         # the loop also steps on a final partial accumulation group, so round up
         self.batches_per_epoch = len(train_loader)
@@ -113,6 +118,43 @@ class Trainer:
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
+
+    # ------------------------------------------------------------------ precision and layout
+    def _apply_execution(self, execution: Execution) -> None:
+        self.execution = execution
+        self.amp_dtype = execution.amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if execution.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.prep = Preprocess.from_meta(self.preprocess_meta, self.device, execution.channels_last)
+
+    def _tune_execution(self) -> None:
+        """Measure precision × layout on a copy of the model (``engine/autotune.py``), within
+        ``train.autotune_max_share`` of the run's estimated time; rank 0's choice is every rank's."""
+        batch = next(iter(self.train_loader)).to(self.device)
+        optim_cfg = self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
+        make_step = training_step_factory(self.objective, optim_cfg, batch, self.device, self.prep)
+        grid = candidate_grid(self.cfg.train, self.device)
+        probe_ms = time_candidate(make_step(copy.deepcopy(self.model)), "fp32", False, 0, 1)
+        total_steps = max(1, self.total_epochs * self.steps_per_epoch * self.cfg.train.accumulate)
+        budget_ms = self.cfg.train.autotune_max_share * probe_ms * total_steps
+        per_candidate = int(budget_ms // (len(grid) * probe_ms))  # steps each candidate can afford
+        if per_candidate < 2:
+            execution = default_execution(self.cfg.train, self.device)
+            execution.source = "default (run too short to measure)"
+        else:
+            execution = measure(self.model, make_step, grid, warmup=1, steps=min(3, per_candidate - 1))
+        for p in self.objective.parameters():  # the probe steps must leave no gradient behind
+            p.grad = None
+        execution = Execution(**broadcast_object(execution.to_dict(), self.dist))
+        self._apply_execution(execution)
+        if self.dist.is_main and execution.candidates:
+            console.print(
+                f"precision/layout by measurement (ms per step):\n{execution.table()}\n-> {execution.precision}"
+                f"{' + channels_last' if execution.channels_last else ''}",
+                highlight=False,
+                markup=False,
+            )
 
     # ------------------------------------------------------------------ stages
     def _stage_section(self, base: OptimConfig | ScheduleConfig, overrides: dict, where: str):
@@ -154,7 +196,9 @@ class Trainer:
         # A module whose parameters are all frozen also stays in eval mode, children included
         # (BatchNorm statistics, dropout, drop-path).
         self.frozen = [
-            m for m in self.model.modules() if (params := list(m.parameters())) and not any(p.requires_grad for p in params)
+            m
+            for m in self.model.modules()
+            if (params := list(m.parameters())) and not any(p.requires_grad for p in params)
         ]
         optim_cfg = self._stage_section(self.cfg.optim, stage.optim, "optim")
         sched_cfg = self._stage_section(self.cfg.schedule, stage.schedule, "schedule")
@@ -194,6 +238,7 @@ class Trainer:
             "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
             "progress": asdict(self.state),
             "versions": ckpt_io.versions(),
+            "execution": self.execution.to_dict(),
             "extra_weights": {},
         }
         for cb in self.callbacks:  # averaged weights (EMA/SWA) travel with every checkpoint
@@ -224,7 +269,9 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         if ckpt.get("objective"):
             self.objective.load_state_dict(ckpt["objective"])
-        self.history = list(ckpt.get("history") or ckpt.get("callbacks", {}).get("history", {}).get("rows", []))
+        self.history = list(
+            ckpt.get("history") or ckpt.get("callbacks", {}).get("history", {}).get("rows", [])
+        )
         for cb in self.callbacks:
             if cb.name in ckpt.get("callbacks", {}):
                 cb.load_state_dict(ckpt["callbacks"][cb.name])
@@ -239,6 +286,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
+        if resume is not None and resume.get("execution"):
+            self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
+        elif needs_tuning(self.cfg.train, self.device):
+            self._tune_execution()
         mid_stage = self._restore(resume) if resume is not None else False
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -260,7 +311,9 @@ class Trainer:
                 while self.state.epoch_in_stage < (self.stage.epochs or 0) and self._stop_reason is None:
                     self._run_epoch()
                 if self._stop_reason and self.dist.is_main:
-                    console.print(f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False, markup=False)
+                    console.print(
+                        f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False, markup=False
+                    )
                 self.state.stage += 1
                 self.state.epoch_in_stage = 0
         finally:
@@ -428,7 +481,9 @@ class Trainer:
         self.objective.train(objective_training)
         keys = sorted(sums)
         totals = all_reduce_sum(
-            torch.stack([sums[k] for k in keys] + [correct.float(), torch.tensor(float(count), device=self.device)]),
+            torch.stack(
+                [sums[k] for k in keys] + [correct.float(), torch.tensor(float(count), device=self.device)]
+            ),
             self.dist,
         )
         n = max(float(totals[-1]), 1.0)
