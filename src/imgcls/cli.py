@@ -129,10 +129,10 @@ def config_show(
     config: Path | None = typer.Argument(None, help="experiment YAML (none: the defaults)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
 ) -> None:
-    """Print the fully resolved config (defaults + file + overrides)."""
+    """Print the fully resolved config (defaults + file + overrides; head/backbone arguments with every default)."""
     from imgcls.config import config_to_yaml, load_config
 
-    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False, soft_wrap=True)
+    out.print(config_to_yaml(load_config(config, overrides), component_defaults=True), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -19,10 +19,11 @@ autocast disabled (SPEC §1.8 item 7). Design choices are documented in ``docs/f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from imgcls.errors import ConfigError
@@ -46,7 +47,7 @@ from imgcls.models.heads.graph import (
     rbf_rows,
     rbf_weights,
 )
-from imgcls.registry import HEADS
+from imgcls.registry import HEADS, ComponentArgs
 
 if TYPE_CHECKING:
     from imgcls.runtime.batch import Batch
@@ -118,11 +119,89 @@ def structure_loss(
 
 
 # --------------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------------
+
+Activation = Literal["gelu", "relu", "sigmoid", "tanh", "identity"]
+
+
+class FCHArgs(ComponentArgs):
+    """``model.head_args`` of ``fch`` (defaults are SPEC §1.4's, [INFERRED] where the seed is silent)."""
+
+    adjacency: Literal["rbf", "knn", "attention", "class_label", "cosine_topk", "nn", "att", "cl"] = Field(
+        "rbf",
+        description="batch graph: rbf | knn | attention | class_label | cosine_topk (seed aliases nn, att, cl)",
+    )
+    order: int = Field(1, ge=0, description="Chebyshev order p = number of hops (0: no graph)")
+    conv: Literal["chebyshev", "gcn"] = Field(
+        "chebyshev",
+        description="chebyshev: sum_k T_k Θ_k + b; gcn: Â X W + b (the public code's one-hop layer)",
+    )
+    embed_activation: Activation = Field(
+        "gelu", description="activation on the (projected) backbone features"
+    )
+    proj: bool = Field(False, description="a Linear(D, proj_dim or D) before the embedding activation")
+    proj_dim: int | None = Field(None, ge=1, description="width of the projection (needs proj: true)")
+    sigma: float | None = Field(
+        None, gt=0, description="fixed RBF bandwidth (None: detached median heuristic)"
+    )
+    knn_k: int | None = Field(
+        None, ge=1, description="neighbours per node (None: 8 for knn/attention, 1 for cosine_topk)"
+    )
+    threshold: float | None = Field(
+        None, ge=0, description="drop edges lighter than this (None: 0.2 for cosine_topk, else keep all)"
+    )
+    attention_dim: int = Field(64, ge=1, description="width d_k of the attention queries/keys")
+    add_self_loops: bool = Field(True, description="add I before the degree normalisation")
+    graph_activation: Activation = Field("gelu", description="activation after the graph convolution")
+    graph_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout after the graph convolution")
+    residual: bool = Field(False, description="refined H = X + act(conv(X)) instead of act(conv(X))")
+    hidden_dim: int | None = Field(
+        None, ge=1, description="hidden width of the MLP classifier (None: the embedding width)"
+    )
+    activation: Activation = Field("gelu", description="activation of the MLP classifier")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout of the MLP classifier")
+    structure_weight: float = Field(
+        0.1, ge=0.0, description="λ of the structure-preserving loss (0: CE only)"
+    )
+    sp_similarity: Literal["rbf", "cosine"] = Field("rbf", description="relations of the refined embeddings")
+    sp_distance: Literal["mse", "bce"] = Field(
+        "mse", description="structure-loss distance (bce: pos-weighted)"
+    )
+    eval_graph: Literal["batch", "self", "memory"] | None = Field(
+        None, description="evaluation graph (None: batch, or memory for CL-FCH with cl_test_graph: memory)"
+    )
+    cl_test_graph: Literal["pseudo", "rbf", "memory"] = Field(
+        "pseudo",
+        description="CL-FCH's label-free test graph: pseudo-labels, rbf, or pseudo-labels vs the bank",
+    )
+    aux_weight: float = Field(
+        1.0, ge=0.0, description="weight of the auxiliary head's CE (CL-FCH, pseudo-labels)"
+    )
+    memory_size: int = Field(1024, ge=0, description="FIFO bank size for eval_graph: memory (0: no bank)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FCHArgs:
+        if self.conv == "gcn" and self.order != 1:
+            raise ValueError(
+                f"fch conv=gcn is a one-hop layer; set order: 1 (got {self.order}) or use conv: chebyshev"
+            )
+        cl_memory = ADJACENCY_ALIASES.get(self.adjacency, self.adjacency) == "class_label" and (
+            self.cl_test_graph == "memory"
+        )
+        if cl_memory and self.eval_graph not in (None, "memory"):
+            raise ValueError(f"fch cl_test_graph=memory needs eval_graph: memory (got '{self.eval_graph}')")
+        if (self.eval_graph == "memory" or (cl_memory and self.eval_graph is None)) and self.memory_size == 0:
+            raise ValueError("fch eval_graph=memory needs a memory bank; set memory_size > 0 (e.g. 1024)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------
 # The head
 # --------------------------------------------------------------------------------------------------------
 
 
-@HEADS.register("fch")
+@HEADS.register("fch", args=FCHArgs)
 class FCHHead(Head):
     """Feature-refinement classification head over a batch graph.
 
@@ -187,52 +266,11 @@ class FCHHead(Head):
         memory_size: int = 1024,
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
+        FCHArgs.from_init("fch", locals())
         adjacency = ADJACENCY_ALIASES.get(adjacency, adjacency)
-        _check_choice("adjacency", adjacency, ADJACENCIES + tuple(ADJACENCY_ALIASES))
-        _check_choice("conv", conv, CONVOLUTIONS)
-        for key, value in (
-            ("embed_activation", embed_activation),
-            ("graph_activation", graph_activation),
-            ("activation", activation),
-        ):
-            _check_choice(key, value, tuple(ACTIVATIONS))
-        _check_choice("sp_similarity", sp_similarity, SP_SIMILARITIES)
-        _check_choice("sp_distance", sp_distance, SP_DISTANCES)
-        _check_choice("cl_test_graph", cl_test_graph, CL_TEST_GRAPHS)
-        if eval_graph is not None:
-            _check_choice("eval_graph", eval_graph, EVAL_GRAPHS)
-        if not isinstance(order, int) or order < 0:
-            raise ConfigError(
-                f"fch order must be an integer >= 0 (the Chebyshev degree = hops), got {order!r}"
-            )
-        if conv == "gcn" and order != 1:
-            raise ConfigError(
-                f"fch conv=gcn is a one-hop layer; set order: 1 (got {order}) or use conv: chebyshev"
-            )
-        if sigma is not None and sigma <= 0:
-            raise ConfigError(f"fch sigma must be > 0 or null (median heuristic), got {sigma}")
-        if knn_k is not None and knn_k < 1:
-            raise ConfigError(f"fch knn_k must be >= 1, got {knn_k}")
-        if threshold is not None and threshold < 0:
-            raise ConfigError(f"fch threshold must be >= 0 or null, got {threshold}")
-        if (
-            attention_dim < 1
-            or (proj_dim is not None and proj_dim < 1)
-            or (hidden_dim is not None and hidden_dim < 1)
-        ):
-            raise ConfigError("fch attention_dim, proj_dim and hidden_dim must be >= 1")
-        for key, value in (("graph_dropout", graph_dropout), ("dropout", dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"fch {key} must be in [0, 1), got {value}")
-        if structure_weight < 0 or aux_weight < 0:
-            raise ConfigError("fch structure_weight and aux_weight must be >= 0")
-        if memory_size < 0:
-            raise ConfigError(f"fch memory_size must be >= 0, got {memory_size}")
         is_cl = adjacency == "class_label"
         if eval_graph is None:
             eval_graph = "memory" if is_cl and cl_test_graph == "memory" else "batch"
-        elif is_cl and cl_test_graph == "memory" and eval_graph != "memory":
-            raise ConfigError(f"fch cl_test_graph=memory needs eval_graph: memory (got '{eval_graph}')")
 
         self.adjacency = adjacency
         self.order = order
