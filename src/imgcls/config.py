@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgcls.errors import ConfigError, describe_validation_error
+from imgcls.recipes import resolve_config
 from imgcls.registry import BACKBONES, HEADS, Registry
 
 
@@ -332,13 +333,13 @@ def build_config(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML experiment config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a file, or the name of a shipped recipe when no such file exists (:mod:`imgcls.recipes`)."""
     raw: dict[str, Any] = {}
     name = None
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' not found; pass a YAML file such as configs/quickstart.yaml")
+        p = resolve_config(path)  # a file, else a shipped recipe by name (quickstart, fashion_mnist/fch_rbf)
         try:
             raw = parse_yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
