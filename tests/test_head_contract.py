@@ -70,3 +70,10 @@ def test_margin_heads_keep_the_margin_in_the_loss(name, taxonomy):
     with_margin = head(features, targets)
     without = head(features)
     assert sum(head.loss(with_margin, batch).values()) > sum(head.loss(without, batch).values())
+
+
+def test_predictor_moved_to_evaluation_and_still_importable_from_the_api():
+    from imgcls import api
+    from imgcls.evaluation.predict import Predictor
+
+    assert api.Predictor is Predictor

@@ -235,8 +235,8 @@ def test_short_optimisation_lowers_loss(tax, name, args):
 
 
 def tiny_predictor(tax, head: str):
-    from imgcls.api import Predictor
     from imgcls.config import ModelConfig
+    from imgcls.evaluation.predict import Predictor
     from imgcls.models.classifier import build_model
 
     torch.manual_seed(0)
