@@ -42,7 +42,7 @@ def launch_ddp(torchrun_args: list[str]) -> int:
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Path | None = typer.Argument(None, help="experiment YAML (e.g. configs/quickstart.yaml)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML, or a shipped recipe name (e.g. quickstart; see `imgcls configs`)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5"),
     resume: Path | None = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="train with N DDP processes (launches torchrun)"),
@@ -126,13 +126,26 @@ def taxonomy_show(
 
 @config_app.command("show")
 def config_show(
-    config: Path | None = typer.Argument(None, help="experiment YAML (none: the defaults)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML or shipped recipe name (none: the defaults)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
 ) -> None:
-    """Print the fully resolved config (defaults + file + overrides)."""
+    """Print the fully resolved config (defaults + file + overrides; head/backbone arguments with every default)."""
     from imgcls.config import config_to_yaml, load_config
 
-    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False, soft_wrap=True)
+    out.print(config_to_yaml(load_config(config, overrides), component_defaults=True), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("configs")
+def configs_list() -> None:
+    """List the shipped recipes (train one by name: `imgcls train fashion_mnist/fch_rbf`)."""
+    from imgcls.recipes import list_recipes
+
+    recipes = list_recipes()
+    if not recipes:
+        raise UserError("no shipped recipes found (the installation has no imgcls/configs folder)")
+    width = max(len(r.name) for r in recipes)
+    for r in recipes:
+        out.print(f"{r.name:<{width}}  {r.description}".rstrip(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -8,7 +8,6 @@ value, what is allowed, and the closest valid key for typos.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imgcls.errors import ConfigError
+from imgcls.errors import ConfigError, describe_validation_error
+from imgcls.recipes import resolve_config
+from imgcls.registry import BACKBONES, HEADS, Registry
 
 
 class Section(BaseModel):
@@ -236,6 +237,24 @@ class StageConfig(Section):
     stop_at_val_acc: float | None = Field(None, gt=0.0, le=1.0, description="end the stage once val acc reaches it")
 
 
+def _check_component(registry: Registry, where: str, name: str, args: dict[str, Any]) -> None:
+    try:
+        registry.get(name)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid value {name!r} for '{where}': {exc}") from None
+    registry.validate_args(name, args, f"{where}_args")
+
+
+def stage_section(base: OptimConfig | ScheduleConfig, overrides: dict[str, Any], where: str):
+    """``base`` (the experiment's optim or schedule section) with a stage's ``overrides`` applied and validated;
+    a problem is one line located at ``where`` (e.g. ``stages.1.optim``)."""
+    try:
+        return type(base).model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        keys = list(type(base).model_fields)
+        raise ConfigError(describe_validation_error(exc.errors(), where.split("."), lambda _: keys)) from None
+
+
 class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -254,7 +273,35 @@ class ExperimentConfig(Section):
             raise ValueError("eval.checkpoint=ema needs train.ema_decay (e.g. 0.999)")
         if self.eval.checkpoint == "swa" and self.train.swa_start is None:
             raise ValueError("eval.checkpoint=swa needs train.swa_start (e.g. 0.75)")
+        self._check_components_and_stages()
         return self
+
+    def _check_components_and_stages(self) -> None:
+        """Typed component arguments and stage overrides, checked when the config loads (not when a stage
+        starts). Raises :class:`ConfigError` directly: pydantic would otherwise lose the location."""
+        _check_component(BACKBONES, "model.backbone", self.model.backbone, self.model.backbone_args)
+        _check_component(HEADS, "model.head", self.model.head, self.model.head_args)
+        for i, stage in enumerate(self.stages):
+            if stage.head:
+                _check_component(HEADS, f"stages.{i}.head", stage.head, stage.head_args)
+            elif stage.head_args:
+                raise ConfigError(
+                    f"stages.{i}.head_args is set but stages.{i}.head is not: name the head the stage switches to"
+                )
+            stage_section(self.optim, stage.optim, f"stages.{i}.optim")
+            stage_section(self.schedule, stage.schedule, f"stages.{i}.schedule")
+
+    def resolved_component_args(self) -> dict[str, dict[str, Any]]:
+        """Every component's arguments with all defaults filled in, by config location
+        (``model.backbone_args``, ``model.head_args``, ``stages.<i>.head_args``)."""
+        out = {
+            "model.backbone_args": BACKBONES.resolved_args(self.model.backbone, self.model.backbone_args),
+            "model.head_args": HEADS.resolved_args(self.model.head, self.model.head_args),
+        }
+        for i, stage in enumerate(self.stages):
+            if stage.head:
+                out[f"stages.{i}.head_args"] = HEADS.resolved_args(stage.head, stage.head_args)
+        return out
 
     def resolved_stages(self) -> list[StageConfig]:
         """The stages to run; an experiment without a `stages` list is one stage of `train.epochs`."""
@@ -335,25 +382,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _format_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "config"
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        section = [p for p in loc[:-1] if not p.isdigit()]
-        valid = _valid_keys(ExperimentConfig, section) or _valid_keys(StageConfig, section[-1:] if section else [])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
-        allowed = f" Valid keys here: {', '.join(valid)}." if valid else ""
-        return f"unknown config key '{key}'{hint}{allowed}"
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "literal_error":
-        msg = "must be " + msg.removeprefix("Input should be ")
-    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    if not loc:
-        return f"invalid config: {msg}{more}"
-    return f"invalid value {shown} for '{key}': {msg}{more}"
+    def valid(section: list[str]) -> list[str]:
+        section = [p for p in section if not p.isdigit()]
+        return _valid_keys(ExperimentConfig, section) or _valid_keys(StageConfig, section[-1:] if section else [])
+
+    return describe_validation_error(exc.errors(), valid_keys=valid)
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
@@ -364,13 +397,13 @@ def build_config(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML experiment config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a file, or the name of a shipped recipe when no such file exists (:mod:`imgcls.recipes`)."""
     raw: dict[str, Any] = {}
     name = None
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' not found; pass a YAML file such as configs/quickstart.yaml")
+        p = resolve_config(path)  # a file, else a shipped recipe by name (quickstart, fashion_mnist/fch_rbf)
         try:
             raw = parse_yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -387,5 +420,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def config_to_yaml(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def config_to_yaml(cfg: ExperimentConfig, component_defaults: bool = False) -> str:
+    """The config as YAML; with ``component_defaults`` the head/backbone arguments list every default too
+    (``imgcls config show``)."""
+    data = cfg.model_dump(mode="json")
+    if component_defaults:
+        for where, args in cfg.resolved_component_args().items():
+            node = data
+            *path, key = where.split(".")
+            for part in path:
+                node = node[int(part)] if part.isdigit() else node[part]
+            node[key] = args
+    return yaml.safe_dump(data, sort_keys=False)
