@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from imgcls.errors import ConfigError
 from imgcls.registry import BACKBONES, ComponentArgs
 
 
