@@ -264,7 +264,7 @@ def test_unreadable_checkpoints_are_checkpoint_errors(shared, tmp_path):
         ("truncated.pt", "unreadable"),
         ("garbage.pt", "unreadable"),
         ("foreign.pt", "not an imgcls checkpoint"),
-        ("exploit.pt", "unreadable"),
+        ("exploit.pt", "refused: not a plain-tensor checkpoint"),
         ("missing.pt", "does not exist"),
     ]:
         with pytest.raises(CheckpointError) as info:

@@ -9,6 +9,7 @@ value, what is allowed, and the closest valid key for typos.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgcls.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -137,6 +140,13 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
     ddp_find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradients in a step")
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N (N = GPU index) or mps")
+        return v
+
 
 class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
@@ -220,6 +230,23 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tr
 ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
+
+
+def _construct_mapping_unique(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A YAML mapping whose keys must be unique (PyYAML silently keeps the last of two equal keys)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key '{key}' at line {key_node.start_mark.line + 1} (first at line {seen[key]}); "
+                "a key may appear once per section"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_unique)
 
 
 def parse_yaml(text: str) -> Any:
@@ -308,11 +335,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found; pass a YAML file such as configs/quickstart.yaml")
         try:
-            raw = parse_yaml(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file '{p}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "pass a YAML file such as configs/quickstart.yaml"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"config file '{p}' cannot be read ({exc.strerror or exc})") from None
+        try:
+            raw = parse_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError(f"config file '{p}': {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if raw is None:
+            log.warning("warning: config file '%s' is empty; training with all defaults", p)
+            raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections (data:, model:, ...)")
         name = p.stem
