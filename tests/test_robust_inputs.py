@@ -131,7 +131,7 @@ def test_one_class_imagefolder_is_one_line(tmp_path, capsys, monkeypatch):
 def test_empty_class_folder_is_an_error(tmp_path):
     root = make_tree(tmp_path / "data")
     (root / "train" / "empty_class").mkdir()
-    with pytest.raises(DataError, match="empty_class.*hold no images"):
+    with pytest.raises(DataError, match=r"empty_class.*hold no images"):
         prepare_data(load_config(None, [*TINY, f"data.root={root}"]))
 
 
@@ -320,6 +320,6 @@ def test_hub_weights_offline_fail_within_seconds(monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as with HF_HUB_OFFLINE=1, or when the probe fails
     start = time.perf_counter()
-    with pytest.raises(DataError, match="could not fetch pretrained weights for timm:test_resnet.*pretrained_file"):
+    with pytest.raises(DataError, match=r"could not fetch pretrained weights for timm:test_resnet.*pretrained_file"):
         build_backbone(ModelConfig(backbone="timm:test_resnet.r160_in1k", pretrained=True), 3)
     assert time.perf_counter() - start < 10

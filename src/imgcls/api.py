@@ -25,16 +25,18 @@ from imgcls.engine.callbacks import (
     EarlyStopping,
     HistoryLogger,
     ProgressPrinter,
+    RecoveryCheckpointer,
     StopAtValAcc,
 )
 from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
-from imgcls.errors import CheckpointError, UserError
+from imgcls.errors import CheckpointError, TrainingInterrupted, UserError
 from imgcls.models.classifier import Classifier, build_model
 from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from imgcls.runtime.precision import autocast, configure_backends, resolve_device
+from imgcls.runtime.signals import graceful_stop
 
 
 @dataclass
@@ -86,6 +88,7 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
         Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
+        RecoveryCheckpointer(run_dir / "checkpoints", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes),
         ProgressPrinter(cfg.train.progress),
     ]
     return callbacks
@@ -145,7 +148,11 @@ def train(
         objective=build_objective(cfg, model, device=device, data=data),
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=resume_ckpt)
+    try:
+        with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
+            history = trainer.fit(resume=resume_ckpt)
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
     train_time = time.perf_counter() - start + (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
     skipped = set(data.skipped_files)  # the in-memory path decodes once; the streaming path skips as it goes
     for loader in (train_loader, val_loader):

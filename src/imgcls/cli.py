@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from imgcls.errors import UserError
+from imgcls.errors import TrainingInterrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
@@ -204,11 +204,14 @@ def main() -> None:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
         if isinstance(code, int) and code:
             sys.exit(code)
+    except TrainingInterrupted as exc:  # SIGTERM/SIGINT during training: the state was saved
+        err.print(f"interrupted: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: resume with `imgcls train --resume RUN_DIR` (the last finished epoch is kept)")
+        err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
         sys.exit(130)
     except OSError as exc:
         from imgcls.runtime.checkpoint import is_disk_full
@@ -227,6 +230,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort):  # click turns Ctrl-C outside training into Abort
+            err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
             sys.exit(130)
         raise

@@ -143,6 +143,17 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
     ddp_find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradients in a step")
 
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also write checkpoints/recovery.pt (mid-epoch, exact resume) every N optimiser steps"
+    )
+    checkpoint_every_minutes: float | None = Field(
+        None, gt=0.0, description="also write checkpoints/recovery.pt every T minutes of training"
+    )
+    on_nonfinite: Literal["stop", "skip_step"] = Field(
+        "stop", description="a NaN/inf loss: stop (one line), or skip_step: drop that step and go on"
+    )
+    max_skipped_steps: int = Field(5, ge=1, description="skip_step: stop after this many non-finite steps in a row")
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

@@ -24,3 +24,12 @@ class CheckpointError(UserError):
 
 class TrainingError(UserError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGTERM/SIGINT: training stopped after finishing its step and saving a checkpoint to resume from.
+    ``exit_code`` is 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
