@@ -200,11 +200,15 @@ def test_every_run_writes_inference_weights_with_normal_file_modes(streamed_run)
     assert (run_dir / "checkpoints" / "last.pt").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_config_error_at_build_time_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("override, words", [
+    ("model.head_args={no_such_arg: 1}", "no_such_arg"),  # found while building the model
+    ("stages=[{name: a, freeze: [trunk]}]", "no module named ['trunk']"),  # found when the first stage starts
+], ids=["build", "stage-start"])
+def test_config_error_leaves_no_run_directory(tmp_path, capsys, monkeypatch, override, words):
     root = make_tree(tmp_path / "data")
-    code, _, err = run_cli(["train", *TINY, f"data.root={root}", "model.head_args={no_such_arg: 1}",
-                            f"output.dir={tmp_path / 'runs'}"], capsys, monkeypatch)
-    assert_one_line_error(code, err, "no_such_arg")
+    code, _, err = run_cli(["train", *TINY, f"data.root={root}", override, f"output.dir={tmp_path / 'runs'}"],
+                           capsys, monkeypatch)
+    assert_one_line_error(code, err, words)
     assert not (tmp_path / "runs").exists()
 
 

@@ -8,8 +8,10 @@ validation, last, EMA or SWA), and the report says which.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from imgcls.engine.callbacks import (
 )
 from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
-from imgcls.errors import CheckpointError, TrainingInterrupted, UserError
+from imgcls.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted, UserError
 from imgcls.models.classifier import Classifier, build_model
 from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
 from imgcls.runtime import checkpoint as ckpt_io
@@ -153,6 +155,15 @@ def train(
             history = trainer.fit(resume=resume_ckpt)
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
+    except (ConfigError, DataError):
+        # a config/data error met only once training starts (an unknown module to freeze, a loss weight the head
+        # does not produce, a sampler that cannot fill a batch): a new run that saved nothing leaves no directory
+        if resume is None and dist.is_main and not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for empty in (run_dir.parent, run_dir.parent.parent):  # runs/<name>/ and output.dir, when now empty
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+        raise
     train_time = time.perf_counter() - start + (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
     skipped = set(data.skipped_files)  # the in-memory path decodes once; the streaming path skips as it goes
     for loader in (train_loader, val_loader):
