@@ -44,6 +44,12 @@ class DataConfig(Section):
     samples_per_class: int | None = Field(None, gt=0, description="balanced: images per class per epoch; m_per_class: m")
     taxonomy: str | None = Field(None, description="'wordnet', or a path to a parent-map YAML/JSON or label-path CSV")
     taxonomy_rule: Literal["first_path", "shortest_path"] = "first_path"
+    exclude_manifest: str | None = Field(
+        None, description="dedup manifest (imgcls data dedup --out FILE): the files it removed are skipped"
+    )
+    test_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="no test split (e.g. one cache): stratified fraction carved out as the test set"
+    )
 
     @field_validator("channels")
     @classmethod
