@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from imgcls.errors import UserError
+from imgcls.errors import TrainingInterrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
@@ -97,10 +97,22 @@ def predict(
     """Classify images with a trained run (preprocessing is read from the checkpoint)."""
     from imgcls import api
 
-    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint)
+    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint,
+                          on_error="report")
+    failed = [row for row in results if "error" in row]
     if as_json:
         out.print_json(json.dumps(results))
-        return
+    for row in failed:  # each unreadable file on its own line; the readable ones are still predicted
+        err.print(f"error: {escape(row['error'])}", highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"{len(failed)} of {len(results)} image(s) could not be read", highlight=False, soft_wrap=True)
+    if not as_json:
+        _print_predictions([row for row in results if "error" not in row], threshold)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _print_predictions(results: list[dict], threshold: float | None) -> None:
     for row in results:
         top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"])
         out.print(f"{row['image']}: {top}", highlight=False, soft_wrap=True)
@@ -263,12 +275,24 @@ def main() -> None:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
         if isinstance(code, int) and code:
             sys.exit(code)
+    except TrainingInterrupted as exc:  # SIGTERM/SIGINT during training: the state was saved
+        err.print(f"interrupted: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: resume with `imgcls train --resume RUN_DIR` (the last finished epoch is kept)")
+        err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
         sys.exit(130)
+    except OSError as exc:
+        from imgcls.runtime.checkpoint import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = f" at {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
+                  "(free some space and rerun)", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as exc:  # click's own usage errors
         import click
 
@@ -277,6 +301,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort):  # click turns Ctrl-C outside training into Abort
+            err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
             sys.exit(130)
         raise

@@ -8,6 +8,7 @@ value, what is allowed, and the closest valid key for typos.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from imgcls.errors import ConfigError, describe_validation_error
 from imgcls.recipes import resolve_config
 from imgcls.registry import BACKBONES, HEADS, Registry
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -146,6 +149,24 @@ class TrainConfig(Section):
     progress: bool = True
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
     ddp_find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradients in a step")
+
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also write checkpoints/recovery.pt (mid-epoch, exact resume) every N optimiser steps"
+    )
+    checkpoint_every_minutes: float | None = Field(
+        None, gt=0.0, description="also write checkpoints/recovery.pt every T minutes of training"
+    )
+    on_nonfinite: Literal["stop", "skip_step"] = Field(
+        "stop", description="a NaN/inf loss: stop (one line), or skip_step: drop that step and go on"
+    )
+    max_skipped_steps: int = Field(5, ge=1, description="skip_step: stop after this many non-finite steps in a row")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N (N = GPU index) or mps")
+        return v
 
 
 class EvalConfig(Section):
@@ -333,6 +354,23 @@ ConfigLoader.add_implicit_resolver(
 )
 
 
+def _construct_mapping_unique(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A YAML mapping whose keys must be unique (PyYAML silently keeps the last of two equal keys)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key '{key}' at line {key_node.start_mark.line + 1} (first at line {seen[key]}); "
+                "a key may appear once per section"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_unique)
+
+
 def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ConfigLoader)
 
@@ -405,11 +443,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = resolve_config(path)  # a file, else a shipped recipe by name (quickstart, fashion_mnist/fch_rbf)
         try:
-            raw = parse_yaml(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file '{p}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "pass a YAML file such as configs/quickstart.yaml"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"config file '{p}' cannot be read ({exc.strerror or exc})") from None
+        try:
+            raw = parse_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError(f"config file '{p}': {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if raw is None:
+            log.warning("warning: config file '%s' is empty; training with all defaults", p)
+            raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections (data:, model:, ...)")
         name = p.stem
