@@ -6,7 +6,7 @@ validation and test splits are computed once, and every head is then trained on 
 the trainer's optimiser and schedule (AdamW lr 1e-3, wd 0.01 without decay on biases, cosine, batch 128,
 the same epochs) — stage 2 of the recipe, minus the per-run backbone passes. Rows: linear head, MLP head
 (hidden 256 = the DRA classifier alone), DRA (squared aggregation, λ = 1e-3 as in the seed) with
-regulariser none / learned / diversity. The last epoch is evaluated (no selection on anything).
+regulariser none / learned / diversity, and diversity with class-mean initialisation. The last epoch is evaluated (no selection on anything).
 
 Columns: test accuracy, macro F1, compactness and separation of the backbone features (before the head,
 the same for every row) and of the head embeddings (after: DRA's refined ``f + g``, the MLP's hidden layer,
@@ -33,6 +33,7 @@ from common import device_label, fmt, mean_std, write_results
 from imgcls import api
 from imgcls.config import OptimConfig, ScheduleConfig, load_config
 from imgcls.data.prepare import make_loader, prepare_data
+from imgcls.engine.attractor_init import class_feature_means
 from imgcls.engine.optim import build_optimizer, build_scheduler
 from imgcls.evaluation.calibration import fit_head_temperature
 from imgcls.evaluation.embedding_metrics import embedding_geometry
@@ -48,6 +49,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "dra_none": ("dra", {"regularizer": "none"}),
     "dra_learned": ("dra", {"regularizer": "learned"}),
     "dra_diversity": ("dra", {"regularizer": "diversity"}),
+    "dra_diversity_class_means": ("dra", {"regularizer": "diversity", "attractor_init": "class_means"}),
 }
 
 
@@ -94,6 +96,9 @@ def train_head(
     x, y = feats["train"]
     torch.manual_seed(seed)
     head = build_head(name, head_args, x.shape[1], num_classes, 0.0)
+    if getattr(head, "wants_class_mean_init", False):  # what the ClassMeanInit callback does at stage start
+        sums, counts = class_feature_means(x, y, num_classes)
+        head.init_from_class_means((sums / counts.clamp_min(1)[:, None]).float(), counts > 0)
     steps = math.ceil(len(x) / args.batch_size)
     opt = build_optimizer(head, OptimConfig(name="adamw", lr=args.lr, weight_decay=0.01), torch.device("cpu"))
     sched = build_scheduler(opt, ScheduleConfig(name="cosine"), args.epochs, steps)
@@ -111,7 +116,7 @@ def train_head(
             opt.step()
             sched.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
     train_s = time.perf_counter() - start
     head.eval()
     with torch.no_grad():
@@ -149,6 +154,7 @@ def render(results: dict, before: dict, args, backbone_note: str) -> str:
         ("test acc %", "accuracy", 100, 2),
         ("macro F1 %", "macro_f1", 100, 2),
         ("compactness after", "compactness_after", 1, 3),
+        ("relative compactness after", "relative_compactness_after", 1, 3),
         ("separation after", "separation_after", 1, 3),
         ("R(A) at the end", "reg_value", 1, 4),
         ("ECE % (T = 1)", "ece_before", 100, 2),
