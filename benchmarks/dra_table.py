@@ -130,7 +130,7 @@ def train_head(
     )["ece"]
     after = embedding_geometry(test_out.embeddings.detach(), feats["test"][1])
     trained_reg = getattr(getattr(head, "regularizer", None), "kind", "none") != "none"
-    reg = float(head.regularizer_value()) if trained_reg else float("nan")
+    reg = float(head.regularizer_value().detach()) if trained_reg else float("nan")
     with torch.no_grad():
         val_acc = float((head.predict(val_out).argmax(1) == feats["val"][1]).float().mean())
     return {
