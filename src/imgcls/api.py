@@ -83,9 +83,11 @@ def build_taxonomy_for(cfg: ExperimentConfig, data: PreparedData):
 
 
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
+    from imgcls.engine.attractor_init import class_mean_init_callbacks
     from imgcls.engine.averaging import averaging_callbacks
 
-    callbacks = [*averaging_callbacks(cfg), StopAtValAcc()]
+    # head initialisation first: weight averaging copies the model at stage start
+    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), StopAtValAcc()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
@@ -223,6 +225,7 @@ def evaluate(
     data_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's chosen checkpoint on the test set; writes metrics.json, figures and report.md."""
+    from imgcls.evaluation.calibration import checkpoint_identity
     from imgcls.evaluation.evaluate import evaluate_model
 
     run_dir = Path(run_dir)
@@ -246,16 +249,21 @@ def evaluate(
     return evaluate_model(
         model, cfg, data, run_dir, device=device, dist=dist, taxonomy=taxonomy, checkpoint=which,
         checkpoint_detail=detail, preprocess=ckpt["preprocess"], class_names=ckpt["class_names"], train_time_s=train_time,
+        checkpoint_identity=checkpoint_identity(ckpt),
     )
 
 
 # ---------------------------------------------------------------------------------- predict
 # Predictor lives in imgcls.evaluation.predict; `imgcls.api.Predictor` stays importable.
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Predictor:
-    """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`)."""
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", calibrated: bool = True) -> Predictor:
+    """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`); with ``calibrated``
+    the temperature fitted by evaluation (``eval.calibration: temperature``) for this checkpoint is applied."""
+    from imgcls.evaluation.calibration import stored_temperature
+
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, _, taxonomy = model_from_checkpoint(ckpt, which)
-    return Predictor(model, ckpt["preprocess"], ckpt["class_names"], taxonomy, device)
+    temperature = stored_temperature(Path(run_dir), which, ckpt) if calibrated else 1.0
+    return Predictor(model, ckpt["preprocess"], ckpt["class_names"], taxonomy, device, temperature)
 
 
 def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,

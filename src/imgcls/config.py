@@ -175,6 +175,9 @@ class EvalConfig(Section):
     top_k: list[int] = Field(default_factory=lambda: [1, 5])
     tta: int = Field(1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)")
     calibration_bins: int = Field(15, ge=2)
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="temperature: fit temperature scaling on the validation split; applied in evaluate and predict"
+    )
     plots: bool = True
     embeddings_plot: bool = True
     gradcam: bool = True
@@ -295,6 +298,8 @@ class ExperimentConfig(Section):
         if self.eval.checkpoint == "swa" and self.train.swa_start is None:
             raise ValueError("eval.checkpoint=swa needs train.swa_start (e.g. 0.75)")
         self._check_components_and_stages()
+        if self.eval.calibration == "temperature" and self.data.val_fraction == 0:
+            raise ValueError("eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0")
         return self
 
     def _check_components_and_stages(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation import figures as run_figures
+from imgcls.evaluation.calibration import calibration_extension, fit_on_loader, save_temperature
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
 from imgcls.evaluation.metrics import classification_metrics
@@ -112,7 +113,7 @@ def inference_throughput(model: Classifier, prep: Preprocess, device: torch.devi
 def evaluate_model(
     model: Classifier, cfg: ExperimentConfig, data: PreparedData, run_dir: Path, *, device: torch.device,
     dist: DistInfo, taxonomy, checkpoint: str, checkpoint_detail: str, preprocess: dict[str, Any],
-    class_names: list[str], train_time_s: float,
+    class_names: list[str], train_time_s: float, checkpoint_identity: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     model = model.to(device).eval()
     prep = Preprocess.from_meta(preprocess, device)
@@ -120,8 +121,16 @@ def evaluate_model(
     loader = make_loader(data.test, data, cfg, train=False, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, device=device)
     amp = lambda: autocast(device, resolve_precision(cfg.train, device))  # noqa: E731
     start = time.perf_counter()
-    preds = predict_loader(model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True)
+    fit = None
+    if cfg.eval.calibration == "temperature" and len(data.val):  # fitted on validation, applied to the test set
+        val_loader = make_loader(data.val, data, cfg, train=False, batch_size=batch_size, rank=dist.rank,
+                                 world_size=dist.world_size, device=device)
+        fit = fit_on_loader(model, val_loader, prep, device, amp, dist)
+    temperature = fit.temperature if fit is not None else 1.0
+    preds = predict_loader(model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True, temperature=temperature)
     metrics = classification_metrics(preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins)
+    if fit is not None:
+        metrics["calibration"] = asdict(fit)
     metrics.update(
         checkpoint=checkpoint, checkpoint_detail=checkpoint_detail, train_time_s=train_time_s,
         eval_time_s=time.perf_counter() - start, params=count_parameters(model),
@@ -152,6 +161,8 @@ def evaluate_model(
                 figures[caption] = Path(path).name
                 times[Path(path).name] = round(time.perf_counter() - started, 3)
     save_safetensors(model.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": checkpoint})
+    if fit is not None:
+        save_temperature(run_dir, checkpoint, fit, checkpoint_identity or {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(run_dir, metrics, cfg.model_dump(mode="json"), figures, ctx.notes)
     return metrics
@@ -183,6 +194,7 @@ def distillation_extension(ctx: EvalContext) -> None:
 #: functions adding metrics to the context before figures are drawn
 METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
     hierarchical_extension,
+    calibration_extension,
     batch_graph_extension,
     distillation_extension,
     complexity_extension,

@@ -1,6 +1,8 @@
 """Prediction: batched over a loader (probabilities, logits, embeddings and targets, in data order, gathered
-across DDP ranks without padding), with optional test-time augmentation, and :class:`Predictor`, a trained
-model ready for inference on image files, PIL images or tensors (``imgcls.load(run_dir)``, ``imgcls predict``)."""
+across DDP ranks without padding), with optional test-time augmentation and temperature scaling (``temperature``
+≠ 1 divides the head's logits before ``predict``; the probabilities at temperature 1 are kept beside them for
+before/after reports), and :class:`Predictor`, a trained model ready for inference on image files, PIL images or
+tensors (``imgcls.load(run_dir)``, ``imgcls predict``)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class Predictions:
     node_probs: torch.Tensor | None = None  # (N, nodes) for heads predicting taxonomy nodes
     features: torch.Tensor | None = None  # (N, D) backbone features (when asked for)
     features_name: str = "backbone features"  # what ``features`` holds (a refining head's input embeddings)
+    temperature: float = 1.0  # the temperature ``probs`` / ``node_probs`` were computed at
+    uncalibrated_probs: torch.Tensor | None = None  # (N, C) at temperature 1, when temperature ≠ 1
+    uncalibrated_node_probs: torch.Tensor | None = None  # (N, nodes) at temperature 1, for node-space heads
 
 
 def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -50,37 +55,45 @@ class ViewPrediction:
     output: object  # the head output of the first (untransformed) view
     node_probs: torch.Tensor | None  # (B, nodes) averaged over the views, for node-space heads
     features: torch.Tensor | None  # (B, D) backbone features of the first view (when asked for)
+    uncalibrated_probs: torch.Tensor | None = None  # (B, C) at temperature 1, when temperature ≠ 1
+    uncalibrated_node_probs: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def predict_views(
     model: nn.Module, images: torch.Tensor, prep: Preprocess, autocast: Callable, tta: int = 1,
     transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None, with_features: bool = False,
+    temperature: float = 1.0,
 ) -> ViewPrediction:
     """Class (and, for node-space heads, taxonomy-node) probabilities of one batch of uint8 images,
-    averaged over TTA views. Backbone features are captured by a hook on the head's input, so asking
-    for them costs no second forward pass."""
+    averaged over TTA views, at ``temperature`` (``head.scale_logits`` per view). Backbone features are
+    captured by a hook on the head's input, so asking for them costs no second forward pass."""
     unit = prep.to_unit(images)
     views = [t(unit) for t in transforms] if transforms is not None else tta_views(unit, tta)
     node_head = hasattr(model.head, "predict_nodes")
     captured: list[torch.Tensor] = []
     hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) if with_features else None
-    probs = nodes = first = None
+    scaled = temperature != 1.0
+    probs = nodes = raw_probs = raw_nodes = first = None
+    add = lambda total, x: x if total is None else total + x  # noqa: E731
     try:
         for view in views:
             with autocast():
                 out = model(prep.normalize(view))
-            p = model.head.predict(out).float()
-            probs = p if probs is None else probs + p
+            calibrated = model.head.scale_logits(out, temperature) if scaled else out
+            probs = add(probs, model.head.predict(calibrated).float())
             if node_head:
-                q = model.head.predict_nodes(out).float()
-                nodes = q if nodes is None else nodes + q
+                nodes = add(nodes, model.head.predict_nodes(calibrated).float())
+            if scaled:
+                raw_probs = add(raw_probs, model.head.predict(out).float())
+                if node_head:
+                    raw_nodes = add(raw_nodes, model.head.predict_nodes(out).float())
             first = first or out
     finally:
         if hook is not None:
             hook.remove()
-    return ViewPrediction(probs / len(views), first, None if nodes is None else nodes / len(views),
-                          captured[0] if captured else None)
+    mean = lambda total: None if total is None else total / len(views)  # noqa: E731
+    return ViewPrediction(mean(probs), first, mean(nodes), captured[0] if captured else None, mean(raw_probs), mean(raw_nodes))
 
 
 def predict_tensor(
@@ -95,16 +108,21 @@ def predict_tensor(
 @torch.no_grad()
 def predict_loader(
     model: nn.Module, loader, prep: Preprocess, device: torch.device, autocast: Callable,
-    dist: DistInfo = DistInfo(), tta: int = 1, with_features: bool = False,
+    dist: DistInfo = DistInfo(), tta: int = 1, with_features: bool = False, temperature: float = 1.0,
 ) -> Predictions:
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("probs", "logits", "embeddings", "targets", "index", "nodes", "features")}
+    keys = ("probs", "logits", "embeddings", "targets", "index", "nodes", "features", "raw_probs", "raw_nodes")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     features_name = "backbone features"
     for batch in loader:
         batch = batch.to(device)
-        pred = predict_views(model, batch.images, prep, autocast, tta, with_features=with_features)
+        pred = predict_views(model, batch.images, prep, autocast, tta, with_features=with_features, temperature=temperature)
         out = pred.output
         parts["probs"].append(pred.probs.cpu())
+        if pred.uncalibrated_probs is not None:
+            parts["raw_probs"].append(pred.uncalibrated_probs.cpu())
+        if pred.uncalibrated_node_probs is not None:
+            parts["raw_nodes"].append(pred.uncalibrated_node_probs.cpu())
         parts["logits"].append(out.logits.float().cpu())
         parts["embeddings"].append(out.embeddings.float().cpu())
         parts["targets"].append(batch.targets.cpu())
@@ -124,14 +142,17 @@ def predict_loader(
     return Predictions(
         probs=pick(cat["probs"]), logits=pick(cat["logits"]), embeddings=pick(cat["embeddings"]),
         targets=pick(cat["targets"]), index=pick(cat["index"]), node_probs=pick(cat["nodes"]), features=pick(cat["features"]),
-        features_name=features_name,
+        features_name=features_name, temperature=float(temperature), uncalibrated_probs=pick(cat["raw_probs"]),
+        uncalibrated_node_probs=pick(cat["raw_nodes"]),
     )
 
 
 class Predictor:
     """A trained model ready for inference on image files, PIL images or uint8 tensors."""
 
-    def __init__(self, model: nn.Module, preprocess: dict[str, Any], class_names: list[str], taxonomy=None, device: str = "cpu") -> None:
+    def __init__(self, model: nn.Module, preprocess: dict[str, Any], class_names: list[str], taxonomy=None, device: str = "cpu",
+                 temperature: float = 1.0) -> None:
+        self.temperature = float(temperature)  # temperature scaling of the head's logits (1: none)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.meta, self.class_names, self.taxonomy = preprocess, class_names, taxonomy
@@ -160,9 +181,10 @@ class Predictor:
             raise DataError(f"cannot read image '{item}': {' '.join(str(exc).split())}") from None
 
     @torch.no_grad()
-    def _predict_views(self, images: list[Any] | torch.Tensor, tta: int, loaded: bool = False):
+    def _predict_views(self, images: list[Any] | torch.Tensor, tta: int, loaded: bool = False) -> ViewPrediction:
         batch = (images if loaded else self.load_images(images)).to(self.device)
-        return predict_views(self.model, batch, self.prep, lambda: device_autocast(self.device, None), tta)
+        return predict_views(self.model, batch, self.prep, lambda: device_autocast(self.device, None), tta,
+                             temperature=self.temperature)
 
     def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
         return self._predict_views(images, tta).probs.cpu()

@@ -15,7 +15,7 @@ the default loss uses instead of ``output.logits``; see :func:`loss_logits`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -91,6 +91,11 @@ class Head(nn.Module, ABC):
 
     def predict(self, output: HeadOutput) -> torch.Tensor:
         return output.logits.float().softmax(dim=-1)
+
+    def scale_logits(self, output: HeadOutput, temperature: float | torch.Tensor) -> HeadOutput:
+        """``output`` with every logit ``predict`` reads divided by ``temperature`` (temperature scaling,
+        ``evaluation/calibration.py``). Heads that predict from logits kept in ``extras`` override this."""
+        return replace(output, logits=output.logits.float() / temperature)
 
 
 def cross_entropy(logits: torch.Tensor, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -20,6 +20,7 @@ The seed only sketches it: labels are split by level, one head per level, and le
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -147,6 +148,11 @@ class ArcFaceMultiHead(Head):
                 )
             terms[f"ce_level_{level + 1}"] = self.level_weights[level] * ce
         return terms
+
+    def scale_logits(self, output: HeadOutput, temperature: float | torch.Tensor) -> HeadOutput:
+        """Temperature scaling of every level's logits (``predict`` reads ``extras['level_ℓ']``)."""
+        extras = {k: v.float() / temperature if k.startswith("level_") else v for k, v in output.extras.items()}
+        return replace(output, logits=output.logits.float() / temperature, extras=extras)
 
     def predict_levels(self, output: HeadOutput) -> list[torch.Tensor]:
         """Per-level probabilities ``(B, K_ℓ)``, labels in ``taxonomy.level_nodes()[ℓ-1]`` order."""
