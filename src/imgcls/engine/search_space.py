@@ -60,7 +60,9 @@ class Param:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if self.kind == "int_uniform" and (value != int(value) or (int(value) - int(self.low)) % (self.step or 1)):
+        if self.kind == "int_uniform" and (
+            value != int(value) or (int(value) - int(self.low)) % (self.step or 1)
+        ):
             return False
         return self.low <= value <= self.high
 
@@ -102,15 +104,21 @@ def parse_param(key: str, spec: Any) -> Param:
     if not isinstance(key, str) or not key.strip() or " " in key or key.startswith(".") or key.endswith("."):
         raise ConfigError(f"search space key {key!r} is not a dotted config key such as optim.lr")
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"search space '{key}' must be a mapping with one distribution ({', '.join(KINDS)}), {example}")
+        raise ConfigError(
+            f"search space '{key}' must be a mapping with one distribution ({', '.join(KINDS)}), {example}"
+        )
     ((kind, args),) = spec.items()
     if kind not in KINDS:
         close = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"search space '{key}': unknown distribution '{kind}'{hint} (use one of {', '.join(KINDS)})")
+        raise ConfigError(
+            f"search space '{key}': unknown distribution '{kind}'{hint} (use one of {', '.join(KINDS)})"
+        )
     if kind == "choice":
         if not isinstance(args, list) or not args:
-            raise ConfigError(f"search space '{key}': choice needs a non-empty list of values, e.g. {{choice: [1, 2, 4]}}")
+            raise ConfigError(
+                f"search space '{key}': choice needs a non-empty list of values, e.g. {{choice: [1, 2, 4]}}"
+            )
         encoded = [encode_choice(c) for c in args]
         if len(set(map(json.dumps, encoded))) != len(encoded):
             raise ConfigError(f"search space '{key}': choice lists a value twice ({args})")
@@ -129,7 +137,9 @@ def parse_param(key: str, spec: Any) -> Param:
     if len(args) == 3:
         step = int(_number(key, kind, args[2], True))
         if step < 1 or (high - low) % step:
-            raise ConfigError(f"search space '{key}': int_uniform step {step} must be ≥ 1 and divide high − low ({high - low})")
+            raise ConfigError(
+                f"search space '{key}': int_uniform step {step} must be ≥ 1 and divide high − low ({high - low})"
+            )
     return Param(key, kind, low, high, step)
 
 
@@ -187,8 +197,10 @@ _MISSING = object()
 
 def parse_space(raw: Any, source: str = "search space") -> SearchSpace:
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{source} must be a non-empty mapping of dotted config keys to distributions, "
-                          "e.g. optim.lr: {log_uniform: [1.0e-4, 1.0e-1]}")
+        raise ConfigError(
+            f"{source} must be a non-empty mapping of dotted config keys to distributions, "
+            "e.g. optim.lr: {log_uniform: [1.0e-4, 1.0e-1]}"
+        )
     return SearchSpace(tuple(parse_param(key, spec) for key, spec in raw.items()))
 
 
@@ -201,5 +213,7 @@ def load_space(path: str | Path) -> SearchSpace:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"search space file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"search space file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     return parse_space(raw, f"search space file '{p}'")

@@ -44,8 +44,18 @@ PRUNERS = ("median", "hyperband", "none")
 #: keys a search space may not change: they define what is optimised and where runs go
 FORBIDDEN_KEYS = ("train.monitor", "output.")
 #: config keys that may differ between workers of one study (paths and speed settings of each machine)
-MACHINE_LOCAL_KEYS = {"data.root", "data.num_workers", "data.in_memory", "data.download", "output.dir",
-                      "output.tensorboard", "train.device", "train.threads", "train.progress", "train.log_every"}
+MACHINE_LOCAL_KEYS = {
+    "data.root",
+    "data.num_workers",
+    "data.in_memory",
+    "data.download",
+    "output.dir",
+    "output.tensorboard",
+    "train.device",
+    "train.threads",
+    "train.progress",
+    "train.log_every",
+}
 ATTR_CONFIG, ATTR_SPACE, ATTR_MONITOR = "imgcls_config", "imgcls_space", "imgcls_monitor"
 
 
@@ -91,9 +101,21 @@ class SweepPlan:
         return self.out_dir / "space.yaml"
 
 
-def make_plan(cfg: ExperimentConfig, space: SearchSpace | dict | str | Path, *, trials: int, study: str | None = None,
-              out: str | Path | None = None, storage: str | None = None, pruner: str = "median", prune_startup: int = 3,
-              prune_warmup: int = 1, seed: int = 0, heartbeat: int = 10, space_name: str | None = None) -> SweepPlan:
+def make_plan(
+    cfg: ExperimentConfig,
+    space: SearchSpace | dict | str | Path,
+    *,
+    trials: int,
+    study: str | None = None,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    pruner: str = "median",
+    prune_startup: int = 3,
+    prune_warmup: int = 1,
+    seed: int = 0,
+    heartbeat: int = 10,
+    space_name: str | None = None,
+) -> SweepPlan:
     """Check the inputs (one-line errors) and fix the study name, sweep folder and storage URL."""
     if not isinstance(space, SearchSpace):
         if isinstance(space, (str, Path)):
@@ -103,7 +125,9 @@ def make_plan(cfg: ExperimentConfig, space: SearchSpace | dict | str | Path, *, 
             space = parse_space(space)
     for key in space.keys:
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FORBIDDEN_KEYS):
-            raise ConfigError(f"search space '{key}': a sweep cannot tune {key} (it fixes what is optimised / where runs go)")
+            raise ConfigError(
+                f"search space '{key}': a sweep cannot tune {key} (it fixes what is optimised / where runs go)"
+            )
     space.check_against(cfg)
     if trials < 1:
         raise UserError(f"--trials must be at least 1, not {trials}")
@@ -120,7 +144,9 @@ def make_plan(cfg: ExperimentConfig, space: SearchSpace | dict | str | Path, *, 
         raise UserError(f"study name '{name}' may only hold letters, digits, '-', '_' and '.'")
     out_dir = Path(out) if out is not None else Path(cfg.output.dir) / "sweeps" / name
     url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    return SweepPlan(cfg, space, trials, name, out_dir, url, pruner, prune_startup, prune_warmup, seed, heartbeat)
+    return SweepPlan(
+        cfg, space, trials, name, out_dir, url, pruner, prune_startup, prune_warmup, seed, heartbeat
+    )
 
 
 def redacted(url: str) -> str:
@@ -151,17 +177,24 @@ def make_storage(plan: SweepPlan):
     try:
         return RDBStorage(plan.storage_url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as exc:
-        raise UserError(f"cannot open storage {redacted(plan.storage_url)}: {exc} (install its driver, "
-                        "e.g. pip install psycopg2-binary or pymysql)") from None
+        raise UserError(
+            f"cannot open storage {redacted(plan.storage_url)}: {exc} (install its driver, "
+            "e.g. pip install psycopg2-binary or pymysql)"
+        ) from None
     except Exception as exc:  # sqlalchemy's connection errors
         if type(exc).__module__.startswith("sqlalchemy"):
-            raise UserError(f"cannot open storage {redacted(plan.storage_url)}: {str(exc).splitlines()[0]}") from None
+            raise UserError(
+                f"cannot open storage {redacted(plan.storage_url)}: {str(exc).splitlines()[0]}"
+            ) from None
         raise
 
 
 def retry_callback(storage):
-    return storage.get_heartbeat_stale_trial_callback() if hasattr(storage, "get_heartbeat_stale_trial_callback") \
+    return (
+        storage.get_heartbeat_stale_trial_callback()
+        if hasattr(storage, "get_heartbeat_stale_trial_callback")
         else storage.get_failed_trial_callback()
+    )
 
 
 def make_sampler(plan: SweepPlan, worker_index: int, n_existing: int):
@@ -170,17 +203,21 @@ def make_sampler(plan: SweepPlan, worker_index: int, n_existing: int):
     a single uninterrupted worker is reproducible."""
     optuna = _optuna()
     startup = min(10, max(2, plan.trials // 3))
-    return optuna.samplers.TPESampler(seed=plan.seed + 1000 * worker_index + n_existing, n_startup_trials=startup,
-                                      multivariate=True)
+    return optuna.samplers.TPESampler(
+        seed=plan.seed + 1000 * worker_index + n_existing, n_startup_trials=startup, multivariate=True
+    )
 
 
 def make_pruner(plan: SweepPlan):
     optuna = _optuna()
     if plan.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=plan.prune_startup, n_warmup_steps=plan.prune_warmup)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=plan.prune_startup, n_warmup_steps=plan.prune_warmup
+        )
     if plan.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, plan.prune_warmup), max_resource=plan.cfg.total_epochs(),
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, plan.prune_warmup), max_resource=plan.cfg.total_epochs(), reduction_factor=3
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -202,10 +239,19 @@ def open_study(plan: SweepPlan, worker_index: int = 0):
     """Create the study, or load it and check that it was created for the same experiment and space."""
     optuna = _optuna()
     storage = make_storage(plan)
-    study = optuna.create_study(study_name=plan.study_name, storage=storage, direction=plan.direction, load_if_exists=True,
-                                pruner=make_pruner(plan))
+    study = optuna.create_study(
+        study_name=plan.study_name,
+        storage=storage,
+        direction=plan.direction,
+        load_if_exists=True,
+        pruner=make_pruner(plan),
+    )
     study.sampler = make_sampler(plan, worker_index, len(study.get_trials(deepcopy=False)))
-    mine = {ATTR_CONFIG: plan.cfg.model_dump(mode="json"), ATTR_SPACE: plan.space.to_dict(), ATTR_MONITOR: plan.monitor}
+    mine = {
+        ATTR_CONFIG: plan.cfg.model_dump(mode="json"),
+        ATTR_SPACE: plan.space.to_dict(),
+        ATTR_MONITOR: plan.monitor,
+    }
     theirs = study.user_attrs
     if ATTR_SPACE not in theirs:
         for key, value in mine.items():
@@ -213,14 +259,20 @@ def open_study(plan: SweepPlan, worker_index: int = 0):
         return study
     where = f"study '{plan.study_name}' in {redacted(plan.storage_url)}"
     if theirs[ATTR_SPACE] != mine[ATTR_SPACE]:
-        raise UserError(f"{where} was created with another search space ({', '.join(theirs[ATTR_SPACE])}); "
-                        "pass the same --space, or a new --study / --out")
+        raise UserError(
+            f"{where} was created with another search space ({', '.join(theirs[ATTR_SPACE])}); "
+            "pass the same --space, or a new --study / --out"
+        )
     a, b = _comparable(theirs[ATTR_CONFIG]), _comparable(mine[ATTR_CONFIG])
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     if diff:
-        shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:3]) + (" …" if len(diff) > 3 else "")
-        raise UserError(f"{where} was created for another experiment config ({shown}); "
-                        "pass the same config and overrides, or a new --study / --out")
+        shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:3]) + (
+            " …" if len(diff) > 3 else ""
+        )
+        raise UserError(
+            f"{where} was created for another experiment config ({shown}); "
+            "pass the same config and overrides, or a new --study / --out"
+        )
     return study
 
 
@@ -327,7 +379,9 @@ def counts(study) -> Counts:
 
     c = Counts()
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.user_attrs.get("error")):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and t.user_attrs.get("error")
+        ):
             c.done += 1
         elif t.state == TrialState.RUNNING:
             c.running += 1
@@ -363,11 +417,39 @@ def run_worker(plan: SweepPlan, study, train_fn: TrainFn, worker_index: int = 0)
 
 def worker_command(plan: SweepPlan, worker_index: int) -> list[str]:
     """The command line of one local worker process: the same sweep, joining the same study."""
-    return [sys.executable, "-m", "imgcls", "sweep", str(plan.config_file), "--space", str(plan.space_file),
-            "--trials", str(plan.trials), "--study", plan.study_name, "--storage", plan.storage_url,
-            "--out", str(plan.out_dir), "--pruner", plan.pruner, "--prune-startup", str(plan.prune_startup),
-            "--prune-warmup", str(plan.prune_warmup), "--seed", str(plan.seed), "--heartbeat", str(plan.heartbeat),
-            "--workers", "1", "--worker-index", str(worker_index), "--no-baseline", "--no-report"]
+    return [
+        sys.executable,
+        "-m",
+        "imgcls",
+        "sweep",
+        str(plan.config_file),
+        "--space",
+        str(plan.space_file),
+        "--trials",
+        str(plan.trials),
+        "--study",
+        plan.study_name,
+        "--storage",
+        plan.storage_url,
+        "--out",
+        str(plan.out_dir),
+        "--pruner",
+        plan.pruner,
+        "--prune-startup",
+        str(plan.prune_startup),
+        "--prune-warmup",
+        str(plan.prune_warmup),
+        "--seed",
+        str(plan.seed),
+        "--heartbeat",
+        str(plan.heartbeat),
+        "--workers",
+        "1",
+        "--worker-index",
+        str(worker_index),
+        "--no-baseline",
+        "--no-report",
+    ]
 
 
 def write_inputs(plan: SweepPlan) -> None:
@@ -392,11 +474,15 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
         raise
     bad = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
     if bad:
-        raise UserError(f"sweep worker(s) {', '.join(f'#{i} (exit code {c})' for i, c in bad)} failed; "
-                        "their messages are above; run the same command again to resume")
+        raise UserError(
+            f"sweep worker(s) {', '.join(f'#{i} (exit code {c})' for i, c in bad)} failed; "
+            "their messages are above; run the same command again to resume"
+        )
 
 
-def enqueue_baseline(plan: SweepPlan, study, extra: list[dict[str, Any]] | None = None, baseline: bool = True) -> None:
+def enqueue_baseline(
+    plan: SweepPlan, study, extra: list[dict[str, Any]] | None = None, baseline: bool = True
+) -> None:
     """Queue the experiment's own values (those inside the space) as the first trial, so the tuned
     result can only match or beat the untuned config on validation; then any ``extra`` parameter sets."""
     if study.trials:
@@ -406,7 +492,9 @@ def enqueue_baseline(plan: SweepPlan, study, extra: list[dict[str, Any]] | None 
     for params in extra or []:
         unknown = sorted(set(params) - set(plan.space.keys))
         if unknown:
-            raise UserError(f"enqueued parameters {unknown} are not in the search space ({', '.join(plan.space.keys)})")
+            raise UserError(
+                f"enqueued parameters {unknown} are not in the search space ({', '.join(plan.space.keys)})"
+            )
         study.enqueue_trial(params)
 
 
@@ -444,26 +532,46 @@ def trial_rows(study) -> list[dict[str, Any]]:
         elif t.state == TrialState.FAIL and t.user_attrs.get("error"):
             note = "error: " + str(t.user_attrs["error"])
         elif t.state == TrialState.FAIL:
-            note = "killed or interrupted; not a result" + (f"; retried as trial {retried_as[t.number]}" if t.number in retried_as else "")
+            note = "killed or interrupted; not a result" + (
+                f"; retried as trial {retried_as[t.number]}" if t.number in retried_as else ""
+            )
         if (orig := t.system_attrs.get("failed_trial")) is not None:
-            note = (note + "; " if note else "") + f"retry of trial {t.system_attrs.get('retry_history', [orig])[-1]}"
+            note = (
+                note + "; " if note else ""
+            ) + f"retry of trial {t.system_attrs.get('retry_history', [orig])[-1]}"
         if t.user_attrs.get("baseline"):
             note = (note + "; " if note else "") + "baseline (the config's own values)"
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
-        rows.append({
-            "number": t.number, "state": state, "value": t.value,
-            "params": {k: decode_choice(v) for k, v in t.params.items()},
-            "epochs": len(t.intermediate_values), "duration_s": duration, "run_dir": t.user_attrs.get("run_dir"),
-            "counted": state in ("complete", "pruned") or bool(state == "fail" and t.user_attrs.get("error")), "note": note,
-        })
+        duration = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
+        rows.append(
+            {
+                "number": t.number,
+                "state": state,
+                "value": t.value,
+                "params": {k: decode_choice(v) for k, v in t.params.items()},
+                "epochs": len(t.intermediate_values),
+                "duration_s": duration,
+                "run_dir": t.user_attrs.get("run_dir"),
+                "counted": state in ("complete", "pruned")
+                or bool(state == "fail" and t.user_attrs.get("error")),
+                "note": note,
+            }
+        )
     return rows
 
 
 def best_config(plan: SweepPlan, study) -> dict[str, Any]:
     """The experiment config with the best trial's parameters (output.name = <study>-best)."""
     best = study.best_trial
-    raw = trial_config(plan, {k: decode_choice(v) for k, v in best.params.items()}, f"{plan.study_name}-best",
-                       Path(plan.cfg.output.dir)).model_dump(mode="json")
+    raw = trial_config(
+        plan,
+        {k: decode_choice(v) for k, v in best.params.items()},
+        f"{plan.study_name}-best",
+        Path(plan.cfg.output.dir),
+    ).model_dump(mode="json")
     return raw
 
 
@@ -476,8 +584,11 @@ def _plots(study, out_dir: Path) -> dict[str, str]:
     from optuna.visualization import matplotlib as vis
 
     made: dict[str, str] = {}
-    for name, fn in (("history", vis.plot_optimization_history), ("importance", vis.plot_param_importances),
-                     ("intermediate", vis.plot_intermediate_values)):
+    for name, fn in (
+        ("history", vis.plot_optimization_history),
+        ("importance", vis.plot_param_importances),
+        ("intermediate", vis.plot_intermediate_values),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -515,7 +626,9 @@ def _fmt(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def write_report(plan: SweepPlan, study, final: dict[str, Any] | None = None, wall_s: float | None = None) -> SweepResult:
+def write_report(
+    plan: SweepPlan, study, final: dict[str, Any] | None = None, wall_s: float | None = None
+) -> SweepResult:
     """sweep.json, sweep.md, best_config.yaml and the plots, from the study as it is now."""
     from optuna.trial import TrialState
 
@@ -526,25 +639,45 @@ def write_report(plan: SweepPlan, study, final: dict[str, Any] | None = None, wa
     best = None
     if complete:
         b = study.best_trial
-        best = {"number": b.number, "value": b.value, "params": {k: decode_choice(v) for k, v in b.params.items()},
-                "run_dir": b.user_attrs.get("run_dir"), "config": best_config(plan, study)}
+        best = {
+            "number": b.number,
+            "value": b.value,
+            "params": {k: decode_choice(v) for k, v in b.params.items()},
+            "run_dir": b.user_attrs.get("run_dir"),
+            "config": best_config(plan, study),
+        }
         (out / "best_config.yaml").write_text(yaml.safe_dump(best["config"], sort_keys=False))
     total_epochs = plan.cfg.total_epochs()
     finished = [r for r in rows if r["state"] in ("complete", "pruned")]
     run_epochs = sum(r["epochs"] for r in finished)
     budget = len(finished) * total_epochs
-    pruning = {"trial_epochs_run": run_epochs, "trial_epochs_without_pruning": budget,
-               "saved_fraction": 1 - run_epochs / budget if budget else 0.0,
-               "pruned_trials": sum(r["state"] == "pruned" for r in rows)}
+    pruning = {
+        "trial_epochs_run": run_epochs,
+        "trial_epochs_without_pruning": budget,
+        "saved_fraction": 1 - run_epochs / budget if budget else 0.0,
+        "pruned_trials": sum(r["state"] == "pruned" for r in rows),
+    }
     imp = importances(study)
     plots = _plots(study, out)
     summary = {
-        "study": plan.study_name, "storage": redacted(plan.storage_url), "direction": plan.direction,
-        "monitor": plan.monitor, "objective": f"validation {plan.monitor} of the eval.checkpoint={plan.cfg.eval.checkpoint} weights",
-        "trials_target": plan.trials, "trials_counted": sum(r["counted"] for r in rows),
-        "sampler": f"TPE (multivariate, seed {plan.seed})", "pruner": plan.pruner, "epochs_per_trial": total_epochs,
-        "space": plan.space.to_dict(), "best": best, "importance": imp, "pruning": pruning, "plots": plots,
-        "wall_s": wall_s, "trials": rows, "final": final,
+        "study": plan.study_name,
+        "storage": redacted(plan.storage_url),
+        "direction": plan.direction,
+        "monitor": plan.monitor,
+        "objective": f"validation {plan.monitor} of the eval.checkpoint={plan.cfg.eval.checkpoint} weights",
+        "trials_target": plan.trials,
+        "trials_counted": sum(r["counted"] for r in rows),
+        "sampler": f"TPE (multivariate, seed {plan.seed})",
+        "pruner": plan.pruner,
+        "epochs_per_trial": total_epochs,
+        "space": plan.space.to_dict(),
+        "best": best,
+        "importance": imp,
+        "pruning": pruning,
+        "plots": plots,
+        "wall_s": wall_s,
+        "trials": rows,
+        "final": final,
     }
     (out / "sweep.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "sweep.md").write_text(render_markdown(plan, summary))
@@ -553,39 +686,76 @@ def write_report(plan: SweepPlan, study, final: dict[str, Any] | None = None, wa
 
 def render_markdown(plan: SweepPlan, s: dict[str, Any]) -> str:
     better = "lower" if plan.direction == "minimize" else "higher"
-    md = [f"# Sweep `{s['study']}`", "",
-          f"{s['trials_counted']} of {s['trials_target']} trials counted; objective: {s['objective']} ({better} is better); "
-          f"sampler: {s['sampler']}; pruner: {s['pruner']}; storage: `{s['storage']}`.",
-          "The test split was not used by any trial; only the final runs below were evaluated on it.", "",
-          "## Search space", "", "| key | distribution |", "|---|---|"]
+    md = [
+        f"# Sweep `{s['study']}`",
+        "",
+        f"{s['trials_counted']} of {s['trials_target']} trials counted; objective: {s['objective']} ({better} is better); "
+        f"sampler: {s['sampler']}; pruner: {s['pruner']}; storage: `{s['storage']}`.",
+        "The test split was not used by any trial; only the final runs below were evaluated on it.",
+        "",
+        "## Search space",
+        "",
+        "| key | distribution |",
+        "|---|---|",
+    ]
     md += [f"| `{p.key}` | {p.describe()} |" for p in plan.space.params]
     md += ["", "## Best trial", ""]
     b = s["best"]
     if b is None:
         md.append("No trial has completed yet.")
     else:
-        md += [f"Trial {b['number']}: validation {plan.monitor} **{b['value']:.4f}** with "
-               + ", ".join(f"`{k}={_fmt(v)}`" for k, v in b["params"].items()) + ".",
-               f"Run: `{b['run_dir']}`. Full config: `best_config.yaml` (`imgcls train {plan.out_dir / 'best_config.yaml'}`)."]
+        md += [
+            f"Trial {b['number']}: validation {plan.monitor} **{b['value']:.4f}** with "
+            + ", ".join(f"`{k}={_fmt(v)}`" for k, v in b["params"].items())
+            + ".",
+            f"Run: `{b['run_dir']}`. Full config: `best_config.yaml` (`imgcls train {plan.out_dir / 'best_config.yaml'}`).",
+        ]
     if s["final"]:
         f = s["final"]
-        md += ["", f"## Final runs: best config re-trained with seeds {f['seeds']}, evaluated once on the test set", "",
-               f["table"].rstrip()]
+        md += [
+            "",
+            f"## Final runs: best config re-trained with seeds {f['seeds']}, evaluated once on the test set",
+            "",
+            f["table"].rstrip(),
+        ]
     imp = s["importance"]
     md += ["", "## Parameter importance (Optuna)", ""]
-    md += [f"- `{k}`: {v:.3f}" for k, v in imp.items()] if isinstance(imp, dict) else [f"Not available: {imp}."]
+    md += (
+        [f"- `{k}`: {v:.3f}" for k, v in imp.items()] if isinstance(imp, dict) else [f"Not available: {imp}."]
+    )
     p = s["pruning"]
-    md += ["", "## Pruning", "",
-           f"{p['pruned_trials']} trial(s) pruned; {p['trial_epochs_run']} trial-epochs run of "
-           f"{p['trial_epochs_without_pruning']} without pruning ({100 * p['saved_fraction']:.0f} % saved)."]
-    md += ["", "## Trials", "", f"| # | state | {plan.monitor} | " + " | ".join(f"`{k}`" for k in plan.space.keys)
-           + " | epochs | time (s) | note |", "|---:|---|---:|" + "---|" * len(plan.space.keys) + "---:|---:|---|"]
+    md += [
+        "",
+        "## Pruning",
+        "",
+        f"{p['pruned_trials']} trial(s) pruned; {p['trial_epochs_run']} trial-epochs run of "
+        f"{p['trial_epochs_without_pruning']} without pruning ({100 * p['saved_fraction']:.0f} % saved).",
+    ]
+    md += [
+        "",
+        "## Trials",
+        "",
+        f"| # | state | {plan.monitor} | "
+        + " | ".join(f"`{k}`" for k in plan.space.keys)
+        + " | epochs | time (s) | note |",
+        "|---:|---|---:|" + "---|" * len(plan.space.keys) + "---:|---:|---|",
+    ]
     for r in s["trials"]:
         value = "–" if r["value"] is None else f"{r['value']:.4f}"
         params = [_fmt(r["params"][k]) if k in r["params"] else "–" for k in plan.space.keys]
         dur = "–" if r["duration_s"] is None else f"{r['duration_s']:.1f}"
-        md.append(f"| {r['number']} | {r['state']} | {value} | " + " | ".join(params) + f" | {r['epochs']} | {dur} | {r['note']} |")
+        md.append(
+            f"| {r['number']} | {r['state']} | {value} | "
+            + " | ".join(params)
+            + f" | {r['epochs']} | {dur} | {r['note']} |"
+        )
     plots = [f"![{k}]({v})" for k, v in s["plots"].items() if v.endswith(".png")]
-    md += ["", "## Plots", "", *plots,
-           "", f"Live view: `optuna-dashboard {s['storage']}` (pip install optuna-dashboard)."]
+    md += [
+        "",
+        "## Plots",
+        "",
+        *plots,
+        "",
+        f"Live view: `optuna-dashboard {s['storage']}` (pip install optuna-dashboard).",
+    ]
     return "\n".join(md) + "\n"
