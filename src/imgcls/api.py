@@ -373,27 +373,26 @@ def sweep(
                       worker_index)
     if not report:
         return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
-    result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
-    if final_seeds:  # after the report, so that a sweep without any completed trial still gets one
-        result = sw.write_report(plan, the_study, _sweep_final_runs(plan, the_study, final_seeds),
-                                 wall_s=time.perf_counter() - start)
+    if not final_seeds or not sw.has_result(the_study):  # a sweep without any completed trial still gets its report
+        result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
+    if final_seeds:
+        final = _sweep_final_runs(plan, the_study, final_seeds)
+        result = sw.write_report(plan, the_study, final, wall_s=time.perf_counter() - start)
     return result
 
 
 def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
     """Re-train the best trial's config with seeds 0..n-1 (seeds already trained there are kept) and
     evaluate each once on the test set; the only test-set evaluations a sweep makes."""
-    from optuna.trial import TrialState
-
-    from imgcls.engine.sweep import best_config
+    from imgcls.engine import sweep as sw
     from imgcls.evaluation.compare import METRIC_COLUMNS, compare_runs, find_run_dirs, load_record
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if not sw.has_result(study):
         raise UserError(f"no trial of study '{plan.study_name}' completed, so there is no best config to re-train "
                         f"(see {plan.out_dir / 'sweep.md'})")
     number = study.best_trial.number
     folder = plan.out_dir / "final" / f"trial_{number:04d}"
-    raw = best_config(plan, study)
+    raw = sw.best_config(plan, study)
     done = {load_record(d).seed for d in find_run_dirs([folder])[0]} if folder.is_dir() else set()
     for s in range(n_seeds):
         if s in done:

@@ -403,7 +403,7 @@ def run_worker(plan: SweepPlan, study, train_fn: TrainFn, worker_index: int = 0)
         if c.done >= plan.trials:
             return
         if c.done + c.running >= plan.trials:
-            time.sleep(min(plan.heartbeat, 5))
+            time.sleep(1.0)  # a cheap query; a dead worker's trial turns stale after 2 × heartbeat
             continue
         try:
             study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=False)
@@ -464,7 +464,15 @@ def write_inputs(plan: SweepPlan) -> None:
 def run_local_workers(plan: SweepPlan, workers: int) -> None:
     """``--workers K``: K worker processes on this machine, sharing the study through its storage."""
     write_inputs(plan)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    import imgcls
+
+    # the workers import the same imgcls as this process (e.g. a source checkout on PYTHONPATH)
+    src = str(Path(imgcls.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
+    }
     procs = [subprocess.Popen(worker_command(plan, i + 1), env=env) for i in range(workers)]
     try:
         codes = [p.wait() for p in procs]
@@ -512,6 +520,13 @@ class SweepResult:
     @property
     def report(self) -> Path:
         return self.out_dir / "sweep.md"
+
+
+def has_result(study) -> bool:
+    """Whether any trial completed (so there is a best config)."""
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def trial_rows(study) -> list[dict[str, Any]]:
