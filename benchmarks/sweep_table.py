@@ -196,6 +196,8 @@ def overhead(args, out: Path) -> dict:
     from imgcls.config import load_config
 
     table, _, config, overrides, space = ROWS["linear"]
+    # warm-up (not counted): the first run in a process pays one-off imports and allocator growth
+    api.train(config, [*overrides, *common_overrides(args, table, out / "warmup")], evaluate_after=False)
     wall, cpu = time.perf_counter(), time.process_time()
     result = api.sweep(
         config,
