@@ -375,3 +375,71 @@ def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path)
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert all("(worker 1)" in w or "(worker 2)" in w for w in workers)
     assert len(workers) == 2, f"both worker processes should have run trials: {workers}"
+
+
+def test_failed_runs_count_as_results_and_the_objective_follows_eval_checkpoint(tmp_path):
+    """No training: a stand-in train function. A run that fails by itself (diverged loss, bad head
+    argument) is a counted, failed trial with its error; the sweep goes on to the budget."""
+    from types import SimpleNamespace
+
+    from imgcls.errors import TrainingError
+
+    def fake_train(cfg, callbacks):
+        if cfg.optim.lr > 3e-3:
+            raise TrainingError("loss became nan at epoch 1")
+        history = [
+            {"epoch": 1, "val_acc": 0.6, "val_loss": 0.9},
+            {"epoch": 2, "val_acc": 0.5, "val_loss": 1.1},
+        ]
+        return SimpleNamespace(
+            run_dir=None, history=[{**h, "val_acc": h["val_acc"] * cfg.optim.lr * 1e3} for h in history]
+        )
+
+    cfg = load_config(None, ["train.epochs=2"])
+    plan = sw.make_plan(
+        cfg, {"optim.lr": {"log_uniform": [1e-4, 1e-2]}}, trials=6, out=tmp_path, pruner="none", seed=1
+    )
+    study = sw.open_study(plan)
+    sw.enqueue_baseline(plan, study, [{"optim.lr": 9e-3}])
+    sw.run_worker(plan, study, fake_train)
+    rows = sw.trial_rows(study)
+    assert len(rows) == 6 and all(r["counted"] for r in rows)
+    failed = [r for r in rows if r["state"] == "fail"]
+    assert failed and all(
+        r["params"]["optim.lr"] > 3e-3 and r["note"] == "error: loss became nan at epoch 1" for r in failed
+    )
+    for r in rows:
+        if r["state"] == "complete":  # eval.checkpoint=best: the best epoch's val_acc (epoch 1), not the last
+            assert r["value"] == pytest.approx(0.6 * r["params"]["optim.lr"] * 1e3)
+    history = [
+        {"epoch": 1, "val_acc": 0.6, "val_loss": 0.9, "ema_val_acc": 0.7},
+        {"epoch": 2, "val_acc": 0.5, "val_loss": 0.8, "ema_val_acc": 0.65},
+    ]
+    assert sw.objective_value(history, "val_acc", "last") == 0.5
+    assert sw.objective_value(history, "val_loss", "best") == 0.8
+    assert sw.objective_value(history, "val_acc", "ema") == 0.65
+
+
+def test_cli_sweep_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from imgcls import cli
+
+    (tmp_path / "space.yaml").write_text("optim.lr: {log_uniform: [0, 1.0e-1]}\n")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "imgcls",
+            "sweep",
+            "configs/quickstart.yaml",
+            "--space",
+            str(tmp_path / "space.yaml"),
+            "--out",
+            str(tmp_path / "sweep"),
+        ],
+    )
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: search space 'optim.lr': log_uniform needs 0 < low") and "\n" not in err

@@ -339,16 +339,18 @@ class TrialObjective:
         self.interrupted: int | None = None
 
     def __call__(self, trial) -> float:
-        values = self.plan.space.suggest(trial)
         name = f"trial_{trial.number:04d}"
         folder = self.plan.out_dir / "trials"
-        cfg = trial_config(self.plan, values, name, folder)
         trial.set_user_attr("run_dir", None)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()} (worker {self.worker_index})")
         reporter = PruningReporter(trial, self.plan.monitor)
         start = time.perf_counter()
         try:
+            cfg = trial_config(self.plan, self.plan.space.suggest(trial), name, folder)
             result = self.train_fn(cfg, [reporter])
+            value = objective_value(result.history, self.plan.monitor, cfg.eval.checkpoint)
+            if math.isnan(value):
+                raise TrainingError(f"validation {self.plan.monitor} is NaN")
         except UserError as exc:  # e.g. the loss diverged at this learning rate: a failed trial, and a result
             trial.set_user_attr("error", str(exc))
             raise
@@ -360,10 +362,6 @@ class TrialObjective:
             trial.set_user_attr("run_dir", str(run_dir) if run_dir else None)
             trial.set_user_attr("epochs", reporter.epochs)
             trial.set_user_attr("wall_s", time.perf_counter() - start)
-        value = objective_value(result.history, self.plan.monitor, cfg.eval.checkpoint)
-        if math.isnan(value):
-            trial.set_user_attr("error", f"validation {self.plan.monitor} is NaN")
-            raise TrainingError(f"trial {trial.number}: validation {self.plan.monitor} is NaN")
         return value
 
 
