@@ -26,6 +26,7 @@ from imgcls.engine.callbacks import (
     ProgressPrinter,
     StopAtValAcc,
 )
+from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, UserError
 from imgcls.models.classifier import Classifier, build_model
@@ -138,6 +139,7 @@ def train(
     trainer = Trainer(
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
         class_names=data.class_names, callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])], augment=augment, dist=dist, taxonomy=taxonomy,
+        objective=build_objective(cfg, model, device=device, data=data),
     )
     start = time.perf_counter()
     history = trainer.fit(resume=resume_ckpt)
@@ -168,6 +170,8 @@ def evaluate(
     run_dir = Path(run_dir)
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, cfg, taxonomy = model_from_checkpoint(ckpt, which)
+    if ckpt.get("execution") and cfg.train.precision == "auto":  # the precision training measured
+        cfg.train.precision = ckpt["execution"]["precision"]
     if data_overrides:
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), data_overrides))
     dist = dist or DistInfo()
@@ -405,3 +409,22 @@ def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
     metrics = {key: {"mean": row.mean(key), "std": row.std(key), "values": row.values.get(key, [])} for key, _, _ in METRIC_COLUMNS}
     return {"trial": number, "seeds": sorted(s for s in row.seeds if s is not None),
             "run_dirs": [str(r.run_dir) for r in row.runs], "metrics": metrics, "table": table.to_markdown()}
+
+
+def data_cache(src: str | Path, dst: str | Path, *, size: int = 96, grayscale: bool = False, workers: int | None = None,
+               chunk_size: int = 256, exclude_manifest: str | Path | None = None, overwrite: bool = False,
+               progress: bool = False) -> dict[str, Any]:
+    """Decode an image-folder class tree once into a resized uint8 cache (resumable); returns a summary."""
+    from imgcls.data.cache import build_cache
+
+    return build_cache(src, dst, size=size, grayscale=grayscale, workers=workers, chunk_size=chunk_size,
+                       exclude_manifest=exclude_manifest, overwrite=overwrite, progress=progress)
+
+
+def data_dedup(src: str | Path, *, threshold: int = 2, scope: str = "both", hash_kind: str = "phash", size: int = 96,
+               workers: int | None = None, out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Find near-duplicate images of a class tree by perceptual hash; writes and returns the manifest (files untouched)."""
+    from imgcls.data.dedup import dedup_folder
+
+    return dedup_folder(src, threshold=threshold, scope=scope, kind=hash_kind, size=size, workers=workers, out=out,
+                        progress=progress)
