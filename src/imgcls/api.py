@@ -8,8 +8,10 @@ validation, last, EMA or SWA), and the report says which.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +20,26 @@ from typing import Any
 import torch
 
 from imgcls.config import ExperimentConfig, apply_overrides, build_config, config_to_yaml, load_config
+from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader, prepare_data
 from imgcls.engine.callbacks import (
     Checkpointer,
     EarlyStopping,
     HistoryLogger,
     ProgressPrinter,
+    RecoveryCheckpointer,
     StopAtValAcc,
 )
 from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
-from imgcls.errors import CheckpointError, UserError
+from imgcls.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted, UserError
+from imgcls.evaluation.predict import Predictor
 from imgcls.models.classifier import Classifier, build_model
 from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from imgcls.runtime.precision import autocast, configure_backends, resolve_device
+from imgcls.runtime.precision import configure_backends, resolve_device
+from imgcls.runtime.signals import graceful_stop
 
 
 @dataclass
@@ -85,6 +91,7 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
         Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
+        RecoveryCheckpointer(run_dir / "checkpoints", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes),
         ProgressPrinter(cfg.train.progress),
     ]
     return callbacks
@@ -107,7 +114,7 @@ def train(
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>")
         cfg = load_config(run_dir / "config.yaml", overrides)
-        resume_ckpt = ckpt_io.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        resume_ckpt = ckpt_io.load_checkpoint(recovery_or_last(run_dir))
     else:
         cfg = _as_config(cfg, overrides)
         run_dir = None
@@ -115,16 +122,14 @@ def train(
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device.type)
     configure_backends(cfg.train, device)
-    if run_dir is None:
-        run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-
+    # Nothing is written before the data, the model and (on --resume) the checkpoint's fit are checked:
+    # a config error leaves no run directory behind, a failed resume leaves the run untouched.
     data = prepare_data(cfg)
     taxonomy = build_taxonomy_for(cfg, data)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, len(data.class_names), data.channels, cfg.train.label_smoothing, taxonomy)
+    if resume_ckpt is not None:
+        check_resume_fits(model, cfg, resume_ckpt, data.class_names, taxonomy, run_dir)
     train_loader = make_loader(data.train, data, cfg, train=True, batch_size=cfg.train.batch_size,
                                rank=dist.rank, world_size=dist.world_size, device=device)
     eval_bs = cfg.eval.batch_size or cfg.train.batch_size
@@ -136,23 +141,78 @@ def train(
 
     augment = build_train_augment(cfg.augment, len(data.class_names))
     attach_feature_cache(model, cfg, augment)
+    if run_dir is None:
+        run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
     trainer = Trainer(
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
         class_names=data.class_names, callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])], augment=augment, dist=dist, taxonomy=taxonomy,
         objective=build_objective(cfg, model, device=device, data=data),
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=resume_ckpt)
+    try:
+        with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
+            history = trainer.fit(resume=resume_ckpt)
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
+    except (ConfigError, DataError):
+        # a config/data error met only once training starts (an unknown module to freeze, a loss weight the head
+        # does not produce, a sampler that cannot fill a batch): a new run that saved nothing leaves no directory
+        if resume is None and dist.is_main and not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for empty in (run_dir.parent, run_dir.parent.parent):  # runs/<name>/ and output.dir, when now empty
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+        raise
     train_time = time.perf_counter() - start + (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
-    if dist.is_main and data.skipped_files:
-        (run_dir / "skipped_files.txt").write_text("\n".join(data.skipped_files) + "\n")
+    skipped = set(data.skipped_files)  # the in-memory path decodes once; the streaming path skips as it goes
+    for loader in (train_loader, val_loader):
+        skipped |= getattr(loader, "skipped", set())
+    if dist.is_main and skipped:
+        record_skipped_files(run_dir, skipped)
     if dist.is_main:
         (run_dir / "train_summary.json").write_text(json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch}))
     barrier(dist)
     result = RunResult(run_dir, {}, history)
     if evaluate_after:
         result.metrics = evaluate(run_dir, data=data, dist=dist)
+    elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
+        ckpt, which = load_run_checkpoint(run_dir)
+        weights, _, _ = model_from_checkpoint(ckpt, which)
+        ckpt_io.save_safetensors(weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which})
     return result
+
+
+def recovery_or_last(run_dir: Path) -> Path:
+    """The checkpoint a resume starts from: the mid-epoch recovery file when it is newer than last.pt."""
+    folder = run_dir / "checkpoints"
+    last, recovery = folder / "last.pt", folder / "recovery.pt"
+    if recovery.is_file() and (not last.is_file() or recovery.stat().st_mtime_ns >= last.stat().st_mtime_ns):
+        return recovery
+    return last
+
+
+def check_resume_fits(model: Classifier, cfg: ExperimentConfig, ckpt: dict[str, Any], class_names: list[str],
+                      taxonomy, run_dir: Path) -> None:
+    """Fail (one line, nothing written) when the checkpoint cannot be loaded into the model ``cfg`` describes."""
+    import copy
+
+    from imgcls.runs import load_weights, model_as_of_stage
+
+    if list(ckpt.get("class_names", class_names)) != list(class_names):
+        raise CheckpointError(f"cannot resume {run_dir}: the data's classes differ from the checkpoint's; "
+                              "resume with the data the run was trained on")
+    with torch.random.fork_rng(devices=[]):  # building a stage head draws random numbers: keep the seed's stream
+        probe = model_as_of_stage(copy.deepcopy(model), cfg, int(ckpt.get("progress", {}).get("stage", 0)), taxonomy)
+    try:
+        load_weights(probe, ckpt["model"], "the checkpoint's")
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume {run_dir} with this config: {exc}; drop the overrides that change the "
+                              "model (the run directory is unchanged)") from None
+
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -192,89 +252,7 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------- predict
-class Predictor:
-    """A trained model ready for inference on image files, PIL images or uint8 tensors."""
-
-    def __init__(self, model: Classifier, preprocess: dict[str, Any], class_names: list[str], taxonomy=None, device: str = "cpu") -> None:
-        from imgcls.data.preprocess import Preprocess
-
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.meta, self.class_names, self.taxonomy = preprocess, class_names, taxonomy
-        self.prep = Preprocess.from_meta(preprocess, self.device)
-
-    def load_images(self, images: list[Any]) -> torch.Tensor:
-        from PIL import Image
-
-        from imgcls.data.decode import _BAD_IMAGE_ERRORS, decode_image
-        from imgcls.data.images import convert_channels, resize_uint8
-        from imgcls.errors import DataError
-
-        size, channels = int(self.meta["image_size"]), int(self.meta["channels"])
-        out = []
-        for item in images:
-            if isinstance(item, torch.Tensor):
-                t = item if item.ndim == 4 else item[None]
-                out.append(resize_uint8(convert_channels(t.to(torch.uint8), channels), size))
-                continue
-            if isinstance(item, Image.Image):
-                item.save(buf := __import__("io").BytesIO(), format="PNG")
-                buf.seek(0)
-                item = buf
-            try:
-                out.append(decode_image(item, size, channels)[None])
-            except FileNotFoundError:
-                raise DataError(f"image '{item}' does not exist") from None
-            except _BAD_IMAGE_ERRORS as exc:
-                raise DataError(f"cannot read image '{item}': {exc}") from None
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def _predict_views(self, images: list[Any], tta: int):
-        from imgcls.evaluation.predict import predict_views
-
-        batch = self.load_images(images).to(self.device)
-        return predict_views(self.model, batch, self.prep, lambda: autocast(self.device, None), tta)
-
-    def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
-        return self._predict_views(images, tta).probs.cpu()
-
-    def predict(self, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None) -> list[dict[str, Any]]:
-        """Top-k classes per image; with ``threshold`` τ also the deepest taxonomy node on a consistent
-        root path whose probability ≥ τ. Node probabilities come from the head itself for node-space
-        heads (``predict_nodes``: SphereMulti, SphereMultiHier, per-level heads), else the class
-        probabilities summed up the tree."""
-        views = self._predict_views(images, tta)
-        probs = views.probs.cpu()
-        node_probs = None if views.node_probs is None else views.node_probs.cpu()
-        k = min(top_k, probs.shape[1])
-        results = []
-        for i, p in enumerate(probs):
-            values, idx = p.topk(k)
-            row: dict[str, Any] = {
-                "image": str(images[i]) if isinstance(images[i], (str, Path)) else f"#{i}",
-                "top_k": [{"class": self.class_names[j], "probability": float(v)} for v, j in zip(values, idx.tolist(), strict=True)],
-            }
-            if threshold is not None:
-                row["hierarchy"] = self.hierarchical_path(p[None], threshold, None if node_probs is None else node_probs[i : i + 1])[0]
-            results.append(row)
-        return results
-
-    def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
-                          node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
-        from imgcls.errors import UserError as _UserError
-
-        if self.taxonomy is None:
-            raise _UserError("--threshold needs a model trained with a taxonomy (data.taxonomy)")
-        from imgcls.evaluation.hierarchical import threshold_decode
-
-        if node_probs is None:
-            node_probs = self.taxonomy.class_to_node_probs(class_probs)
-        nodes = threshold_decode(node_probs, self.taxonomy, threshold)
-        return [{"path": self.taxonomy.path_names(int(n)), "probability": float(node_probs[i, int(n)]) if int(n) >= 0 else 1.0}
-                for i, n in enumerate(nodes)]
-
-
+# Predictor lives in imgcls.evaluation.predict; `imgcls.api.Predictor` stays importable.
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Predictor:
     """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`)."""
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
@@ -283,8 +261,8 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu"
 
 
 def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
-            checkpoint: str | None = None) -> list[dict[str, Any]]:
-    return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold)
+            checkpoint: str | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
+    return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold, on_error=on_error)
 
 
 # ---------------------------------------------------------------------------------- compare / export

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from imgcls.errors import UserError
+from imgcls.errors import TrainingInterrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
@@ -42,7 +42,7 @@ def launch_ddp(torchrun_args: list[str]) -> int:
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Path | None = typer.Argument(None, help="experiment YAML (e.g. configs/quickstart.yaml)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML, or a shipped recipe name (e.g. quickstart; see `imgcls configs`)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5"),
     resume: Path | None = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="train with N DDP processes (launches torchrun)"),
@@ -97,10 +97,22 @@ def predict(
     """Classify images with a trained run (preprocessing is read from the checkpoint)."""
     from imgcls import api
 
-    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint)
+    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint,
+                          on_error="report")
+    failed = [row for row in results if "error" in row]
     if as_json:
         out.print_json(json.dumps(results))
-        return
+    for row in failed:  # each unreadable file on its own line; the readable ones are still predicted
+        err.print(f"error: {escape(row['error'])}", highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"{len(failed)} of {len(results)} image(s) could not be read", highlight=False, soft_wrap=True)
+    if not as_json:
+        _print_predictions([row for row in results if "error" not in row], threshold)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _print_predictions(results: list[dict], threshold: float | None) -> None:
     for row in results:
         top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"])
         out.print(f"{row['image']}: {top}", highlight=False, soft_wrap=True)
@@ -126,13 +138,26 @@ def taxonomy_show(
 
 @config_app.command("show")
 def config_show(
-    config: Path | None = typer.Argument(None, help="experiment YAML (none: the defaults)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML or shipped recipe name (none: the defaults)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
 ) -> None:
-    """Print the fully resolved config (defaults + file + overrides)."""
+    """Print the fully resolved config (defaults + file + overrides; head/backbone arguments with every default)."""
     from imgcls.config import config_to_yaml, load_config
 
-    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False, soft_wrap=True)
+    out.print(config_to_yaml(load_config(config, overrides), component_defaults=True), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("configs")
+def configs_list() -> None:
+    """List the shipped recipes (train one by name: `imgcls train fashion_mnist/fch_rbf`)."""
+    from imgcls.recipes import list_recipes
+
+    recipes = list_recipes()
+    if not recipes:
+        raise UserError("no shipped recipes found (the installation has no imgcls/configs folder)")
+    width = max(len(r.name) for r in recipes)
+    for r in recipes:
+        out.print(f"{r.name:<{width}}  {r.description}".rstrip(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -294,12 +319,24 @@ def main() -> None:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
         if isinstance(code, int) and code:
             sys.exit(code)
+    except TrainingInterrupted as exc:  # SIGTERM/SIGINT during training: the state was saved
+        err.print(f"interrupted: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: resume with `imgcls train --resume RUN_DIR` (the last finished epoch is kept)")
+        err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
         sys.exit(130)
+    except OSError as exc:
+        from imgcls.runtime.checkpoint import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = f" at {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
+                  "(free some space and rerun)", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as exc:  # click's own usage errors
         import click
 
@@ -308,6 +345,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort):  # click turns Ctrl-C outside training into Abort
+            err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
             sys.exit(130)
         raise

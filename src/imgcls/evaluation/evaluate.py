@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from imgcls.config import ExperimentConfig
+from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation import figures as run_figures
@@ -129,9 +130,16 @@ def evaluate_model(
     )
     if not dist.is_main:
         return metrics
+    ctx_notes: list[str] = []
+    skipped = record_skipped_files(run_dir, set(data.skipped_files) | set(getattr(loader, "skipped", set())))
+    if skipped:
+        metrics["skipped_files"] = len(skipped)
+        ctx_notes.append(f"{len(skipped)} unreadable image file(s) were skipped (training and test data), e.g. "
+                         f"`{skipped[0]}`; all are listed in skipped_files.txt.")
     shape = (int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["image_size"]))
     metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, batch_size, amp)
-    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy, preprocess_meta=preprocess)
+    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy, notes=ctx_notes,
+                      preprocess_meta=preprocess)
     for extend in METRIC_EXTENSIONS:
         extend(ctx)
     figures: dict[str, str] = {}
@@ -166,10 +174,17 @@ def batch_graph_extension(ctx: EvalContext) -> None:
     batch_dependence_extension(ctx)
 
 
+def distillation_extension(ctx: EvalContext) -> None:
+    from imgcls.evaluation.distillation import distillation_extension as extend
+
+    extend(ctx)
+
+
 #: functions adding metrics to the context before figures are drawn
 METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
     hierarchical_extension,
     batch_graph_extension,
+    distillation_extension,
     complexity_extension,
     embedding_metrics_extension,
 ]
