@@ -91,7 +91,7 @@ def test_each_distribution_parses_samples_in_range_and_becomes_config_overrides(
         None,
         0.5,
     }  # dicts decoded from JSON
-    cfg = load_config(None, space.overrides(seen[0]))
+    cfg = load_config(None, ["model.head=fch", *space.overrides(seen[0])])
     assert cfg.optim.lr == seen[0]["optim.lr"] and cfg.train.batch_size == seen[0]["train.batch_size"]
     assert cfg.model.head_args["order"] == seen[0]["model.head_args.order"]
     assert cfg.model.backbone_args == seen[0]["model.backbone_args"]
@@ -148,6 +148,10 @@ def test_bad_spaces_give_one_line_errors_naming_the_key(raw, message):
             "search space 'train.monitor': a sweep cannot tune",
         ),
         ({"output.dir": {"choice": ["a", "b"]}}, "search space 'output.dir': a sweep cannot tune"),
+        (
+            {"model.head_args.order": {"choice": [1, 2]}},
+            "search space 'model.head_args.order' (value 1): unknown config key 'model.head_args.order'",
+        ),
     ],
 )
 def test_spaces_that_make_invalid_configs_are_rejected_before_any_trial(tmp_path, raw, message):
