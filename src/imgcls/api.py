@@ -106,8 +106,10 @@ def train(
     *,
     resume: str | Path | None = None,
     evaluate_after: bool = True,
+    callbacks: list | None = None,
 ) -> RunResult:
-    """Train an experiment (or resume the run in ``resume``), then evaluate it once on the test set."""
+    """Train an experiment (or resume the run in ``resume``), then evaluate it once on the test set.
+    ``callbacks`` (engine.callbacks.Callback) run after the built-in ones, e.g. a sweep's pruning reporter."""
     resume_ckpt = None
     if resume is not None:
         run_dir = Path(resume)
@@ -149,7 +151,7 @@ def train(
         ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
     trainer = Trainer(
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
-        class_names=data.class_names, callbacks=build_callbacks(cfg, run_dir), augment=augment, dist=dist, taxonomy=taxonomy,
+        class_names=data.class_names, callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])], augment=augment, dist=dist, taxonomy=taxonomy,
         objective=build_objective(cfg, model, device=device, data=data),
     )
     start = time.perf_counter()
@@ -312,6 +314,87 @@ def taxonomy(source: str | Path, overrides: list[str] | None = None):
 
     return build_taxonomy(cfg.data.taxonomy, source_data.train.class_names, rule=cfg.data.taxonomy_rule,
                           synsets=source_data.synsets or None)
+
+
+# ---------------------------------------------------------------------------------- sweep
+def sweep(
+    cfg: ExperimentConfig | str | Path | None,
+    space: Any,
+    overrides: list[str] | None = None,
+    *,
+    trials: int = 20,
+    study: str | None = None,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    workers: int = 1,
+    final_seeds: int = 0,
+    pruner: str = "median",
+    prune_startup: int = 3,
+    prune_warmup: int = 1,
+    seed: int = 0,
+    heartbeat: int = 10,
+    baseline: bool = True,
+    enqueue: list[dict[str, Any]] | None = None,
+    report: bool = True,
+    worker_index: int = 0,
+):
+    """Tune an experiment over a search space with Optuna on the validation split (``imgcls sweep``,
+    docs/sweeps.md). Running it again with the same ``study``/``out`` resumes the sweep. With
+    ``final_seeds`` S the best config is re-trained with seeds 0..S-1 and only those runs are evaluated
+    on the test set (mean ± std as in ``imgcls compare``)."""
+    from imgcls.engine import sweep as sw
+
+    space_name = Path(space).stem if isinstance(space, (str, Path)) else None
+    cfg = _as_config(cfg, overrides)
+    if workers < 1 or final_seeds < 0:
+        raise UserError(f"--workers must be ≥ 1 and --final-seeds ≥ 0 (got {workers} and {final_seeds})")
+    plan = sw.make_plan(cfg, space, trials=trials, study=study, out=out, storage=storage, pruner=pruner,
+                        prune_startup=prune_startup, prune_warmup=prune_warmup, seed=seed, heartbeat=heartbeat,
+                        space_name=space_name)
+    start = time.perf_counter()
+    the_study = sw.open_study(plan, worker_index)
+    if worker_index == 0:
+        sw.write_inputs(plan)
+        sw.enqueue_baseline(plan, the_study, enqueue, baseline)
+    if workers > 1:
+        sw.run_local_workers(plan, workers)
+    else:
+        sw.run_worker(plan, the_study, lambda trial_cfg, cbs: train(trial_cfg, callbacks=cbs, evaluate_after=False),
+                      worker_index)
+    if not report:
+        return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
+    if not final_seeds or not sw.has_result(the_study):  # a sweep without any completed trial still gets its report
+        result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
+    if final_seeds:
+        final = _sweep_final_runs(plan, the_study, final_seeds)
+        result = sw.write_report(plan, the_study, final, wall_s=time.perf_counter() - start)
+    return result
+
+
+def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
+    """Re-train the best trial's config with seeds 0..n-1 (seeds already trained there are kept) and
+    evaluate each once on the test set; the only test-set evaluations a sweep makes."""
+    from imgcls.engine import sweep as sw
+    from imgcls.evaluation.compare import METRIC_COLUMNS, compare_runs, find_run_dirs, load_record
+
+    if not sw.has_result(study):
+        raise UserError(f"no trial of study '{plan.study_name}' completed, so there is no best config to re-train "
+                        f"(see {plan.out_dir / 'sweep.md'})")
+    number = study.best_trial.number
+    folder = plan.out_dir / "final" / f"trial_{number:04d}"
+    raw = sw.best_config(plan, study)
+    done = {load_record(d).seed for d in find_run_dirs([folder])[0]} if folder.is_dir() else set()
+    for s in range(n_seeds):
+        if s in done:
+            continue
+        run_raw = json.loads(json.dumps(raw))
+        run_raw["train"]["seed"], run_raw["output"]["dir"] = s, str(folder)
+        train(build_config(run_raw), evaluate_after=True)
+    table = compare_runs([folder], sort_by=None)
+    row = table.rows[0]
+    metrics = {key: {"mean": row.mean(key), "std": row.std(key), "values": row.values.get(key, [])} for key, _, _ in METRIC_COLUMNS}
+    return {"trial": number, "seeds": sorted(s for s in row.seeds if s is not None),
+            "run_dirs": [str(r.run_dir) for r in row.runs], "metrics": metrics, "table": table.to_markdown()}
 
 
 def data_cache(src: str | Path, dst: str | Path, *, size: int = 96, grayscale: bool = False, workers: int | None = None,

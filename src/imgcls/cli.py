@@ -212,6 +212,50 @@ def export(
               f"Details: {folder / 'export.json'}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="experiment YAML to tune"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides applied to every trial"),
+    space: Path = typer.Option(..., "--space", help="search space YAML (dotted key: {log_uniform|uniform|int_uniform|choice: ...})"),
+    trials: int = typer.Option(20, "--trials", min=1, help="results the study should hold (complete + pruned + errored)"),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite in the sweep folder); "
+                                       "postgresql://… or mysql://… to share a study across machines"),
+    study: str | None = typer.Option(None, "--study", help="study name (default: <config>-<space>); an existing one resumes"),
+    workers: int = typer.Option(1, "--workers", min=1, help="trial processes on this machine sharing the study"),
+    final_seeds: int = typer.Option(0, "--final-seeds", min=0, help="re-train the best config with seeds 0..S-1 and test only those"),
+    out_dir: Path | None = typer.Option(None, "--out", help="sweep folder (default: <output.dir>/sweeps/<study>)"),
+    pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none"),
+    prune_startup: int = typer.Option(3, "--prune-startup", min=0, help="median pruner: completed trials before pruning starts"),
+    prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="earliest epoch at which a trial can be pruned"),
+    seed: int = typer.Option(0, "--seed", help="TPE sampler seed"),
+    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="seconds between trial heartbeats (dead after 2×)"),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="run the config's own values as the first trial"),
+    worker_index: int = typer.Option(0, "--worker-index", hidden=True),
+    no_report: bool = typer.Option(False, "--no-report", hidden=True),
+) -> None:
+    """Tune an experiment with Optuna on the validation split (pruning, resumable, parallel workers)."""
+    from imgcls import api
+
+    try:
+        result = api.sweep(config, space, list(overrides or []), trials=trials, study=study, storage=storage, out=out_dir,
+                           workers=workers, final_seeds=final_seeds, pruner=pruner, prune_startup=prune_startup,
+                           prune_warmup=prune_warmup, seed=seed, heartbeat=heartbeat, baseline=baseline,
+                           report=not no_report, worker_index=worker_index)
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume the sweep (the interrupted trial is queued again)")
+        sys.exit(130)
+    if no_report:
+        return
+    if result.best is not None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
+        out.print(f"best trial {result.best['number']}: validation {result.best['value']:.4f} ({params})", highlight=False, soft_wrap=True)
+    if result.final:
+        acc = result.final["metrics"]["accuracy"]
+        std = f" ± {acc['std']:.4f}" if acc["std"] is not None else ""
+        out.print(f"test accuracy of the best config over seeds {result.final['seeds']}: {acc['mean']:.4f}{std}", highlight=False, soft_wrap=True)
+    out.print(f"report: {result.report}", highlight=False, soft_wrap=True)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Prepare image folders: resize cache, near-duplicate removal.")
 app.add_typer(data_app, name="data")
 
