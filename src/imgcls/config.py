@@ -64,6 +64,8 @@ class AugmentConfig(Section):
     perspective: float = Field(0.0, ge=0.0, le=1.0, description="distortion scale (probability 0.5)")
     brightness: float = Field(0.0, ge=0.0, le=1.0)
     contrast: float = Field(0.0, ge=0.0, le=1.0)
+    saturation: float = Field(0.0, ge=0.0, le=1.0, description="colour saturation factor U(1 ± value) (RGB only)")
+    hue: float = Field(0.0, ge=0.0, le=0.5, description="hue shift U(± value) in turns (RGB only)")
     grayscale: bool = False
     randaugment: tuple[int, int] | None = Field(None, description="(num_ops N, magnitude M 0..30)")
     autoaugment: Literal["cifar10", "imagenet", "svhn"] | None = None

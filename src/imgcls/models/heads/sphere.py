@@ -10,9 +10,10 @@ ArcFace. At inference (no targets) the logits are ``s·cos θ`` — **no margin*
 which shifts every probability down). ``W`` is xavier-normal (seed). The target is the
 multi-hot root → leaf path of the class (soft node marginals after MixUp/CutMix).
 
-* ``sphere_multi``: BCE (mean over batch × nodes, unweighted, as the seed) or Asymmetric Loss.
+* ``sphere_multi``: BCE (mean over batch × nodes, unweighted, as the seed), Asymmetric Loss, or the
+  sigmoid focal loss (``loss: focal``, :mod:`imgcls.losses.focal`; the seed's named alternative).
 * ``sphere_multi_hier``: HBCE (:class:`imgcls.losses.hierarchical.HierarchicalBCELoss`):
-  level-weighted BCE/ASL + hierarchy penalty (``soft`` by default; ``hard`` = the seed's
+  level-weighted BCE/ASL/focal + hierarchy penalty (``soft`` by default; ``hard`` = the seed's
   thresholded form, which has zero gradient) + distance penalty.
 
 Prediction: ``predict_nodes`` = ``σ(logits)`` per node; ``predict`` = the class distribution
@@ -32,6 +33,7 @@ from torch import nn
 
 from imgcls.errors import ConfigError
 from imgcls.losses.asymmetric import asymmetric_loss
+from imgcls.losses.focal import check_focal, sigmoid_focal_loss
 from imgcls.losses.hierarchical import HierarchicalBCELoss, class_log_likelihood
 from imgcls.models.heads.arcface import (
     additive_angular_margin,
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 
 MARGIN_ON = ("positives", "all")
 ASL_KEYS = ("gamma_neg", "gamma_pos", "clip")
+FOCAL_KEYS = ("focal_gamma", "focal_alpha")
+LOSSES = ("bce", "asl", "focal")
 
 
 def require_taxonomy(taxonomy: Taxonomy | None, head: str, num_classes: int) -> Taxonomy:
@@ -69,8 +73,10 @@ class SphereMultiHead(Head):
     """Hyperspherical multi-label head over all taxonomy nodes.
 
     head_args: ``scale`` (None: 16 for ≤ 20 nodes, else 30), ``margin`` (0.5 rad), ``margin_on``
-    (``positives`` | ``all``), ``loss`` (``bce`` | ``asl``), ``gamma_neg`` / ``gamma_pos`` /
-    ``clip`` (ASL: 4 / 1 / 0.05), ``embedding`` / ``dropout`` / ``embed_final_act`` (embedding MLP).
+    (``positives`` | ``all``), ``loss`` (``bce`` | ``asl`` | ``focal``), ``gamma_neg`` / ``gamma_pos`` /
+    ``clip`` (ASL: 4 / 1 / 0.05), ``focal_gamma`` / ``focal_alpha`` (focal: 2 / 0.25, torchvision's
+    defaults; ``focal_alpha: null`` = no α-balancing), ``embedding`` / ``dropout`` / ``embed_final_act``
+    (embedding MLP).
     """
 
     output_space = "nodes"
@@ -88,6 +94,8 @@ class SphereMultiHead(Head):
         gamma_neg: float = 4.0,
         gamma_pos: float = 1.0,
         clip: float = 0.05,
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = 0.25,
         embedding: Sequence[int] | None = None,
         dropout: float = 0.2,
         embed_final_act: str = "relu",
@@ -97,12 +105,14 @@ class SphereMultiHead(Head):
         check_margin_scale(scale, margin)
         if margin_on not in MARGIN_ON:
             raise ConfigError(f"margin_on must be one of {', '.join(MARGIN_ON)}, got '{margin_on}'")
-        if loss not in ("bce", "asl"):
-            raise ConfigError(f"loss must be 'bce' or 'asl', got '{loss}'")
+        if loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got '{loss}'")
+        check_focal(focal_gamma, focal_alpha)
         self.num_nodes = self.taxonomy.num_nodes
         self.scale = float(scale) if scale is not None else default_scale(self.num_nodes)
         self.margin, self.margin_on, self.loss_name = float(margin), margin_on, loss
         self.asl = dict(zip(ASL_KEYS, (gamma_neg, gamma_pos, clip), strict=True))
+        self.focal = {"gamma": float(focal_gamma), "alpha": None if focal_alpha is None else float(focal_alpha)}
         self.embed = EmbeddingMLP(in_features, embedding, dropout, embed_final_act)
         self.weight = nn.Parameter(torch.empty(self.num_nodes, self.embed.out_features))
         nn.init.xavier_normal_(self.weight)
@@ -130,6 +140,8 @@ class SphereMultiHead(Head):
         y = self.node_targets(batch)
         if self.loss_name == "bce":
             return {"bce": F.binary_cross_entropy_with_logits(output.logits.float(), y)}
+        if self.loss_name == "focal":
+            return {"focal": sigmoid_focal_loss(output.logits, y, **self.focal)}
         return {"asl": asymmetric_loss(output.logits, y, **self.asl)}
 
     def predict_nodes(self, output: HeadOutput) -> torch.Tensor:
@@ -149,7 +161,7 @@ class SphereMultiHierHead(SphereMultiHead):
     ``penalty_mode`` (``soft`` | ``hard``), ``penalties`` (``fixed`` | ``data``), ``hier_penalty``
     (0.1), ``penalty_scale`` (1.0), ``class_counts`` (for ``data``), ``distance_weight``,
     ``threshold`` (0.5, hard mode), ``soft_violation`` (``diff`` | ``product``).
-    Loss terms: ``bce`` (or ``asl``), ``hier_penalty``, ``distance_penalty``.
+    Loss terms: ``bce`` (or ``asl``, ``focal``), ``hier_penalty``, ``distance_penalty``.
     """
 
     def __init__(
@@ -162,10 +174,11 @@ class SphereMultiHierHead(SphereMultiHead):
     ) -> None:
         # head_args naming HierarchicalBCELoss parameters configure HBCE; the rest go to SphereMulti
         # (an unknown key fails there with a TypeError that build_head reports as a config error).
-        hbce_keys = set(inspect.signature(HierarchicalBCELoss).parameters) - {"taxonomy", "base", *ASL_KEYS}
+        hbce_keys = set(inspect.signature(HierarchicalBCELoss).parameters) - {"taxonomy", "base", *ASL_KEYS, *FOCAL_KEYS}
         hbce_args = {k: head_args.pop(k) for k in list(head_args) if k in hbce_keys}
         super().__init__(in_features, num_classes, label_smoothing, taxonomy=taxonomy, **head_args)
-        self.hbce = HierarchicalBCELoss(self.taxonomy, base=self.loss_name, **hbce_args, **self.asl)
+        focal = {"focal_gamma": self.focal["gamma"], "focal_alpha": self.focal["alpha"]}
+        self.hbce = HierarchicalBCELoss(self.taxonomy, base=self.loss_name, **hbce_args, **self.asl, **focal)
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         targets = batch.soft_targets if batch.soft_targets is not None else batch.targets
