@@ -146,7 +146,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
     batch_size: int | None = Field(None, gt=0, description="None: the training batch size")
-    top_k: list[int] = Field(default_factory=lambda: [1, 5])
+    top_k: list[int] = Field(default_factory=lambda: [1, 3, 5], description="top-k accuracies reported (seed 004 quotes top-3)")
     tta: int = Field(1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)")
     calibration_bins: int = Field(15, ge=2)
     plots: bool = True

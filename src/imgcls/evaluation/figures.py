@@ -1,6 +1,6 @@
-"""Evaluation figures beyond curves and confusion: ROC, reliability, per-class scores, the most
-confident mistakes, t-SNE / UMAP of embeddings, Grad-CAM overlays and first-conv feature maps
-(seed 004's ``evaluate``/``test`` outputs, seed 003's t-SNE; SPEC §4.4, §4.6 item 4, §5.6).
+"""Evaluation figures beyond curves and confusion: the class distribution of the splits, ROC,
+reliability, per-class scores, the most confident mistakes, t-SNE / UMAP of embeddings, Grad-CAM
+overlays and first-conv feature maps (seed 004's ``evaluate``/``test`` outputs, seed 003's t-SNE; SPEC §4.4, §4.6 item 4, §5.6).
 
 Each ``plot_*`` function takes plain arrays and a path and returns the path, so it can be used
 and tested without a run; :mod:`imgcls.evaluation.evaluate` feeds them from a run. Matplotlib
@@ -70,6 +70,40 @@ def stratified_sample(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tens
         return stratified_subset(labels, n, seed)[:n]
     except DataError:
         return torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+# ------------------------------------------------------------------------------------------------ class distribution
+SPLITS = ("train", "val", "test")
+
+
+def split_class_counts(labels: dict[str, torch.Tensor], num_classes: int) -> dict[str, list[int]]:
+    """Images per class of each split (``{split: labels (N,)}`` → ``{split: [count per class]}``)."""
+    return {split: torch.bincount(y.cpu().long(), minlength=num_classes).tolist() for split, y in labels.items()}
+
+
+def plot_class_distribution(counts: dict[str, list[int]], class_names: Sequence[str], path: Path) -> Path:
+    """Grouped bars: images per class in each split (seed 004's ``class_distribution.png``); above 40
+    classes the bars are drawn thin and unlabelled on the class index."""
+    splits = [s for s in counts if sum(counts[s])]  # an empty split (e.g. val_fraction 0) gets no bars
+    n = len(class_names)
+    x = np.arange(n)
+    width = 0.8 / max(1, len(splits))
+    labelled = n <= 40
+    fig, ax = plt.subplots(figsize=(max(6.0, min(0.45 * n + 2, 16.0)), 4.2))
+    colors = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+    for i, split in enumerate(splits):
+        total = sum(counts[split])
+        ax.bar(x + (i - (len(splits) - 1) / 2) * width, counts[split], width, label=f"{split} ({total:,})",
+               color=colors.get(split))
+    if labelled:
+        ax.set_xticks(x)
+        ax.set_xticklabels(class_names, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center", fontsize=8)
+    else:
+        ax.set_xlabel("class index")
+    ax.set_ylabel("images")
+    ax.set_title("Class distribution per split")
+    ax.legend()
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ ROC
@@ -431,6 +465,14 @@ def evaluated_images(ctx: EvalContext, positions: torch.Tensor) -> torch.Tensor:
     return torch.stack(
         [decode_image(test.files[int(i)], ctx.data.image_size, ctx.data.channels) for i in positions]
     )
+
+
+def fig_class_distribution(ctx: EvalContext) -> Path:
+    """Train / validation / test images per class; the counts also go to ``metrics.json`` (``class_counts``)."""
+    labels = {split: getattr(ctx.data, split).labels for split in SPLITS}
+    counts = split_class_counts(labels, len(ctx.class_names))
+    ctx.metrics["class_counts"] = counts
+    return plot_class_distribution(counts, ctx.class_names, ctx.run_dir / "class_distribution.png")
 
 
 def fig_roc(ctx: EvalContext) -> Path | None:
