@@ -41,6 +41,9 @@ class DataConfig(Section):
     samples_per_class: int | None = Field(None, gt=0, description="balanced: images per class per epoch; m_per_class: m")
     taxonomy: str | None = Field(None, description="'wordnet', or a path to a parent-map YAML/JSON or label-path CSV")
     taxonomy_rule: Literal["first_path", "shortest_path"] = "first_path"
+    invert: Literal["none", "auto", "always"] = Field(
+        "none", description="auto: invert each image whose mean is above 127/255 (dark-on-white → MNIST-like); stored for predict"
+    )
 
     @field_validator("channels")
     @classmethod
@@ -105,12 +108,22 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "constant", "step", "linear"] = "cosine"
+    name: Literal["cosine", "constant", "step", "linear", "exponential", "cyclic", "plateau"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_start_factor: float = Field(0.1, ge=0.0, le=1.0, description="warm-up starts at lr × this (not 0)")
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine ends at lr × this")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="cosine/linear end at lr × this; exponential/plateau floor; cyclic low end"
+    )
     step_epochs: list[int] = Field(default_factory=list, description="step: multiply lr by gamma at these epochs")
     gamma: float = 0.1
+    exp_gamma: float = Field(0.95, gt=0.0, le=1.0, description="exponential: lr multiplier per epoch after warm-up")
+    cyclic_step_epochs: float = Field(2.0, gt=0.0, description="cyclic: half-cycle length (low → high) in epochs")
+    cyclic_mode: Literal["triangular", "triangular2"] = Field("triangular", description="triangular2 halves each cycle")
+    plateau_monitor: Literal["val_loss", "val_acc"] = Field("val_loss", description="plateau: the metric watched")
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: lr multiplier on a plateau")
+    plateau_patience: int = Field(10, ge=0, description="plateau: epochs without improvement tolerated")
+    plateau_threshold: float = Field(1e-4, ge=0.0, description="plateau: relative improvement that counts")
+    plateau_cooldown: int = Field(0, ge=0, description="plateau: epochs after a reduction before counting again")
 
 
 class TrainConfig(Section):
