@@ -23,6 +23,7 @@ from imgcls.engine.callbacks import (
     Checkpointer,
     EarlyStopping,
     HistoryLogger,
+    PlateauFeed,
     ProgressPrinter,
     StopAtValAcc,
 )
@@ -79,12 +80,12 @@ def build_taxonomy_for(cfg: ExperimentConfig, data: PreparedData):
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     from imgcls.engine.averaging import averaging_callbacks
 
-    callbacks = [*averaging_callbacks(cfg), StopAtValAcc()]
+    callbacks = [*averaging_callbacks(cfg), StopAtValAcc(), PlateauFeed()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
-        Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
+        Checkpointer(run_dir / "checkpoints", cfg.train.monitor, cfg.output.keep_every_epochs),
         ProgressPrinter(cfg.train.progress),
     ]
     return callbacks
@@ -258,6 +259,16 @@ class Predictor:
             results.append(row)
         return results
 
+    def explain(self, images: list[Any], out_dir: str | Path) -> list[dict[str, Any]]:
+        """Grad-CAM of the predicted class and the first convolution's feature maps for each image, written
+        to ``out_dir`` as ``<image stem>_gradcam.png`` and ``<image stem>_feature_maps.png``."""
+        from imgcls.evaluation.explain import explain_image, safe_stem
+
+        batch = self.load_images(images)
+        stems = [safe_stem(str(item)) if isinstance(item, (str, Path)) else f"image_{i}" for i, item in enumerate(images)]
+        return [explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, Path(out_dir), stem)
+                for i, stem in enumerate(stems)]
+
     def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
                           node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
         from imgcls.errors import UserError as _UserError
@@ -281,8 +292,15 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu"
 
 
 def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
-            checkpoint: str | None = None) -> list[dict[str, Any]]:
-    return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold)
+            checkpoint: str | None = None, explain_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Top-k predictions per image; with ``explain_dir`` also Grad-CAM and first-conv feature maps per image
+    (each row gets an ``explain`` record with the files written)."""
+    predictor = load(run_dir, checkpoint)
+    rows = predictor.predict(images, top_k=top_k, tta=tta, threshold=threshold)
+    if explain_dir is not None:
+        for row, record in zip(rows, predictor.explain(images, explain_dir), strict=True):
+            row["explain"] = record
+    return rows
 
 
 # ---------------------------------------------------------------------------------- compare / export

@@ -173,6 +173,9 @@ class OutputConfig(Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run name (default: the config file's stem)")
     tensorboard: bool = True
+    keep_every_epochs: int | None = Field(
+        None, ge=1, description="also keep checkpoints/epoch_{n}.pt every N epochs (other epoch_*.pt are pruned)"
+    )
 
 
 class StageConfig(Section):

@@ -73,7 +73,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfi
     are absolute epochs. ``exponential`` multiplies by ``exp_gamma`` once per epoch after the warm-up
     (torch's ``ExponentialLR`` stepped per epoch, floored at ``min_lr_ratio``); ``cyclic`` is torch's
     ``CyclicLR`` (triangular / triangular2) between ``lr × min_lr_ratio`` and ``lr`` with a half-cycle of
-    ``cyclic_step_epochs``, starting at the low end; ``plateau`` is constant here (its reductions come
+    ``cyclic_step_epochs``, starting at the low end (torch's) or, after a warm-up, at the top where the
+    warm-up ended; ``plateau`` is constant here (its reductions come
     from :class:`PlateauTracker`).
     """
     if warmup_steps > 0 and step < warmup_steps:
@@ -89,7 +90,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfi
         return max(cfg.exp_gamma**epochs_done, floor)
     if cfg.name == "cyclic":
         half = max(1, round(cfg.cyclic_step_epochs * steps_per_epoch))
-        it = step - warmup_steps
+        it = step - warmup_steps + (half if warmup_steps > 0 else 0)  # after a warm-up: from the top, going down
         cycle = math.floor(1 + it / (2 * half))
         x = abs(it / half - 2 * cycle + 1)
         amplitude = 1.0 if cfg.cyclic_mode == "triangular" else 1.0 / 2 ** (cycle - 1)
