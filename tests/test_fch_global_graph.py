@@ -41,8 +41,16 @@ class Net(nn.Module):
 def make_model(adjacency: str, order: int, global_graph: bool) -> Net:
     torch.manual_seed(0)
     head = FCHHead(
-        12, 3, adjacency=adjacency, order=order, knn_k=3, dropout=0.0, graph_dropout=0.0,
-        structure_weight=0.5, memory_size=0, global_graph=global_graph,
+        12,
+        3,
+        adjacency=adjacency,
+        order=order,
+        knn_k=3,
+        dropout=0.0,
+        graph_dropout=0.0,
+        structure_weight=0.5,
+        memory_size=0,
+        global_graph=global_graph,
     )
     return Net(head)
 

@@ -13,7 +13,14 @@ from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 from imgcls.config import AugmentConfig
 from imgcls.data.augment import BatchAugment
-from imgcls.data.augment_ops import ColorJitter, adjust_hue, adjust_saturation, hsv_to_rgb, rgb_to_hsv, uniform
+from imgcls.data.augment_ops import (
+    ColorJitter,
+    adjust_hue,
+    adjust_saturation,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    uniform,
+)
 from imgcls.errors import ConfigError
 from imgcls.losses.focal import sigmoid_focal_loss
 from imgcls.losses.hierarchical import HierarchicalBCELoss
@@ -22,7 +29,18 @@ from imgcls.runtime.batch import Batch
 from imgcls.taxonomy import build_taxonomy
 
 TREE = Path(__file__).parent.parent / "configs" / "taxonomies" / "fashion_mnist.yaml"
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 # ------------------------------------------------------------------------------------------------ focal
@@ -32,9 +50,13 @@ def test_focal_loss_equals_torchvision_and_reduces_to_bce():
     targets = (torch.rand(5, 7, generator=g) > 0.6).float()
     for gamma, alpha in ((2.0, 0.25), (1.0, 0.5), (0.0, 0.25)):
         ours = sigmoid_focal_loss(logits, targets, gamma=gamma, alpha=alpha)
-        assert ours == pytest.approx(float(tv_focal(logits, targets, alpha=alpha, gamma=gamma, reduction="mean")), rel=1e-6)
+        assert ours == pytest.approx(
+            float(tv_focal(logits, targets, alpha=alpha, gamma=gamma, reduction="mean")), rel=1e-6
+        )
     no_alpha = sigmoid_focal_loss(logits, targets, gamma=2.0, alpha=None)
-    assert no_alpha == pytest.approx(float(tv_focal(logits, targets, alpha=-1, gamma=2.0, reduction="mean")), rel=1e-6)
+    assert no_alpha == pytest.approx(
+        float(tv_focal(logits, targets, alpha=-1, gamma=2.0, reduction="mean")), rel=1e-6
+    )
     bce = F.binary_cross_entropy_with_logits(logits, targets)
     assert sigmoid_focal_loss(logits, targets, gamma=0.0, alpha=None) == pytest.approx(float(bce), rel=1e-6)
     # by hand, one positive entry: p = σ(1), FL = α (1 − p)^γ · (−log p)
@@ -43,16 +65,32 @@ def test_focal_loss_equals_torchvision_and_reduces_to_bce():
     assert sigmoid_focal_loss(torch.tensor([[1.0]]), torch.tensor([[1.0]])) == pytest.approx(float(by_hand))
     weight = torch.arange(1.0, 8.0)
     elementwise = tv_focal(logits, targets, alpha=0.25, gamma=2.0, reduction="none")
-    assert sigmoid_focal_loss(logits, targets, weight=weight) == pytest.approx(float((elementwise * weight).mean()), rel=1e-6)
+    assert sigmoid_focal_loss(logits, targets, weight=weight) == pytest.approx(
+        float((elementwise * weight).mean()), rel=1e-6
+    )
     with pytest.raises(ConfigError, match="focal_gamma"):
-        build_head("sphere_multi", {"loss": "focal", "focal_gamma": -1}, 16, 10, 0.0, build_taxonomy(str(TREE), CLASSES))
+        build_head(
+            "sphere_multi",
+            {"loss": "focal", "focal_gamma": -1},
+            16,
+            10,
+            0.0,
+            build_taxonomy(str(TREE), CLASSES),
+        )
 
 
 @pytest.mark.parametrize("head", ["sphere_multi", "sphere_multi_hier"])
 def test_focal_is_a_named_loss_of_the_multi_label_heads(head):
     taxonomy = build_taxonomy(str(TREE), CLASSES)
     torch.manual_seed(0)
-    model = build_head(head, {"loss": "focal", "focal_gamma": 2.0, "focal_alpha": 0.25, "embedding": [16]}, 8, 10, 0.0, taxonomy)
+    model = build_head(
+        head,
+        {"loss": "focal", "focal_gamma": 2.0, "focal_alpha": 0.25, "embedding": [16]},
+        8,
+        10,
+        0.0,
+        taxonomy,
+    )
     features = torch.randn(12, 8)
     y = torch.arange(12) % 10
     batch = Batch(images=torch.zeros(12, 1, 2, 2), targets=y)
@@ -85,10 +123,22 @@ def test_hbce_rejects_an_unknown_base():
 def hand_made_image() -> torch.Tensor:
     """A 3×4×4 RGB image: pure and mixed colours, greys (hue undefined), black and white, in each sector."""
     pixels = [
-        (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5),
-        (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (0.0, 0.0, 0.0),
-        (1.0, 1.0, 1.0), (0.9, 0.2, 0.1), (0.2, 0.7, 0.3), (0.25, 0.3, 0.8),
-        (0.6, 0.6, 0.1), (0.3, 0.5, 0.5), (0.7, 0.2, 0.6), (0.8, 0.5, 0.2),
+        (1.0, 0.0, 0.0),
+        (0.0, 1.0, 0.0),
+        (0.0, 0.0, 1.0),
+        (0.5, 0.5, 0.5),
+        (1.0, 1.0, 0.0),
+        (0.0, 1.0, 1.0),
+        (1.0, 0.0, 1.0),
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        (0.9, 0.2, 0.1),
+        (0.2, 0.7, 0.3),
+        (0.25, 0.3, 0.8),
+        (0.6, 0.6, 0.1),
+        (0.3, 0.5, 0.5),
+        (0.7, 0.2, 0.6),
+        (0.8, 0.5, 0.2),
     ]
     return torch.tensor(pixels).T.reshape(3, 4, 4)
 
@@ -122,7 +172,7 @@ def test_color_jitter_draws_saturation_then_hue_per_sample_like_torchvision():
     replay = torch.Generator().manual_seed(3)
     saturation = uniform((8,), 0.6, 1.4, replay)
     hue = uniform((8,), -0.2, 0.2, replay)
-    assert 0.6 <= float(saturation.min()) and float(saturation.max()) <= 1.4 and float(hue.abs().max()) <= 0.2
+    assert float(saturation.min()) >= 0.6 and float(saturation.max()) <= 1.4 and float(hue.abs().max()) <= 0.2
     for i in range(8):
         expected = TF.adjust_hue(TF.adjust_saturation(image, float(saturation[i])), float(hue[i]))
         assert torch.allclose(out[i], expected, atol=1e-5)

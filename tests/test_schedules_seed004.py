@@ -32,7 +32,9 @@ def lrs(cfg: ScheduleConfig, steps: int, epochs: int = 4, steps_per_epoch: int =
 
 
 def test_exponential_decays_once_per_epoch_after_the_warm_up_down_to_the_floor():
-    cfg = ScheduleConfig(name="exponential", warmup_epochs=1, warmup_start_factor=0.1, exp_gamma=0.5, min_lr_ratio=0.2)
+    cfg = ScheduleConfig(
+        name="exponential", warmup_epochs=1, warmup_start_factor=0.1, exp_gamma=0.5, min_lr_ratio=0.2
+    )
     # warm-up epoch (2 steps): 0.1, 0.1 + 0.9·½; then 1, 1 | ½, ½ | ¼, ¼ | max(⅛, 0.2)
     expected = [0.1, 0.55, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2]
     assert lrs(cfg, 10) == pytest.approx(expected)
@@ -65,7 +67,9 @@ def test_cyclic_by_hand_and_against_torch_cyclic_lr(mode, expected):
     ours = lrs(cfg, 9)
     assert ours == pytest.approx(expected)
     opt = optimizer()
-    ref = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.2, max_lr=1.0, step_size_up=2, mode=mode, cycle_momentum=False)
+    ref = torch.optim.lr_scheduler.CyclicLR(
+        opt, base_lr=0.2, max_lr=1.0, step_size_up=2, mode=mode, cycle_momentum=False
+    )
     theirs = []
     for _ in range(9):
         theirs.append(opt.param_groups[0]["lr"])
@@ -75,7 +79,9 @@ def test_cyclic_by_hand_and_against_torch_cyclic_lr(mode, expected):
 
 
 def test_cyclic_continues_from_the_top_after_a_warm_up():
-    cfg = ScheduleConfig(name="cyclic", warmup_epochs=1, warmup_start_factor=0.5, min_lr_ratio=0.0, cyclic_step_epochs=1.0)
+    cfg = ScheduleConfig(
+        name="cyclic", warmup_epochs=1, warmup_start_factor=0.5, min_lr_ratio=0.0, cyclic_step_epochs=1.0
+    )
     # warm-up 0.5 → 0.75, then the cycle from its top (no jump down to the low end): 1, ½, 0, ½, 1
     assert lrs(cfg, 7) == pytest.approx([0.5, 0.75, 1.0, 0.5, 0.0, 0.5, 1.0])
 
@@ -102,8 +108,13 @@ PLATEAU_SEQUENCE = [
 
 def plateau_cfg(**kw) -> ScheduleConfig:
     return ScheduleConfig(
-        name="plateau", plateau_factor=0.5, plateau_patience=1, plateau_cooldown=1, plateau_threshold=0.0,
-        min_lr_ratio=0.1, **kw,
+        name="plateau",
+        plateau_factor=0.5,
+        plateau_patience=1,
+        plateau_cooldown=1,
+        plateau_threshold=0.0,
+        min_lr_ratio=0.1,
+        **kw,
     )
 
 
@@ -129,7 +140,9 @@ def test_plateau_reduces_the_lr_by_hand_and_like_torch_reduce_lr_on_plateau():
 
 def test_plateau_warm_up_monitor_and_paused_scheduler():
     opt = optimizer()
-    sched = build_scheduler(opt, plateau_cfg(warmup_epochs=1, warmup_start_factor=0.5, plateau_monitor="val_acc"), 4, 2)
+    sched = build_scheduler(
+        opt, plateau_cfg(warmup_epochs=1, warmup_start_factor=0.5, plateau_monitor="val_acc"), 4, 2
+    )
     trainer = SimpleNamespace(scheduler=sched, scheduler_paused=False)
     seen = []
     for acc in (0.5, 0.4, 0.4, 0.4):  # val_acc is maximised: 0.4 never improves on 0.5
@@ -144,8 +157,12 @@ def test_plateau_warm_up_monitor_and_paused_scheduler():
     before = sched.plateau.state_dict()
     PlateauFeed().on_validation_end(trainer, {"val_loss": 0.0, "val_acc": 0.0})
     assert sched.plateau.state_dict() == before
-    PlateauFeed().on_validation_end(SimpleNamespace(scheduler=build_scheduler(optimizer(), ScheduleConfig(), 1, 1),
-                                                    scheduler_paused=False), {"val_loss": 1.0})  # no-op elsewhere
+    PlateauFeed().on_validation_end(
+        SimpleNamespace(
+            scheduler=build_scheduler(optimizer(), ScheduleConfig(), 1, 1), scheduler_paused=False
+        ),
+        {"val_loss": 1.0},
+    )  # no-op elsewhere
 
 
 def test_plateau_state_survives_a_weights_only_checkpoint_round_trip():

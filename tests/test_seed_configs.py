@@ -73,13 +73,18 @@ def test_vgg5_layout_arguments_and_errors():
     # 3·64·9 + 64·128·9 + 128·256·9 + 256·256·9 + 256·512·9 conv weights + 2·(64+128+256+256+512) BN
     assert sum(p.numel() for p in net.parameters()) == 2_142_272
     maps = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: maps.append(o.shape[-1]))
-             for m in net.features if isinstance(m, torch.nn.ReLU)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: maps.append(o.shape[-1]))
+        for m in net.features
+        if isinstance(m, torch.nn.ReLU)
+    ]
     net(torch.zeros(1, 3, 32, 32))
     for h in hooks:
         h.remove()
     assert maps == [32, 16, 8, 8, 4]  # pools after convs 1, 2, 4 (and 5: 4 → 2 before the global pool)
-    plain = BACKBONES.build("vgg5", in_chans=1, channels=[8, 8, 16, 16, 32], pool_after=[2, 4], batch_norm=False)
+    plain = BACKBONES.build(
+        "vgg5", in_chans=1, channels=[8, 8, 16, 16, 32], pool_after=[2, 4], batch_norm=False
+    )
     assert plain.num_features == 32 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
     assert plain(torch.zeros(2, 1, 5, 5)).shape == (2, 32)  # pools skip 1-px maps
     with pytest.raises(ConfigError, match="five"):
@@ -118,7 +123,9 @@ def fake_tiny_imagenet(root: Path, wnids: list[str], per_class: int = 6) -> Path
             Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG")
         (root / "val" / "images").mkdir(parents=True, exist_ok=True)
         name = f"val_{k}.JPEG"
-        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / name)
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            root / "val" / "images" / name
+        )
         lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return root
@@ -136,7 +143,11 @@ def wordnet_available():
 
 def test_tiny_imagenet_recipes_are_shipped():
     assert {p.stem for p in TINY_IMAGENET_RECIPES} == {
-        "linear", "arcface", "sphere_multi", "sphere_hier", "arcface_multihead"
+        "linear",
+        "arcface",
+        "sphere_multi",
+        "sphere_hier",
+        "arcface_multihead",
     }
 
 
@@ -146,8 +157,12 @@ def test_tiny_imagenet_recipe_validates_and_builds_on_a_generated_folder(path, t
     from imgcls.data.prepare import prepare_data
 
     root = fake_tiny_imagenet(tmp_path / "tiny-imagenet-200", TINY_IMAGENET_WNIDS)
-    cfg = load_config(path, [f"data.root={root}", "model.pretrained=false", "data.image_size=32", "data.num_workers=0"])
-    assert cfg.data.taxonomy == "wordnet" and cfg.model.cache_features and cfg.stages[0].freeze == ["backbone"]
+    cfg = load_config(
+        path, [f"data.root={root}", "model.pretrained=false", "data.image_size=32", "data.num_workers=0"]
+    )
+    assert (
+        cfg.data.taxonomy == "wordnet" and cfg.model.cache_features and cfg.stages[0].freeze == ["backbone"]
+    )
     assert cfg.model.backbone == "timm:tf_efficientnetv2_s"
     data = prepare_data(cfg)
     assert data.class_names == sorted(TINY_IMAGENET_WNIDS) and len(data.test) == len(TINY_IMAGENET_WNIDS)

@@ -24,22 +24,40 @@ from imgcls.evaluation.figures import split_class_counts
 from tiny_runs import FASHION_MNIST_DIR, requires_fashion_mnist, single_thread
 
 COMMON = [
-    "data.name=fashion_mnist", "data.train_subset=240", "data.val_fraction=0.25", "data.test_subset=100",
-    "data.num_workers=0", "train.batch_size=60", "train.progress=false", "train.precision=fp32",
+    "data.name=fashion_mnist",
+    "data.train_subset=240",
+    "data.val_fraction=0.25",
+    "data.test_subset=100",
+    "data.num_workers=0",
+    "train.batch_size=60",
+    "train.progress=false",
+    "train.precision=fp32",
     "output.tensorboard=false",
 ]
 CNN = [
-    *COMMON, "model.backbone=adaptive_cnn", "model.backbone_args={layout: mnist, width_mult: 0.25}", "model.head=linear",
-    "optim.lr=0.003", "train.epochs=5", "data.invert=auto", "output.keep_every_epochs=2",
+    *COMMON,
+    "model.backbone=adaptive_cnn",
+    "model.backbone_args={layout: mnist, width_mult: 0.25}",
+    "model.head=linear",
+    "optim.lr=0.003",
+    "train.epochs=5",
+    "data.invert=auto",
+    "output.keep_every_epochs=2",
     # plateau on val_acc with an unreachable threshold: every epoch after the first is "bad"; patience 0
-    "schedule.name=plateau", "schedule.plateau_monitor=val_acc", "schedule.plateau_threshold=10",
-    "schedule.plateau_patience=0", "schedule.plateau_factor=0.5",
-    "eval.embeddings_plot=false", "eval.gradcam=false",
+    "schedule.name=plateau",
+    "schedule.plateau_monitor=val_acc",
+    "schedule.plateau_threshold=10",
+    "schedule.plateau_patience=0",
+    "schedule.plateau_factor=0.5",
+    "eval.embeddings_plot=false",
+    "eval.gradcam=false",
 ]
 VIT = [
-    *COMMON, "model.backbone=timm:vit_tiny_patch16_224",
+    *COMMON,
+    "model.backbone=timm:vit_tiny_patch16_224",
     "model.backbone_args={img_size: 28, patch_size: 7, embed_dim: 32, depth: 1, num_heads: 2}",
-    "model.head=linear", "train.epochs=1",
+    "model.head=linear",
+    "train.epochs=1",
 ]
 
 pytestmark = requires_fashion_mnist
@@ -97,7 +115,9 @@ def test_plateau_schedule_reduces_the_lr_in_the_training_loop(cnn_run):
 def test_periodic_checkpoints_are_kept_every_n_epochs(cnn_run):
     folder = cnn_run / "checkpoints"
     assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_2.pt", "epoch_4.pt"]
-    two, four, last = (torch.load(folder / n, weights_only=True) for n in ("epoch_2.pt", "epoch_4.pt", "last.pt"))
+    two, four, last = (
+        torch.load(folder / n, weights_only=True) for n in ("epoch_2.pt", "epoch_4.pt", "last.pt")
+    )
     assert (two["metrics"]["epoch"], four["metrics"]["epoch"], last["metrics"]["epoch"]) == (2, 4, 5)
     assert "optimizer" not in four  # weights and metadata, like best.pt
     key = "head.fc.weight"
@@ -136,7 +156,9 @@ def test_invert_auto_flips_bright_images_and_leaves_dark_ones(digit_pngs):
     assert torch.allclose(out[0], dark[0], atol=1e-6)  # white background → dark background, pixel for pixel
     assert torch.equal(out[1], dark[0])  # already dark: untouched
     assert float(out[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)  # the corner pixel is background
-    assert torch.allclose(invert_images(dark, "always"), white) and torch.equal(invert_images(white, "none"), white)
+    assert torch.allclose(invert_images(dark, "always"), white) and torch.equal(
+        invert_images(white, "none"), white
+    )
     prep = Preprocess([0.5], [0.5], torch.device("cpu"), image_size=28, invert="auto")
     uint8 = torch.from_numpy(255 - image)[None, None]
     assert torch.allclose(prep.to_unit(uint8), dark, atol=1e-6)
@@ -187,7 +209,9 @@ def test_predict_explain_api_for_a_vit(vit_run, digit_pngs, tmp_path):
     with single_thread():
         (row,) = api.predict(vit_run, [str(dark_png)], top_k=2, explain_dir=tmp_path / "why")
     record = row["explain"]
-    assert _is_png(tmp_path / "why" / "dark_gradcam.png") and _is_png(tmp_path / "why" / "dark_feature_maps.png")
+    assert _is_png(tmp_path / "why" / "dark_gradcam.png") and _is_png(
+        tmp_path / "why" / "dark_feature_maps.png"
+    )
     assert record["gradcam_layer"].endswith("blocks.0.norm1")  # the ViT rule of evaluation/cam.py
     assert record["feature_maps_layer"].endswith("patch_embed.proj")  # the ViT's first convolution
     assert record["skipped"] == {}

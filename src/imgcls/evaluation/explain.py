@@ -44,20 +44,28 @@ def explain_image(
     with torch.no_grad():
         probs = model.head.predict(model(inputs)).float().cpu()[0]
     pred = int(probs.argmax())
-    record: dict[str, Any] = {"predicted": class_names[pred], "probability": float(probs[pred]), "skipped": {}}
+    record: dict[str, Any] = {
+        "predicted": class_names[pred],
+        "probability": float(probs[pred]),
+        "skipped": {},
+    }
     target = find_cam_target(model, inputs)
     if target is None:
         record["skipped"]["gradcam"] = "the model has no convolutional feature map or attention block"
     else:
         maps = grad_cam(model, inputs, [pred], target)
         title = f"pred: {class_names[pred]} ({float(probs[pred]):.2f})"
-        record["gradcam"] = str(plot_gradcam([shown], maps, [title], out_dir / f"{stem}_gradcam.png", target.name))
+        record["gradcam"] = str(
+            plot_gradcam([shown], maps, [title], out_dir / f"{stem}_gradcam.png", target.name)
+        )
         record["gradcam_layer"] = target.name
     found = first_conv_maps(model, inputs)
     if found is None:
         record["skipped"]["feature_maps"] = "the model has no convolution"
     else:
         name, maps = found
-        record["feature_maps"] = str(plot_feature_maps(shown, maps[0], out_dir / f"{stem}_feature_maps.png", name))
+        record["feature_maps"] = str(
+            plot_feature_maps(shown, maps[0], out_dir / f"{stem}_feature_maps.png", name)
+        )
         record["feature_maps_layer"] = name
     return record

@@ -22,7 +22,9 @@ from imgcls.errors import ConfigError
 
 def check_focal(gamma: float, alpha: float | None) -> None:
     if gamma < 0 or (alpha is not None and not 0.0 <= alpha <= 1.0):
-        raise ConfigError(f"focal loss needs focal_gamma >= 0 and focal_alpha in [0, 1] or null; got {gamma}, {alpha}")
+        raise ConfigError(
+            f"focal loss needs focal_gamma >= 0 and focal_alpha in [0, 1] or null; got {gamma}, {alpha}"
+        )
 
 
 def sigmoid_focal_loss(
