@@ -21,20 +21,21 @@ from imgcls.config import ExperimentConfig, apply_overrides, build_config, confi
 from imgcls.data.prepare import PreparedData, make_loader, prepare_data
 from imgcls.engine.callbacks import (
     Checkpointer,
+    PlateauFeed,
     EarlyStopping,
     HistoryLogger,
-    PlateauFeed,
     ProgressPrinter,
     StopAtValAcc,
 )
 from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, UserError
-from imgcls.models.classifier import Classifier, build_model
+from imgcls.evaluation.predict import Predictor
+from imgcls.models.classifier import build_model
 from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from imgcls.runtime.precision import autocast, configure_backends, resolve_device
+from imgcls.runtime.precision import configure_backends, resolve_device
 
 
 @dataclass
@@ -191,99 +192,7 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------- predict
-class Predictor:
-    """A trained model ready for inference on image files, PIL images or uint8 tensors."""
-
-    def __init__(self, model: Classifier, preprocess: dict[str, Any], class_names: list[str], taxonomy=None, device: str = "cpu") -> None:
-        from imgcls.data.preprocess import Preprocess
-
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.meta, self.class_names, self.taxonomy = preprocess, class_names, taxonomy
-        self.prep = Preprocess.from_meta(preprocess, self.device)
-
-    def load_images(self, images: list[Any]) -> torch.Tensor:
-        from PIL import Image
-
-        from imgcls.data.decode import _BAD_IMAGE_ERRORS, decode_image
-        from imgcls.data.images import convert_channels, resize_uint8
-        from imgcls.errors import DataError
-
-        size, channels = int(self.meta["image_size"]), int(self.meta["channels"])
-        out = []
-        for item in images:
-            if isinstance(item, torch.Tensor):
-                t = item if item.ndim == 4 else item[None]
-                out.append(resize_uint8(convert_channels(t.to(torch.uint8), channels), size))
-                continue
-            if isinstance(item, Image.Image):
-                item.save(buf := __import__("io").BytesIO(), format="PNG")
-                buf.seek(0)
-                item = buf
-            try:
-                out.append(decode_image(item, size, channels)[None])
-            except FileNotFoundError:
-                raise DataError(f"image '{item}' does not exist") from None
-            except _BAD_IMAGE_ERRORS as exc:
-                raise DataError(f"cannot read image '{item}': {exc}") from None
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def _predict_views(self, images: list[Any], tta: int):
-        from imgcls.evaluation.predict import predict_views
-
-        batch = self.load_images(images).to(self.device)
-        return predict_views(self.model, batch, self.prep, lambda: autocast(self.device, None), tta)
-
-    def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
-        return self._predict_views(images, tta).probs.cpu()
-
-    def predict(self, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None) -> list[dict[str, Any]]:
-        """Top-k classes per image; with ``threshold`` τ also the deepest taxonomy node on a consistent
-        root path whose probability ≥ τ. Node probabilities come from the head itself for node-space
-        heads (``predict_nodes``: SphereMulti, SphereMultiHier, per-level heads), else the class
-        probabilities summed up the tree."""
-        views = self._predict_views(images, tta)
-        probs = views.probs.cpu()
-        node_probs = None if views.node_probs is None else views.node_probs.cpu()
-        k = min(top_k, probs.shape[1])
-        results = []
-        for i, p in enumerate(probs):
-            values, idx = p.topk(k)
-            row: dict[str, Any] = {
-                "image": str(images[i]) if isinstance(images[i], (str, Path)) else f"#{i}",
-                "top_k": [{"class": self.class_names[j], "probability": float(v)} for v, j in zip(values, idx.tolist(), strict=True)],
-            }
-            if threshold is not None:
-                row["hierarchy"] = self.hierarchical_path(p[None], threshold, None if node_probs is None else node_probs[i : i + 1])[0]
-            results.append(row)
-        return results
-
-    def explain(self, images: list[Any], out_dir: str | Path) -> list[dict[str, Any]]:
-        """Grad-CAM of the predicted class and the first convolution's feature maps for each image, written
-        to ``out_dir`` as ``<image stem>_gradcam.png`` and ``<image stem>_feature_maps.png``."""
-        from imgcls.evaluation.explain import explain_image, safe_stem
-
-        batch = self.load_images(images)
-        stems = [safe_stem(str(item)) if isinstance(item, (str, Path)) else f"image_{i}" for i, item in enumerate(images)]
-        return [explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, Path(out_dir), stem)
-                for i, stem in enumerate(stems)]
-
-    def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
-                          node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
-        from imgcls.errors import UserError as _UserError
-
-        if self.taxonomy is None:
-            raise _UserError("--threshold needs a model trained with a taxonomy (data.taxonomy)")
-        from imgcls.evaluation.hierarchical import threshold_decode
-
-        if node_probs is None:
-            node_probs = self.taxonomy.class_to_node_probs(class_probs)
-        nodes = threshold_decode(node_probs, self.taxonomy, threshold)
-        return [{"path": self.taxonomy.path_names(int(n)), "probability": float(node_probs[i, int(n)]) if int(n) >= 0 else 1.0}
-                for i, n in enumerate(nodes)]
-
-
+# Predictor lives in imgcls.evaluation.predict; `imgcls.api.Predictor` stays importable.
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Predictor:
     """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`)."""
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
@@ -344,3 +253,22 @@ def taxonomy(source: str | Path, overrides: list[str] | None = None):
 
     return build_taxonomy(cfg.data.taxonomy, source_data.train.class_names, rule=cfg.data.taxonomy_rule,
                           synsets=source_data.synsets or None)
+
+
+def data_cache(src: str | Path, dst: str | Path, *, size: int = 96, grayscale: bool = False, workers: int | None = None,
+               chunk_size: int = 256, exclude_manifest: str | Path | None = None, overwrite: bool = False,
+               progress: bool = False) -> dict[str, Any]:
+    """Decode an image-folder class tree once into a resized uint8 cache (resumable); returns a summary."""
+    from imgcls.data.cache import build_cache
+
+    return build_cache(src, dst, size=size, grayscale=grayscale, workers=workers, chunk_size=chunk_size,
+                       exclude_manifest=exclude_manifest, overwrite=overwrite, progress=progress)
+
+
+def data_dedup(src: str | Path, *, threshold: int = 2, scope: str = "both", hash_kind: str = "phash", size: int = 96,
+               workers: int | None = None, out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Find near-duplicate images of a class tree by perceptual hash; writes and returns the manifest (files untouched)."""
+    from imgcls.data.dedup import dedup_folder
+
+    return dedup_folder(src, threshold=threshold, scope=scope, kind=hash_kind, size=size, workers=workers, out=out,
+                        progress=progress)

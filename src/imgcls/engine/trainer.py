@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig
+from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig, stage_section
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
 from imgcls.engine.autotune import (
@@ -158,14 +157,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ stages
     def _stage_section(self, base: OptimConfig | ScheduleConfig, overrides: dict, where: str):
-        try:
-            return type(base).model_validate({**base.model_dump(), **overrides})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(
-                f"invalid stages[{self.state.stage}].{where}.{key}={err.get('input')!r}: {err['msg']}"
-            ) from None
+        return stage_section(base, overrides, f"stages.{self.state.stage}.{where}")
 
     def _select_modules(self, prefixes: list[str], what: str) -> list[nn.Module]:
         modules = dict(self.model.named_modules())
@@ -326,9 +318,9 @@ class Trainer:
             cb.on_epoch_start(self)
         start = time.perf_counter()
         self.objective.on_epoch_start(self.state.global_epoch, self.total_epochs)
-        objective_metrics = self.objective.epoch_metrics()
         train_metrics = self.train_epoch()
         val_metrics = self.validate(self.model, self.val_loader)
+        objective_metrics = self.objective.epoch_metrics()  # after the epoch: it may summarise its batches
         self.state.epoch_in_stage += 1
         self.state.global_epoch += 1
         metrics: dict[str, Any] = {

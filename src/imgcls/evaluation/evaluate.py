@@ -167,10 +167,17 @@ def batch_graph_extension(ctx: EvalContext) -> None:
     batch_dependence_extension(ctx)
 
 
+def distillation_extension(ctx: EvalContext) -> None:
+    from imgcls.evaluation.distillation import distillation_extension as extend
+
+    extend(ctx)
+
+
 #: functions adding metrics to the context before figures are drawn
 METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
     hierarchical_extension,
     batch_graph_extension,
+    distillation_extension,
     complexity_extension,
     embedding_metrics_extension,
 ]

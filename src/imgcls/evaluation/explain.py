@@ -4,7 +4,7 @@ Grad-CAM on the last convolution and the first convolution's feature maps for on
 For each image: the Grad-CAM map of the predicted class (:mod:`imgcls.evaluation.cam` chooses the layer
 for CNNs and ViTs alike) drawn over the image, and the output channels of the first convolution the
 forward pass runs (a ViT's patch embedding is one); the same plots as the run report's
-``gradcam.png`` / ``feature_maps.png`` (:mod:`imgcls.evaluation.figures`), for one image.
+``gradcam.png`` / ``feature_maps.png`` (:mod:`imgcls.evaluation.plots`), for one image.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation.cam import find_cam_target, grad_cam
-from imgcls.evaluation.figures import first_conv_maps, plot_feature_maps, plot_gradcam
+from imgcls.evaluation.figures import first_conv_maps
+from imgcls.evaluation.plots import plot_feature_maps, plot_gradcam
 
 
 def safe_stem(name: str) -> str:

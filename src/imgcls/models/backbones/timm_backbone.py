@@ -10,13 +10,47 @@ Token models (ViT, DeiT, DINOv2) also expose ``forward_tokens``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 from imgcls.errors import ConfigError, DataError
-from imgcls.registry import BACKBONES
+from imgcls.registry import BACKBONES, ComponentArgs
+
+#: create_model arguments imgcls sets itself (from data.channels, model.pretrained, model.pretrained_file)
+RESERVED = ("name", "model_name", "in_chans", "num_classes", "pretrained", "pretrained_file", "pretrained_cfg_overlay")
+
+
+class TimmArgs(ComponentArgs):
+    """``model.backbone_args`` of ``timm:<model>``: keyword arguments of ``timm.create_model``.
+
+    The common ones are typed (None: the model's own default); any other key is passed to timm as it is
+    (models differ in what they accept), and timm rejects what the model does not take when it is built.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    drop_rate: float | None = Field(None, ge=0.0, lt=1.0, description="dropout before the (removed) classifier")
+    drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0, description="stochastic depth")
+    img_size: int | None = Field(None, gt=0, description="input size of ViT-like models (positions are resized)")
+    global_pool: str | None = Field(None, description="pooling of the features (e.g. avg, token, map)")
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> TimmArgs:
+        taken = [k for k in self.model_extra or {} if k in RESERVED]
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)} is set by imgcls (data.channels, model.pretrained, model.pretrained_file), "
+                "not in backbone_args"
+            )
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        typed = {k: v for k, v in super().kwargs().items() if v is not None}
+        return {**typed, **(self.model_extra or {})}
 
 
 class TimmBackbone(nn.Module):
@@ -61,6 +95,6 @@ class TimmBackbone(nn.Module):
         return dict(zip(layers, outs, strict=True))
 
 
-@BACKBONES.register("timm", prefix=True)
+@BACKBONES.register("timm", prefix=True, args=TimmArgs)
 def timm_backbone(name: str, in_chans: int = 3, pretrained: bool = False, pretrained_file: str | None = None, **kwargs) -> TimmBackbone:
     return TimmBackbone(name, in_chans=in_chans, pretrained=pretrained, pretrained_file=pretrained_file, **kwargs)
