@@ -21,9 +21,9 @@ from imgcls.config import ExperimentConfig, apply_overrides, build_config, confi
 from imgcls.data.prepare import PreparedData, make_loader, prepare_data
 from imgcls.engine.callbacks import (
     Checkpointer,
-    PlateauFeed,
     EarlyStopping,
     HistoryLogger,
+    PlateauFeed,
     ProgressPrinter,
     StopAtValAcc,
 )
