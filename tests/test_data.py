@@ -127,7 +127,7 @@ def test_prepare_data_with_subsets():
     assert torch.bincount(data.val.labels).tolist() == [10] * 10
     assert torch.bincount(data.train.labels).tolist() == [90] * 10
     assert torch.bincount(data.test.labels).tolist() == [50] * 10
-    assert data.preprocess == {"image_size": 28, "channels": 1, "mean": [0.2860], "std": [0.3530]}
+    assert data.preprocess == {"image_size": 28, "channels": 1, "mean": [0.2860], "std": [0.3530], "invert": "none"}
     assert data.skipped_files == []
 
 

@@ -174,6 +174,7 @@ def test_embed_2d_shapes_and_bad_method():
 # ------------------------------------------------------------------------------------------------ a whole evaluation
 ALL_FILES = [
     "curves.png",
+    "class_distribution.png",
     "confusion.png",
     "per_class.png",
     "roc.png",

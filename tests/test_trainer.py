@@ -68,7 +68,7 @@ def test_checkpoint_is_self_describing(shared):
     ckpt = ckpt_io.load_checkpoint(shared / "checkpoints" / "last.pt")
     assert ckpt["format"] == ckpt_io.FORMAT
     assert ckpt["class_names"][:2] == ["T-shirt/top", "Trouser"]
-    assert ckpt["preprocess"] == {"image_size": 28, "channels": 1, "mean": [0.286], "std": [0.353]}
+    assert ckpt["preprocess"] == {"image_size": 28, "channels": 1, "mean": [0.286], "std": [0.353], "invert": "none"}
     assert ckpt["config"]["train"]["epochs"] == 2
     assert {"torch", "timm", "imgcls", "python"} <= set(ckpt["versions"])
     assert {"optimizer", "scheduler", "scaler", "callbacks"} <= set(ckpt)

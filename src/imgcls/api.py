@@ -26,6 +26,7 @@ from imgcls.engine.callbacks import (
     Checkpointer,
     EarlyStopping,
     HistoryLogger,
+    PlateauFeed,
     ProgressPrinter,
     RecoveryCheckpointer,
     StopAtValAcc,
@@ -87,12 +88,12 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     from imgcls.engine.averaging import averaging_callbacks
 
     # head initialisation first: weight averaging copies the model at stage start
-    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), StopAtValAcc()]
+    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), StopAtValAcc(), PlateauFeed()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
-        Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
+        Checkpointer(run_dir / "checkpoints", cfg.train.monitor, cfg.output.keep_every_epochs),
         RecoveryCheckpointer(run_dir / "checkpoints", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes),
         ProgressPrinter(cfg.train.progress),
     ]
@@ -269,8 +270,19 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu"
 
 
 def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
-            checkpoint: str | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
-    return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold, on_error=on_error)
+            checkpoint: str | None = None, on_error: str = "raise",
+            explain_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Top-k predictions per image (``on_error="report"``: an unreadable image becomes an ``error`` row and the
+    others are still predicted); with ``explain_dir`` also Grad-CAM and first-conv feature maps for each readable
+    image (its row gets an ``explain`` record with the files written)."""
+    predictor = load(run_dir, checkpoint)
+    rows = predictor.predict(images, top_k=top_k, tta=tta, threshold=threshold, on_error=on_error)
+    if explain_dir is not None:
+        readable = [i for i, row in enumerate(rows) if "error" not in row]
+        records = predictor.explain([images[i] for i in readable], explain_dir) if readable else []
+        for i, record in zip(readable, records, strict=True):
+            rows[i]["explain"] = record
+    return rows
 
 
 # ---------------------------------------------------------------------------------- compare / export

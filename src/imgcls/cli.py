@@ -93,12 +93,15 @@ def predict(
     threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help="print the deepest taxonomy node with p ≥ τ"),
     checkpoint: str | None = typer.Option(None, "--checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    explain: bool = typer.Option(False, "--explain", help="also write Grad-CAM and first-conv feature maps per image"),
+    explain_dir: Path | None = typer.Option(None, "--explain-dir", help="folder for --explain figures (default: RUN/explain)"),
 ) -> None:
     """Classify images with a trained run (preprocessing is read from the checkpoint)."""
     from imgcls import api
 
+    folder = (explain_dir or run_dir / "explain") if explain or explain_dir else None
     results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint,
-                          on_error="report")
+                          on_error="report", explain_dir=folder)
     failed = [row for row in results if "error" in row]
     if as_json:
         out.print_json(json.dumps(results))
@@ -119,6 +122,11 @@ def _print_predictions(results: list[dict], threshold: float | None) -> None:
         if "hierarchy" in row:
             h = row["hierarchy"]
             out.print(f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})", highlight=False, soft_wrap=True)
+        for key in ("gradcam", "feature_maps"):
+            if key in row.get("explain", {}):
+                out.print(f"  {key}: {row['explain'][key]}", highlight=False, soft_wrap=True)
+            elif key in row.get("explain", {}).get("skipped", {}):
+                out.print(f"  {key} skipped: {row['explain']['skipped'][key]}", highlight=False, soft_wrap=True)
 
 
 taxonomy_app = typer.Typer(no_args_is_help=True, help="Inspect class taxonomies.")

@@ -45,6 +45,9 @@ class DataConfig(Section):
     samples_per_class: int | None = Field(None, gt=0, description="balanced: images per class per epoch; m_per_class: m")
     taxonomy: str | None = Field(None, description="'wordnet', or a path to a parent-map YAML/JSON or label-path CSV")
     taxonomy_rule: Literal["first_path", "shortest_path"] = "first_path"
+    invert: Literal["none", "auto", "always"] = Field(
+        "none", description="auto: invert each image whose mean is above 127/255 (dark-on-white → MNIST-like); stored for predict"
+    )
     exclude_manifest: str | None = Field(
         None, description="dedup manifest (imgcls data dedup --out FILE): the files it removed are skipped"
     )
@@ -74,6 +77,8 @@ class AugmentConfig(Section):
     perspective: float = Field(0.0, ge=0.0, le=1.0, description="distortion scale (probability 0.5)")
     brightness: float = Field(0.0, ge=0.0, le=1.0)
     contrast: float = Field(0.0, ge=0.0, le=1.0)
+    saturation: float = Field(0.0, ge=0.0, le=1.0, description="colour saturation factor U(1 ± value) (RGB only)")
+    hue: float = Field(0.0, ge=0.0, le=0.5, description="hue shift U(± value) in turns (RGB only)")
     grayscale: bool = False
     randaugment: tuple[int, int] | None = Field(None, description="(num_ops N, magnitude M 0..30)")
     autoaugment: Literal["cifar10", "imagenet", "svhn"] | None = None
@@ -113,12 +118,22 @@ class OptimConfig(Section):
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "constant", "step", "linear"] = "cosine"
+    name: Literal["cosine", "constant", "step", "linear", "exponential", "cyclic", "plateau"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_start_factor: float = Field(0.1, ge=0.0, le=1.0, description="warm-up starts at lr × this (not 0)")
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine ends at lr × this")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="cosine/linear end at lr × this; exponential/plateau floor; cyclic low end"
+    )
     step_epochs: list[int] = Field(default_factory=list, description="step: multiply lr by gamma at these epochs")
     gamma: float = 0.1
+    exp_gamma: float = Field(0.95, gt=0.0, le=1.0, description="exponential: lr multiplier per epoch after warm-up")
+    cyclic_step_epochs: float = Field(2.0, gt=0.0, description="cyclic: half-cycle length (low → high) in epochs")
+    cyclic_mode: Literal["triangular", "triangular2"] = Field("triangular", description="triangular2 halves each cycle")
+    plateau_monitor: Literal["val_loss", "val_acc"] = Field("val_loss", description="plateau: the metric watched")
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: lr multiplier on a plateau")
+    plateau_patience: int = Field(10, ge=0, description="plateau: epochs without improvement tolerated")
+    plateau_threshold: float = Field(1e-4, ge=0.0, description="plateau: relative improvement that counts")
+    plateau_cooldown: int = Field(0, ge=0, description="plateau: epochs after a reduction before counting again")
 
 
 class TrainConfig(Section):
@@ -172,7 +187,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
     batch_size: int | None = Field(None, gt=0, description="None: the training batch size")
-    top_k: list[int] = Field(default_factory=lambda: [1, 5])
+    top_k: list[int] = Field(default_factory=lambda: [1, 3, 5], description="top-k accuracies reported (seed 004 quotes top-3)")
     tta: int = Field(1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)")
     calibration_bins: int = Field(15, ge=2)
     calibration: Literal["none", "temperature"] = Field(
@@ -189,6 +204,9 @@ class OutputConfig(Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run name (default: the config file's stem)")
     tensorboard: bool = True
+    keep_every_epochs: int | None = Field(
+        None, ge=1, description="also keep checkpoints/epoch_{n}.pt every N epochs (other epoch_*.pt are pruned)"
+    )
 
 
 class DistillTokensConfig(Section):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.data.preprocess import invert_images
 from imgcls.errors import UserError
 
 
@@ -37,14 +38,15 @@ class ExportParityError(UserError):
 class ExportableClassifier(nn.Module):
     """``images in [0, 1] (B, C, S, S) → class probabilities (B, K)``: normalisation + model + head.predict."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], invert: str = "none") -> None:
         super().__init__()
         self.model = model.eval()
+        self.invert = invert  # data.invert of the run (applied inside the graph, before normalisation)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.model((images - self.mean) / self.std)
+        out = self.model((invert_images(images, self.invert) - self.mean) / self.std)
         return self.model.head.predict(out)
 
 
@@ -158,7 +160,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu().float().eval()
     channels, size = int(preprocess["channels"]), int(preprocess["image_size"])
-    wrapper = ExportableClassifier(model, preprocess["mean"], preprocess["std"]).eval()
+    wrapper = ExportableClassifier(model, preprocess["mean"], preprocess["std"], preprocess.get("invert", "none")).eval()
     inputs = sample_inputs(channels, size)
     record: dict[str, Any] = {
         "input": {
@@ -172,6 +174,7 @@ def export_model(
                 "std": preprocess["std"],
                 "applied": "inside the graph",
             },
+            "invert": {"mode": preprocess.get("invert", "none"), "applied": "inside the graph, before normalisation"},
         },
         "output": {
             "name": "probabilities",

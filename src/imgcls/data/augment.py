@@ -3,8 +3,9 @@
 SPEC §2.2 (ASL transforms), §5.3/§5.5 (seed 004 recipes), §5.9 items 9–10; DESIGN "Data path
 and speed". A :class:`BatchAugment` takes a float batch in [0, 1] on any device and applies, in
 this fixed order: grayscale → crop with zero padding → horizontal flip → geometry (random
-resized crop, affine, perspective: one fused resampling) → brightness/contrast → AutoAugment →
-RandAugment → TrivialAugment → Cutout → Random Erasing → MixUp/CutMix. Every op draws its
+resized crop, affine, perspective: one fused resampling) → colour jitter (brightness, contrast,
+saturation, hue) → AutoAugment → RandAugment → TrivialAugment → Cutout → Random Erasing →
+MixUp/CutMix. Every op draws its
 parameters *per sample* from the caller's CPU ``torch.Generator`` (so results are seeded and the
 same on every device) and runs as one vectorised kernel; no per-sample Python loops.
 
@@ -131,7 +132,7 @@ class BatchAugment:
             RandomResizedCrop(cfg.random_resized_crop),
             RandomAffine(cfg.rotation, cfg.translate, cfg.scale, cfg.shear),
             RandomPerspective(cfg.perspective, 0.5),
-            ColorJitter(cfg.brightness, cfg.contrast),
+            ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue),
             AutoAugment(cfg.autoaugment),
             RandAugment(*(cfg.randaugment or (0, 0))),
             TrivialAugment(cfg.trivialaugment),

@@ -244,6 +244,41 @@ def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
     return _blend(images, to_grayscale(images), _per_sample(factor, images))
 
 
+def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] → HSV with hue in [0, 1) (torchvision's ``_rgb2hsv``; grey pixels get hue 0)."""
+    r, g, b = images.unbind(dim=1)
+    maxc, minc = images.amax(dim=1), images.amin(dim=1)
+    chroma = maxc - minc
+    grey = chroma == 0
+    ones = torch.ones_like(maxc)
+    saturation = chroma / torch.where(grey, ones, maxc)
+    divisor = torch.where(grey, ones, chroma)
+    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    hue = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
+    return torch.stack((hue, saturation, maxc), dim=1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`: channel ``n`` (5, 3, 1 for R, G, B) is ``v − v·s·clamp(min(k, 4 − k), 0, 1)``
+    with ``k = (n + 6h) mod 6`` — the closed form of the six-sector table torchvision's ``_hsv2rgb`` uses."""
+    h, s, v = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * h, 6.0)
+    return (v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)).clamp_(0.0, 1.0)
+
+
+def adjust_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by ``shift`` ``(B,)`` turns in [−0.5, 0.5] (torchvision's ``adjust_hue``; identity on 1 channel)."""
+    if images.shape[1] == 1:
+        return images
+    hsv = rgb_to_hsv(images)
+    hue = torch.remainder(hsv[:, 0:1] + _per_sample(shift, images), 1.0)
+    return hsv_to_rgb(torch.cat((hue, hsv[:, 1:]), dim=1))
+
+
 def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with a 3×3 smoothed image (13-weight kernel); the 1-pixel border is kept (PIL/torchvision)."""
     height, width = images.shape[-2:]
@@ -513,18 +548,25 @@ class RandomPerspective(GeometricOp):
 
 
 class ColorJitter(BatchOp):
-    """Brightness factor ``U(1 ± brightness)`` then contrast factor ``U(1 ± contrast)`` (torchvision's formulas).
+    """torchvision's ``ColorJitter`` per sample: brightness factor ``U(1 ± brightness)``, contrast factor
+    ``U(1 ± contrast)``, saturation factor ``U(1 ± saturation)`` (floored at 0) and hue shift
+    ``U(−hue, hue)`` turns, each with torchvision's formula (saturation and hue leave 1-channel images alone).
 
-    torchvision shuffles the order per call; both orders give the same image up to clipping
-    (contrast blends with the mean, which scales with brightness), so the order is fixed here.
+    torchvision shuffles the order of the four per call; we apply them in the fixed order brightness →
+    contrast → saturation → hue. Brightness and contrast commute up to clipping (contrast blends with the
+    mean, which scales with brightness); saturation and hue act on chroma only and are the last two, as in
+    the most common of torchvision's orders.
     """
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0) -> None:
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0) -> None:
+        if not 0.0 <= hue <= 0.5:
+            raise ValueError(f"hue jitter must be in [0, 0.5] turns, got {hue}")
         self.brightness, self.contrast = float(brightness), float(contrast)
+        self.saturation, self.hue = float(saturation), float(hue)
 
     @property
     def is_identity(self) -> bool:
-        return self.brightness == 0.0 and self.contrast == 0.0
+        return self.brightness == 0.0 and self.contrast == 0.0 and self.saturation == 0.0 and self.hue == 0.0
 
     def apply(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b = images.shape[0]
@@ -536,6 +578,12 @@ class ColorJitter(BatchOp):
             images = adjust_contrast(
                 images, uniform((b,), max(0.0, 1 - self.contrast), 1 + self.contrast, generator)
             )
+        if self.saturation > 0:
+            images = adjust_saturation(
+                images, uniform((b,), max(0.0, 1 - self.saturation), 1 + self.saturation, generator)
+            )
+        if self.hue > 0:
+            images = adjust_hue(images, uniform((b,), -self.hue, self.hue, generator))
         return images
 
 

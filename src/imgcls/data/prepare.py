@@ -37,11 +37,13 @@ class PreparedData:
     mean: list[float]
     std: list[float]
     synsets: dict[str, str] = field(default_factory=dict)
+    invert: str = "none"
 
     @property
     def preprocess(self) -> dict:
         """What a checkpoint records so that inference prepares images the same way."""
-        return {"image_size": self.image_size, "channels": self.channels, "mean": self.mean, "std": self.std}
+        return {"image_size": self.image_size, "channels": self.channels, "mean": self.mean, "std": self.std,
+                "invert": self.invert}
 
     @property
     def skipped_files(self) -> list[str]:
@@ -114,7 +116,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         mean, std = _estimate_stats(train, size, channels)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/std need {channels} values (one per channel), got {len(mean)}/{len(std)}")
-    return PreparedData(train, val, test, list(train.class_names), size, channels, mean, std, dict(source.synsets))
+    return PreparedData(train, val, test, list(train.class_names), size, channels, mean, std, dict(source.synsets), d.invert)
 
 
 def _estimate_stats(train: ImageData, size: int, channels: int, n: int = 2000) -> tuple[list[float], list[float]]:

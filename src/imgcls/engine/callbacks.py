@@ -102,15 +102,31 @@ class StopAtValAcc(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes ``last.pt`` (full resumable state) every epoch and ``best.pt`` when the monitor improves."""
+    """Writes ``last.pt`` (full resumable state) every epoch and ``best.pt`` when the monitor improves.
+
+    With ``keep_every`` = N (``output.keep_every_epochs``, seed 004 saved every 10 epochs) it also keeps
+    ``epoch_{n}.pt`` (weights and metadata, like ``best.pt``) after every epoch n that is a multiple of N,
+    and prunes any other ``epoch_*.pt`` in the folder (left by an earlier attempt with another N, or from
+    epochs after the one a run was resumed at).
+    """
 
     name = "checkpointer"
 
-    def __init__(self, directory: Path, monitor: str) -> None:
+    def __init__(self, directory: Path, monitor: str, keep_every: int | None = None) -> None:
         self.directory, self.monitor = directory, monitor
         self.mode = "min" if monitor.endswith("loss") else "max"
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.keep_every = keep_every
+
+    def _periodic(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch % self.keep_every == 0:
+            trainer.save_checkpoint(self.directory / f"epoch_{epoch}.pt", full=False, metrics=metrics)
+        for path in self.directory.glob("epoch_*.pt"):
+            n = path.stem.removeprefix("epoch_")
+            if not n.isdigit() or int(n) % self.keep_every != 0 or int(n) > epoch:
+                path.unlink(missing_ok=True)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         value = float(metrics[self.monitor])
@@ -120,6 +136,8 @@ class Checkpointer(Callback):
                 trainer.save_checkpoint(self.directory / "best.pt", full=False, metrics=metrics)
         if trainer.dist.is_main:
             trainer.save_checkpoint(self.directory / "last.pt", full=True, metrics=metrics)
+            if self.keep_every:
+                self._periodic(trainer, metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -168,6 +186,18 @@ class RecoveryCheckpointer(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.dist.is_main:  # last.pt (written just before) supersedes it
             self.path.unlink(missing_ok=True)
+
+
+class PlateauFeed(Callback):
+    """Hands each epoch's validation metrics to a schedule that adapts to them (``schedule.name: plateau``,
+    :class:`imgcls.engine.optim.Schedule`); runs at validation end, before any checkpoint is written, so
+    ``last.pt`` holds the updated schedule. Does nothing while weight averaging (SWA) drives the lr."""
+
+    name = "plateau_feed"
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if getattr(trainer.scheduler, "adapts_to_metrics", False) and not trainer.scheduler_paused:
+            trainer.scheduler.observe(metrics)
 
 
 class HistoryLogger(Callback):

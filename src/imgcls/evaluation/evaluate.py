@@ -79,6 +79,7 @@ def fig_risk_coverage(ctx: EvalContext) -> Path | None:
 #: (caption, function); functions run in order when ``eval.plots`` is on
 FIGURES: list[tuple[str, FigureFn]] = [
     ("Training curves", fig_curves),
+    ("Class distribution (train / validation / test)", run_figures.fig_class_distribution),
     ("Confusion matrix", fig_confusion),
     ("Per-class precision, recall and F1", run_figures.fig_per_class),
     ("ROC curves (one-vs-rest)", run_figures.fig_roc),

@@ -1,6 +1,6 @@
 """The figures of an evaluated run: adapters from an :class:`~imgcls.evaluation.evaluate.EvalContext` to the
-plotting functions of :mod:`imgcls.evaluation.plots` (ROC, reliability, per-class scores, the most confident
-mistakes, t-SNE / UMAP of embeddings, Grad-CAM, first-conv feature maps; SPEC §4.4, §4.6 item 4, §5.6), and
+plotting functions of :mod:`imgcls.evaluation.plots` (class distribution, ROC, reliability, per-class scores,
+the most confident mistakes, t-SNE / UMAP of embeddings, Grad-CAM, first-conv feature maps; SPEC §4.4, §4.6 item 4, §5.6), and
 the helpers that choose which samples they show. Each ``fig_*`` returns the file written, or None after
 adding a note saying why it was skipped.
 """
@@ -15,6 +15,7 @@ import torch
 from imgcls.data.splits import stratified_subset
 from imgcls.errors import DataError
 from imgcls.evaluation.plots import (
+    plot_class_distribution,
     plot_embeddings,
     plot_feature_maps,
     plot_gradcam,
@@ -61,6 +62,22 @@ def evaluated_images(ctx: EvalContext, positions: torch.Tensor) -> torch.Tensor:
     return torch.stack(
         [decode_image(test.files[int(i)], ctx.data.image_size, ctx.data.channels) for i in positions]
     )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def split_class_counts(labels: dict[str, torch.Tensor], num_classes: int) -> dict[str, list[int]]:
+    """Images per class of each split (``{split: labels (N,)}`` → ``{split: [count per class]}``)."""
+    return {split: torch.bincount(y.cpu().long(), minlength=num_classes).tolist() for split, y in labels.items()}
+
+
+def fig_class_distribution(ctx: EvalContext) -> Path:
+    """Train / validation / test images per class; the counts also go to ``metrics.json`` (``class_counts``)."""
+    labels = {split: getattr(ctx.data, split).labels for split in SPLITS}
+    counts = split_class_counts(labels, len(ctx.class_names))
+    ctx.metrics["class_counts"] = counts
+    return plot_class_distribution(counts, ctx.class_names, ctx.run_dir / "class_distribution.png")
 
 
 def fig_roc(ctx: EvalContext) -> Path | None:

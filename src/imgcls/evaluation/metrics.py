@@ -33,7 +33,7 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
 
 
 def classification_metrics(
-    probs: torch.Tensor, targets: torch.Tensor, class_names: list[str], top_k: list[int] = (1, 5), calibration_bins: int = 15
+    probs: torch.Tensor, targets: torch.Tensor, class_names: list[str], top_k: list[int] = (1, 3, 5), calibration_bins: int = 15
 ) -> dict:
     """All flat-classification metrics as a JSON-serialisable dict."""
     probs = probs.float()

@@ -1,5 +1,5 @@
-"""Plotting functions (Matplotlib, Agg): training curves, the confusion matrix, ROC, reliability diagram,
-per-class scores, the most confident mistakes, 2-D embeddings, Grad-CAM overlays and first-conv feature maps
+"""Plotting functions (Matplotlib, Agg): training curves, the confusion matrix, the class distribution,
+ROC, reliability diagram, per-class scores, the most confident mistakes, 2-D embeddings, Grad-CAM overlays and first-conv feature maps
 (seed 004's ``evaluate``/``test`` outputs, seed 003's t-SNE; SPEC §4.4, §4.6 item 4, §5.6).
 
 Each ``plot_*`` function takes plain arrays and a path and returns the path, so it can be used and tested
@@ -137,6 +137,30 @@ def image_for_display(image: torch.Tensor | np.ndarray) -> tuple[np.ndarray, str
 
 
 # ------------------------------------------------------------------------------------------------ ROC
+def plot_class_distribution(counts: dict[str, list[int]], class_names: Sequence[str], path: Path) -> Path:
+    """Grouped bars: images per class in each split (seed 004's ``class_distribution.png``); above 40
+    classes the bars are drawn thin and unlabelled on the class index; an empty split gets no bars."""
+    splits = [s for s in counts if sum(counts[s])]
+    n = len(class_names)
+    x = np.arange(n)
+    width = 0.8 / max(1, len(splits))
+    fig, ax = plt.subplots(figsize=(max(6.0, min(0.45 * n + 2, 16.0)), 4.2))
+    colors = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+    for i, split in enumerate(splits):
+        offset = (i - (len(splits) - 1) / 2) * width
+        label = f"{split} ({sum(counts[split]):,})"
+        ax.bar(x + offset, counts[split], width, label=label, color=colors.get(split))
+    if n <= 40:
+        ax.set_xticks(x)
+        ax.set_xticklabels(class_names, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center", fontsize=8)
+    else:
+        ax.set_xlabel("class index")
+    ax.set_ylabel("images")
+    ax.set_title("Class distribution per split")
+    ax.legend()
+    return _save(fig, path)
+
+
 def plot_roc(probs, targets, class_names: Sequence[str], path: Path) -> Path:
     """One-vs-rest ROC curve per class, plus the macro average (mean TPR over a common FPR grid)."""
     from sklearn.metrics import roc_auc_score, roc_curve

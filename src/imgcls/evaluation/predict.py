@@ -225,6 +225,16 @@ class Predictor:
                 row["hierarchy"] = self.hierarchical_path(p[None], threshold, None if node_probs is None else node_probs[j : j + 1])[0]
         return rows
 
+    def explain(self, images: list[Any], out_dir: str | Path) -> list[dict[str, Any]]:
+        """Grad-CAM of the predicted class and the first convolution's feature maps for each image, written
+        to ``out_dir`` as ``<image stem>_gradcam.png`` and ``<image stem>_feature_maps.png``."""
+        from imgcls.evaluation.explain import explain_image, safe_stem
+
+        batch = self.load_images(images)
+        stems = [safe_stem(str(item)) if isinstance(item, (str, Path)) else f"image_{i}" for i, item in enumerate(images)]
+        return [explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, Path(out_dir), stem)
+                for i, stem in enumerate(stems)]
+
     def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
                           node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
         if self.taxonomy is None:

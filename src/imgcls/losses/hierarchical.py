@@ -7,7 +7,8 @@ not the root, ``d(u, v)`` the tree distance.
 HBCE = base + hierarchy penalty + distance penalty, each returned as a named term:
 
 * **base**: weighted BCE, ``mean_{b,j} w_j·BCE(z_bj, y_bj)`` (``BCEWithLogitsLoss(weight=w)``,
-  as the seed), or the Asymmetric Loss (:mod:`imgcls.losses.asymmetric`, batch-normalised sum).
+  as the seed), the Asymmetric Loss (:mod:`imgcls.losses.asymmetric`, batch-normalised sum) or the
+  weighted sigmoid focal loss (:mod:`imgcls.losses.focal`, mean like BCE).
 * **hierarchy penalty**, ``mean_b Σ_{(p,c)∈E} π_pc · v_bpc`` with per-edge penalties ``π``:
   fixed ``π = hier_penalty`` or data-driven (CIHMLC) ``π_pc = (1 − (#[y_p=0 ∧ y_c=1] + ε) /
   (#[y_p=0] + 2ε))·penalty_scale`` counted on training labels, and violations
@@ -32,6 +33,7 @@ from torch import nn
 
 from imgcls.errors import ConfigError
 from imgcls.losses.asymmetric import asymmetric_loss
+from imgcls.losses.focal import check_focal, sigmoid_focal_loss
 from imgcls.taxonomy.tree import Taxonomy
 
 PENALTY_MODES = ("soft", "hard")
@@ -99,7 +101,8 @@ class HierarchicalBCELoss(nn.Module):
 
     Args:
         taxonomy: the tree whose non-root nodes the logits score.
-        base: ``bce`` (weighted ``BCEWithLogits``, mean over batch and nodes) or ``asl``.
+        base: ``bce`` (weighted ``BCEWithLogits``, mean over batch and nodes), ``asl`` or ``focal``
+            (weighted sigmoid focal loss, mean over batch and nodes).
         level_weights: per-node base-loss weights, ``inverse_level_size`` or ``none``.
         penalty_mode: ``soft`` (differentiable, default) or ``hard`` (seed; zero gradient).
         penalties: ``fixed`` (every edge ``hier_penalty``) or ``data`` (CIHMLC, from
@@ -111,6 +114,7 @@ class HierarchicalBCELoss(nn.Module):
         threshold: τ for the hard terms.
         soft_violation: ``diff`` → relu(p_c − p_p), ``product`` → p_c(1 − p_p).
         gamma_neg, gamma_pos, clip: Asymmetric Loss parameters (``base: asl``).
+        focal_gamma, focal_alpha: focal-loss parameters (``base: focal``).
     """
 
     def __init__(
@@ -129,10 +133,13 @@ class HierarchicalBCELoss(nn.Module):
         gamma_neg: float = 4.0,
         gamma_pos: float = 1.0,
         clip: float = 0.05,
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = 0.25,
     ) -> None:
         super().__init__()
-        if base not in ("bce", "asl"):
-            raise ConfigError(f"hierarchical loss base must be 'bce' or 'asl', got '{base}'")
+        if base not in ("bce", "asl", "focal"):
+            raise ConfigError(f"hierarchical loss base must be 'bce', 'asl' or 'focal', got '{base}'")
+        check_focal(focal_gamma, focal_alpha)
         if penalty_mode not in PENALTY_MODES:
             raise ConfigError(f"penalty_mode must be one of {', '.join(PENALTY_MODES)}, got '{penalty_mode}'")
         if penalties not in ("fixed", "data"):
@@ -150,6 +157,7 @@ class HierarchicalBCELoss(nn.Module):
         self.base, self.penalty_mode, self.soft_violation = base, penalty_mode, soft_violation
         self.threshold, self.distance_weight = threshold, distance_weight
         self.asl = {"gamma_neg": gamma_neg, "gamma_pos": gamma_pos, "clip": clip}
+        self.focal = {"gamma": focal_gamma, "alpha": focal_alpha}
         lineage = taxonomy.lineage_matrix()
         edges = taxonomy.edge_index()
         if penalties == "fixed":
@@ -182,6 +190,8 @@ class HierarchicalBCELoss(nn.Module):
         y = soft @ self.lineage if soft is not None else self.lineage[hard_idx]
         if self.base == "bce":
             base = F.binary_cross_entropy_with_logits(z, y, weight=self.node_weight)
+        elif self.base == "focal":
+            base = sigmoid_focal_loss(z, y, weight=self.node_weight, **self.focal)
         else:
             base = asymmetric_loss(z, y, weight=self.node_weight, **self.asl)
         terms = {self.base: base}

@@ -13,6 +13,12 @@ per-sample linear map) or ``memory`` (each test sample joins a FIFO bank of trai
 another test sample). CL-FCH never reads labels at evaluation: its test graph comes from the pseudo-labels
 of an auxiliary linear head on the unrefined embeddings (``cl_test_graph: pseudo``), or falls back to RBF.
 
+Under DDP, ``global_graph: true`` builds the training graph over the **global** batch: the node embeddings
+(and labels) of every rank are all-gathered — differentiably, so each rank's loss also reaches the other
+ranks' rows — the graph and the structure-preserving term span all of them, and each rank classifies its
+own rows. A run of 4 processes × 64 then sees the graph of one process × 256 (same gradient step, up to
+float rounding). Evaluation graphs stay per process (``eval_graph``).
+
 The graph part (adjacency, normalisation, Chebyshev recursion and its weights) always runs in fp32 with
 autocast disabled (SPEC §1.8 item 7). Design choices are documented in ``docs/fch.md``.
 """
@@ -50,6 +56,7 @@ from imgcls.models.heads.graph import (
 )
 from imgcls.models.heads.memory_bank import MemoryBank
 from imgcls.registry import HEADS, ComponentArgs
+from imgcls.runtime.distributed import gather_rows, gather_rows_with_grad, world_size
 
 if TYPE_CHECKING:
     from imgcls.runtime.batch import Batch
@@ -152,6 +159,9 @@ class FCHArgs(ComponentArgs):
         1.0, ge=0.0, description="weight of the auxiliary head's CE (CL-FCH, pseudo-labels)"
     )
     memory_size: int = Field(1024, ge=0, description="FIFO bank size for eval_graph: memory (0: no bank)")
+    global_graph: bool = Field(
+        False, description="DDP: build the training graph and structure term over the all-gathered global batch"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FCHArgs:
@@ -205,6 +215,8 @@ class FCHHead(Head):
             graph) or ``memory`` (pseudo-labels against the labelled training bank).
         aux_weight: weight of the auxiliary head's CE (``aux_ce``; CL-FCH with pseudo-labels only).
         memory_size: FIFO bank size M for ``memory`` mode (0 disables the bank).
+        global_graph: under DDP, build the training graph (and the structure term) over the all-gathered
+            global batch instead of each process's share (no effect in a single process or at evaluation).
     """
 
     def __init__(
@@ -237,6 +249,7 @@ class FCHHead(Head):
         cl_test_graph: str = "pseudo",
         aux_weight: float = 1.0,
         memory_size: int = 1024,
+        global_graph: bool = False,
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
         FCHArgs.from_init("fch", locals())
@@ -258,6 +271,7 @@ class FCHHead(Head):
         self.sp_distance = sp_distance
         self.cl_test_graph = cl_test_graph
         self.aux_weight = float(aux_weight)
+        self.global_graph = bool(global_graph)
 
         width = proj_dim or in_features
         self.embedding_dim = width
@@ -335,16 +349,27 @@ class FCHHead(Head):
             )
         x = self.embed(features)
         aux_logits = self.aux_head(x) if self.aux_head is not None else None
+        extras: dict[str, torch.Tensor] = {}
         with torch.autocast(device_type=features.device.type, enabled=False):
             xf = x.float()
-            refined = self._convolve(self._graph_terms(xf, targets, aux_logits))
+            nodes, node_targets, node_aux, rows = xf, targets, aux_logits, None
+            if self.global_graph and self.training and world_size() > 1:
+                nodes, start = gather_rows_with_grad(xf)
+                node_targets = gather_rows(targets) if targets is not None else None
+                node_aux = gather_rows(aux_logits) if aux_logits is not None else None
+                rows = slice(start, start + xf.shape[0])
+            refined = self._convolve(self._graph_terms(nodes, node_targets, node_aux))
         if self.training and targets is not None:
             self.memory.push(xf.detach(), targets)
         h = self.graph_activation(refined)
         if self.residual:
-            h = xf + h
+            h = nodes + h
+        if rows is not None:  # global graph: the structure term spans every rank's rows
+            if node_targets is not None:
+                extras.update(global_embeddings=h, global_targets=node_targets)
+            h = h[rows]
         logits = self.classifier(self.graph_dropout(h))
-        extras = {"unrefined": xf}
+        extras["unrefined"] = xf
         if aux_logits is not None:
             extras["aux_logits"] = aux_logits
         return HeadOutput(logits=logits, embeddings=h, extras=extras)
@@ -440,9 +465,13 @@ class FCHHead(Head):
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         terms = {"ce": cross_entropy(output.logits, batch, self.label_smoothing)}
         if self.structure_weight > 0:
+            embeddings, targets, soft = output.embeddings, batch.targets, batch.soft_targets
+            if "global_embeddings" in output.extras:  # global_graph under DDP
+                embeddings, targets = output.extras["global_embeddings"], output.extras["global_targets"]
+                soft = gather_rows(soft) if soft is not None else None
             with torch.autocast(device_type=output.embeddings.device.type, enabled=False):
-                relations = embedding_relations(output.embeddings, self.sp_similarity)
-                target = relation_targets(batch.targets, batch.soft_targets)
+                relations = embedding_relations(embeddings, self.sp_similarity)
+                target = relation_targets(targets, soft)
                 terms["structure"] = self.structure_weight * structure_loss(
                     relations, target, self.sp_distance
                 )

@@ -10,9 +10,10 @@ ArcFace. At inference (no targets) the logits are ``s·cos θ`` — **no margin*
 which shifts every probability down). ``W`` is xavier-normal (seed). The target is the
 multi-hot root → leaf path of the class (soft node marginals after MixUp/CutMix).
 
-* ``sphere_multi``: BCE (mean over batch × nodes, unweighted, as the seed) or Asymmetric Loss.
+* ``sphere_multi``: BCE (mean over batch × nodes, unweighted, as the seed), Asymmetric Loss, or the
+  sigmoid focal loss (``loss: focal``, :mod:`imgcls.losses.focal`; the seed's named alternative).
 * ``sphere_multi_hier``: HBCE (:class:`imgcls.losses.hierarchical.HierarchicalBCELoss`):
-  level-weighted BCE/ASL + hierarchy penalty (``soft`` by default; ``hard`` = the seed's
+  level-weighted BCE/ASL/focal + hierarchy penalty (``soft`` by default; ``hard`` = the seed's
   thresholded form, which has zero gradient) + distance penalty.
 
 Prediction: ``predict_nodes`` = ``σ(logits)`` per node; ``predict`` = the class distribution
@@ -32,6 +33,7 @@ from torch import nn
 
 from imgcls.errors import ConfigError
 from imgcls.losses.asymmetric import asymmetric_loss
+from imgcls.losses.focal import sigmoid_focal_loss
 from imgcls.losses.hierarchical import HierarchicalBCELoss, class_log_likelihood
 from imgcls.models.heads.arcface import MarginArgs, additive_angular_margin, cosine_logits, default_scale
 from imgcls.models.heads.base import LOSS_LOGITS, Head, HeadOutput, loss_logits
@@ -52,10 +54,16 @@ class SphereMultiArgs(MarginArgs):
     margin_on: Literal["positives", "all"] = Field(
         "positives", description="nodes that get the margin: the target path (ECCV paper) or all (the seed)"
     )
-    loss: Literal["bce", "asl"] = Field("bce", description="base multi-label loss: BCE or Asymmetric Loss")
+    loss: Literal["bce", "asl", "focal"] = Field(
+        "bce", description="base multi-label loss: BCE, Asymmetric Loss or sigmoid focal loss"
+    )
     gamma_neg: float = Field(4.0, ge=0.0, description="ASL focusing exponent of negatives")
     gamma_pos: float = Field(1.0, ge=0.0, description="ASL focusing exponent of positives")
     clip: float = Field(0.05, ge=0.0, lt=1.0, description="ASL probability margin of negatives")
+    focal_gamma: float = Field(2.0, ge=0.0, description="focal loss exponent γ (torchvision's default 2)")
+    focal_alpha: float | None = Field(
+        0.25, ge=0.0, le=1.0, description="focal loss positive weight α (torchvision's 0.25; null: no α-balancing)"
+    )
 
 
 class SphereMultiHierArgs(SphereMultiArgs):
@@ -100,8 +108,9 @@ class SphereMultiHead(Head):
     """Hyperspherical multi-label head over all taxonomy nodes.
 
     head_args: ``scale`` (None: 16 for ≤ 20 nodes, else 30), ``margin`` (0.5 rad), ``margin_on``
-    (``positives`` | ``all``), ``loss`` (``bce`` | ``asl``), ``gamma_neg`` / ``gamma_pos`` /
-    ``clip`` (ASL: 4 / 1 / 0.05), ``embedding`` / ``dropout`` / ``embed_final_act`` (embedding MLP).
+    (``positives`` | ``all``), ``loss`` (``bce`` | ``asl`` | ``focal``), ``gamma_neg`` / ``gamma_pos`` /
+    ``clip`` (ASL: 4 / 1 / 0.05), ``focal_gamma`` / ``focal_alpha`` (focal: 2 / 0.25), ``embedding`` /
+    ``dropout`` / ``embed_final_act`` (embedding MLP).
 
     ``output.logits`` are the margin-free ``s·cos θ`` (what ``predict`` and training accuracy use);
     a forward with targets adds the margin logits as ``output.extras["loss_logits"]`` for the loss.
@@ -125,6 +134,8 @@ class SphereMultiHead(Head):
         embedding: Sequence[int] | None = None,
         dropout: float = 0.2,
         embed_final_act: str = "relu",
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = 0.25,
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
         SphereMultiArgs.from_init("sphere_multi", locals())
@@ -133,6 +144,7 @@ class SphereMultiHead(Head):
         self.scale = float(scale) if scale is not None else default_scale(self.num_nodes)
         self.margin, self.margin_on, self.loss_name = float(margin), margin_on, loss
         self.asl = dict(zip(ASL_KEYS, (gamma_neg, gamma_pos, clip), strict=True))
+        self.focal = {"gamma": float(focal_gamma), "alpha": None if focal_alpha is None else float(focal_alpha)}
         self.embed = EmbeddingMLP(in_features, embedding, dropout, embed_final_act)
         self.weight = nn.Parameter(torch.empty(self.num_nodes, self.embed.out_features))
         nn.init.xavier_normal_(self.weight)
@@ -162,6 +174,8 @@ class SphereMultiHead(Head):
         logits = loss_logits(output)
         if self.loss_name == "bce":
             return {"bce": F.binary_cross_entropy_with_logits(logits.float(), y)}
+        if self.loss_name == "focal":
+            return {"focal": sigmoid_focal_loss(logits, y, **self.focal)}
         return {"asl": asymmetric_loss(logits, y, **self.asl)}
 
     def predict_nodes(self, output: HeadOutput) -> torch.Tensor:
@@ -181,7 +195,7 @@ class SphereMultiHierHead(SphereMultiHead):
     ``penalty_mode`` (``soft`` | ``hard``), ``penalties`` (``fixed`` | ``data``), ``hier_penalty``
     (0.1), ``penalty_scale`` (1.0), ``class_counts`` (for ``data``), ``distance_weight``,
     ``threshold`` (0.5, hard mode), ``soft_violation`` (``diff`` | ``product``).
-    Loss terms: ``bce`` (or ``asl``), ``hier_penalty``, ``distance_penalty``.
+    Loss terms: ``bce`` (or ``asl``, ``focal``), ``hier_penalty``, ``distance_penalty``.
     """
 
     def __init__(
@@ -209,11 +223,13 @@ class SphereMultiHierHead(SphereMultiHead):
         distance_weight: float = 0.1,
         threshold: float = 0.5,
         soft_violation: str = "diff",
+        focal_gamma: float = 2.0,
+        focal_alpha: float | None = 0.25,
     ) -> None:
         SphereMultiHierArgs.from_init("sphere_multi_hier", locals())
         super().__init__(
             in_features, num_classes, label_smoothing, taxonomy, scale, margin, margin_on, loss,
-            gamma_neg, gamma_pos, clip, embedding, dropout, embed_final_act,
+            gamma_neg, gamma_pos, clip, embedding, dropout, embed_final_act, focal_gamma, focal_alpha,
         )  # fmt: skip
         self.hbce = HierarchicalBCELoss(
             self.taxonomy,
@@ -228,6 +244,8 @@ class SphereMultiHierHead(SphereMultiHead):
             threshold=threshold,
             soft_violation=soft_violation,
             **self.asl,
+            focal_gamma=self.focal["gamma"],
+            focal_alpha=self.focal["alpha"],
         )
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:

@@ -1,0 +1,72 @@
+"""Single-image explanations for ``imgcls predict RUN IMG --explain`` (seed 004's ``test`` command drew
+Grad-CAM on the last convolution and the first convolution's feature maps for one image; SPEC §5.6).
+
+For each image: the Grad-CAM map of the predicted class (:mod:`imgcls.evaluation.cam` chooses the layer
+for CNNs and ViTs alike) drawn over the image, and the output channels of the first convolution the
+forward pass runs (a ViT's patch embedding is one); the same plots as the run report's
+``gradcam.png`` / ``feature_maps.png`` (:mod:`imgcls.evaluation.plots`), for one image.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgcls.data.preprocess import Preprocess
+from imgcls.evaluation.cam import find_cam_target, grad_cam
+from imgcls.evaluation.figures import first_conv_maps
+from imgcls.evaluation.plots import plot_feature_maps, plot_gradcam
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem for an image name (``photos/7 white.png`` → ``7_white``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("_") or "image"
+
+
+def explain_image(
+    model: torch.nn.Module,
+    prep: Preprocess,
+    image: torch.Tensor,
+    class_names: list[str],
+    out_dir: Path,
+    stem: str,
+) -> dict[str, Any]:
+    """Write ``<stem>_gradcam.png`` and ``<stem>_feature_maps.png`` for one uint8 image ``(1, C, H, W)``
+    (already at the model's size and channels) into ``out_dir``; returns the files written and, for
+    each figure that does not apply (a model without convolutions or attention), the reason."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = prep(image.to(device))
+    shown = prep.to_unit(image.to(device))[0].cpu()  # what the model sees (after data.invert), in [0, 1]
+    with torch.no_grad():
+        probs = model.head.predict(model(inputs)).float().cpu()[0]
+    pred = int(probs.argmax())
+    record: dict[str, Any] = {
+        "predicted": class_names[pred],
+        "probability": float(probs[pred]),
+        "skipped": {},
+    }
+    target = find_cam_target(model, inputs)
+    if target is None:
+        record["skipped"]["gradcam"] = "the model has no convolutional feature map or attention block"
+    else:
+        maps = grad_cam(model, inputs, [pred], target)
+        title = f"pred: {class_names[pred]} ({float(probs[pred]):.2f})"
+        record["gradcam"] = str(
+            plot_gradcam([shown], maps, [title], out_dir / f"{stem}_gradcam.png", target.name)
+        )
+        record["gradcam_layer"] = target.name
+    found = first_conv_maps(model, inputs)
+    if found is None:
+        record["skipped"]["feature_maps"] = "the model has no convolution"
+    else:
+        name, maps = found
+        record["feature_maps"] = str(
+            plot_feature_maps(shown, maps[0], out_dir / f"{stem}_feature_maps.png", name)
+        )
+        record["feature_maps_layer"] = name
+    return record
