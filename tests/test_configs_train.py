@@ -28,7 +28,7 @@ from imgcls.registry import DATASETS
 from tiny_runs import single_thread
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "taxonomies")
+SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("taxonomies", "sweeps"))
 FASHION_TREE = CONFIGS / "taxonomies" / "fashion_mnist.yaml"
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -40,7 +40,8 @@ STAND_INS: dict[str, tuple[list[str], int, int]] = {
     "cifar10": (CIFAR10, 3, 32),
     "cifar100": ([f"class_{i}" for i in range(100)], 3, 32),
     "stl10": (STL10, 3, 96),
-    "tiny_imagenet": ([f"n{i:08d}" for i in range(200)], 3, 64),
+    # real WordNet ids (a few of tiny-ImageNet's 200), so its recipes build their WordNet taxonomy for real
+    "tiny_imagenet": (["n01443537", "n01629819", "n01641577", "n02085620", "n02094433", "n07920052"], 3, 64),
     "imagefolder": ([chr(ord("A") + i) for i in range(26)] + ["del", "space"], 3, 200),  # the ASL tree
 }
 
@@ -73,7 +74,8 @@ def quick_config(path: Path, out: Path) -> dict:
     data.update(download=False, train_subset=None, test_subset=None, num_workers=0, val_fraction=0.2)
     if data.get("samples_per_class"):
         data["samples_per_class"] = 2
-    if data.get("taxonomy") == "wordnet":  # the file tree has the WordNet tree's shape and needs no WordNet data
+    if data.get("taxonomy") == "wordnet" and data.get("name", "fashion_mnist") == "fashion_mnist":
+        # the file tree has the WordNet tree's shape and needs no WordNet data
         data["taxonomy"] = str(FASHION_TREE)
     model = raw.setdefault("model", {})
     model.update(pretrained=False, pretrained_file=None)

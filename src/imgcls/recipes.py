@@ -17,6 +17,8 @@ from imgcls.errors import ConfigError
 
 #: the sub-folder of taxonomy files (not experiment configs)
 TAXONOMIES = "taxonomies"
+#: the sub-folder of sweep search spaces (``imgcls sweep --space``; not experiment configs)
+SWEEP_SPACES = "sweeps"
 SUFFIXES = (".yaml", ".yml")
 
 
@@ -47,14 +49,14 @@ def description(path: Path) -> str:
 
 
 def list_recipes() -> list[Recipe]:
-    """Every shipped experiment config (taxonomy files excluded), sorted by name."""
+    """Every shipped experiment config (taxonomy files and sweep search spaces excluded), sorted by name."""
     root = shipped_root()
     if root is None:
         return []
     recipes = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.suffix in SUFFIXES and path.is_file() and rel.parts[0] != TAXONOMIES:
+        if path.suffix in SUFFIXES and path.is_file() and rel.parts[0] not in (TAXONOMIES, SWEEP_SPACES):
             recipes.append(Recipe(rel.with_suffix("").as_posix(), path, description(path)))
     return recipes
 
