@@ -14,21 +14,44 @@ embed_dim=256, depth=8, drop_rate=0.2, drop_path_rate=0.1`` (≈ 4.6 M parameter
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from imgcls.errors import ConfigError
-from imgcls.registry import BACKBONES
+from imgcls.registry import BACKBONES, ComponentArgs
 
 
 class GlobalFilter(nn.Module):
+    """``irfft2(rfft2(x) · K)`` over the token grid, with a learnable complex filter ``K`` of logical
+    shape ``h × (w//2+1) × dim`` (the rfft2 half-spectrum along the width).
+
+    ``K`` is stored as two real 3-D parameters, ``weight_real`` and ``weight_imag``: a 4-D
+    ``(h, w//2+1, dim, 2)`` parameter (the seed's and the paper's layout) is given channels-last
+    strides by ``model.to(memory_format=torch.channels_last)``, after which ``view_as_complex``
+    refuses it; no memory-format conversion touches 3-D tensors, and real parameters keep every
+    optimiser, EMA, grad-clip and safetensors path real-valued. Checkpoints holding the old
+    ``complex_weight`` load unchanged (converted in ``_load_from_state_dict``).
+    """
+
     def __init__(self, dim: int, h: int, w: int, init: str = "seed") -> None:
         super().__init__()
         scale = 1.0 / math.sqrt(dim) if init == "seed" else 0.02
         self.h, self.w = h, w
-        self.complex_weight = nn.Parameter(torch.randn(h, w // 2 + 1, dim, 2) * scale)
+        weight = torch.randn(h, w // 2 + 1, dim, 2) * scale
+        self.weight_real = nn.Parameter(weight[..., 0].clone())
+        self.weight_imag = nn.Parameter(weight[..., 1].clone())
+
+    @property
+    def filter_shape(self) -> tuple[int, int, int]:
+        """The logical (complex) filter shape ``h × (w//2+1) × dim``."""
+        return tuple(self.weight_real.shape)  # type: ignore[return-value]
+
+    def complex_filter(self) -> torch.Tensor:
+        return torch.complex(self.weight_real.float(), self.weight_imag.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -36,9 +59,16 @@ class GlobalFilter(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             grid = x.float().reshape(b, self.h, self.w, c)
             freq = torch.fft.rfft2(grid, dim=(1, 2), norm="ortho")
-            freq = freq * torch.view_as_complex(self.complex_weight.float())
+            freq = freq * self.complex_filter()
             out = torch.fft.irfft2(freq, s=(self.h, self.w), dim=(1, 2), norm="ortho")
         return out.reshape(b, n, c).to(dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        old = state_dict.pop(prefix + "complex_weight", None)
+        if old is not None:  # checkpoints written before the real/imag split
+            state_dict[prefix + "weight_real"] = old[..., 0].contiguous()
+            state_dict[prefix + "weight_imag"] = old[..., 1].contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Mlp(nn.Module):
@@ -120,6 +150,18 @@ class GFNet(nn.Module):
         return self.forward_features(x)
 
 
-@BACKBONES.register("gfnet")
+class GFNetArgs(ComponentArgs):
+    img_size: int = Field(96, gt=0, description="input side in pixels (a multiple of patch_size)")
+    patch_size: int = Field(8, gt=0, description="patch side: the token grid is img_size/patch_size square")
+    embed_dim: int = Field(256, gt=0, description="token width C")
+    depth: int = Field(8, gt=0, description="number of global-filter blocks")
+    mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width / embed_dim")
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="dropout after the positional embedding and in the MLPs")
+    drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth, linear from 0 to this over the blocks")
+    block_style: Literal["seed", "original"] = Field("seed", description="seed: two residuals per block; original: one")
+    filter_init: Literal["seed", "original"] = Field("seed", description="filter init std: seed 1/sqrt(dim), original 0.02")
+
+
+@BACKBONES.register("gfnet", args=GFNetArgs)
 def gfnet(in_chans: int = 1, **kwargs) -> GFNet:
     return GFNet(in_chans=in_chans, **kwargs)
