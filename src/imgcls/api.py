@@ -77,8 +77,9 @@ def build_taxonomy_for(cfg: ExperimentConfig, data: PreparedData):
 
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     from imgcls.engine.averaging import averaging_callbacks
+    from imgcls.engine.confusion_sampling import sampling_callbacks
 
-    callbacks = [*averaging_callbacks(cfg), StopAtValAcc()]
+    callbacks = [*averaging_callbacks(cfg), *sampling_callbacks(cfg), StopAtValAcc()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row

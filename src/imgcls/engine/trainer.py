@@ -87,6 +87,8 @@ class Trainer:
         self.scheduler_paused = False  # weight-averaging callbacks (SWA) take over the lr
         self._stop_reason: str | None = None
         self._last_loss = torch.zeros((), device=device)
+        #: per-class validation error (1 − recall) of the last epoch, for callbacks (e.g. confusion sampling)
+        self.val_class_error: list[float] | None = None
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -261,7 +263,8 @@ class Trainer:
             cb.on_epoch_start(self)
         start = time.perf_counter()
         train_metrics = self.train_epoch()
-        val_metrics = self.validate(self.model, self.val_loader)
+        val_metrics = self.validate(self.model, self.val_loader, per_class=True)
+        self.val_class_error = val_metrics.pop("class_error", None)
         self.state.epoch_in_stage += 1
         self.state.global_epoch += 1
         metrics: dict[str, Any] = {
@@ -369,8 +372,9 @@ class Trainer:
         self.state.step += 1
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, loader) -> dict[str, float]:
-        """Mean loss (all terms summed) and accuracy of ``model`` on ``loader``, reduced over ranks."""
+    def validate(self, model: nn.Module, loader, per_class: bool = False) -> dict[str, float]:
+        """Mean loss (all terms summed) and accuracy of ``model`` on ``loader``, reduced over ranks
+        (with ``per_class``, also ``class_error``: 1 − recall per class, NaN for classes absent)."""
         if loader is None or len(loader) == 0:
             return {"loss": float("nan"), "acc": float("nan")}
         was_training = model.training
@@ -378,6 +382,7 @@ class Trainer:
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         count = 0
+        class_hits = torch.zeros(2, len(self.class_names), device=self.device)  # per class: correct, total
         for batch in loader:
             batch = batch.to(self.device)
             images = self.prep(batch.images)
@@ -389,13 +394,21 @@ class Trainer:
             total_loss += loss * len(batch)
             correct += (probs.argmax(-1) == batch.targets).sum()
             count += len(batch)
+            if per_class:
+                hit = (probs.argmax(-1) == batch.targets).float()
+                class_hits[0].index_add_(0, batch.targets, hit)
+                class_hits[1].index_add_(0, batch.targets, torch.ones_like(hit))
         model.train(was_training)
         totals = all_reduce_sum(
             torch.stack([total_loss, correct.float(), torch.tensor(float(count), device=self.device)]),
             self.dist,
         )
         n = max(float(totals[2]), 1.0)
-        return {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n}
+        out = {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n}
+        if per_class:
+            hits = all_reduce_sum(class_hits, self.dist).cpu()
+            out["class_error"] = (1 - hits[0] / hits[1]).tolist()  # NaN where a class has no images
+        return out
 
 
 class _null:

@@ -23,6 +23,7 @@ from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation import figures as run_figures
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
+from imgcls.evaluation.holdout import holdout_extension
 from imgcls.evaluation.metrics import classification_metrics
 from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
 from imgcls.evaluation.predict import Predictions, predict_loader
@@ -172,4 +173,5 @@ METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
     batch_graph_extension,
     complexity_extension,
     embedding_metrics_extension,
+    holdout_extension,
 ]
