@@ -36,8 +36,13 @@ def render(results: dict, epochs: int, seeds: list[int]) -> str:
         grid_table(
             f"Fashion-MNIST, `configs/fashion_mnist/gfnet.yaml`, {epochs} epochs, seeds {seeds} (mean ± std):",
             results,
-            [("test accuracy %", "accuracy", 100, 2), ("macro F1", "macro_f1", 1, 4), ("best val acc %", "best_val_acc", 100, 2),
-             ("train time (min)", "train_min", 1, 1), ("parameters (M)", "params_m", 1, 3)],
+            [
+                ("test accuracy %", "accuracy", 100, 2),
+                ("macro F1", "macro_f1", 1, 4),
+                ("best val acc %", "best_val_acc", 100, 2),
+                ("train time (min)", "train_min", 1, 1),
+                ("parameters (M)", "params_m", 1, 3),
+            ],
         )
     )
 
@@ -49,4 +54,6 @@ def add_arguments(ap) -> None:
 if __name__ == "__main__":
     if "--quick" in sys.argv and "--epochs" not in sys.argv:
         sys.argv += ["--epochs", "1", "--name", "gfnet_fmnist_quick"]
-    grid_main("gfnet_fmnist", __doc__, rows_for, extract, render, default_epochs=4, add_arguments=add_arguments)
+    grid_main(
+        "gfnet_fmnist", __doc__, rows_for, extract, render, default_epochs=4, add_arguments=add_arguments
+    )

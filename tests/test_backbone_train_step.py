@@ -26,11 +26,24 @@ from tiny_runs import single_thread
 BACKBONE_CASES: list[tuple[str, str, dict[str, Any], int, int]] = [
     ("adaptive_cnn-mnist", "adaptive_cnn", {"layout": "mnist", "width_mult": 0.125}, 1, 28),
     ("adaptive_cnn-cifar", "adaptive_cnn", {"layout": "cifar", "width_mult": 0.0625}, 3, 32),
-    ("gfnet-seed", "gfnet", {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 2, "block_style": "seed"}, 1, 16),
+    (
+        "gfnet-seed",
+        "gfnet",
+        {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 2, "block_style": "seed"},
+        1,
+        16,
+    ),
     (
         "gfnet-original",
         "gfnet",
-        {"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 2, "block_style": "original", "filter_init": "original"},
+        {
+            "img_size": 16,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depth": 2,
+            "block_style": "original",
+            "filter_init": "original",
+        },
         1,
         16,
     ),
@@ -50,31 +63,54 @@ def test_every_registered_backbone_has_a_case():
     assert any(n.startswith("timm:") for n in covered)
 
 
-@pytest.mark.parametrize(("precision", "channels_last"), CPU_MODES, ids=[f"{p}-{'cl' if c else 'nchw'}" for p, c in CPU_MODES])
-@pytest.mark.parametrize(("case", "backbone", "args", "chans", "size"), BACKBONE_CASES, ids=[c[0] for c in BACKBONE_CASES])
+@pytest.mark.parametrize(
+    ("precision", "channels_last"), CPU_MODES, ids=[f"{p}-{'cl' if c else 'nchw'}" for p, c in CPU_MODES]
+)
+@pytest.mark.parametrize(
+    ("case", "backbone", "args", "chans", "size"), BACKBONE_CASES, ids=[c[0] for c in BACKBONE_CASES]
+)
 def test_backbone_trains_one_step(case, backbone, args, chans, size, precision, channels_last, tmp_path):
     n, classes = 8, 3
     cfg = load_config(
         None,
         [
-            f"model.backbone={backbone}", f"model.backbone_args={args}", "model.head=linear",
-            f"train.precision={precision}", f"train.channels_last={str(channels_last).lower()}",
-            "train.device=cpu", f"train.batch_size={n}", "train.epochs=1", "train.progress=false", "train.grad_clip=1.0",
-            "optim.name=adamw", "optim.lr=1e-3", "schedule.warmup_epochs=0", "output.tensorboard=false",
+            f"model.backbone={backbone}",
+            f"model.backbone_args={args}",
+            "model.head=linear",
+            f"train.precision={precision}",
+            f"train.channels_last={str(channels_last).lower()}",
+            "train.device=cpu",
+            f"train.batch_size={n}",
+            "train.epochs=1",
+            "train.progress=false",
+            "train.grad_clip=1.0",
+            "optim.name=adamw",
+            "optim.lr=1e-3",
+            "schedule.warmup_epochs=0",
+            "output.tensorboard=false",
         ],
     )
     torch.manual_seed(0)
     model = build_model(cfg.model, classes, chans)
     gen = torch.Generator().manual_seed(0)
     data = ImageData(
-        labels=torch.arange(n) % classes, class_names=["a", "b", "c"],
+        labels=torch.arange(n) % classes,
+        class_names=["a", "b", "c"],
         images=torch.randint(0, 256, (n, chans, size, size), dtype=torch.uint8, generator=gen),
     )
     loader = InMemoryLoader(data, n, shuffle=True, drop_last=True, seed=0)
     meta = {"image_size": size, "channels": chans, "mean": [0.5] * chans, "std": [0.25] * chans}
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     with single_thread():
-        trainer = Trainer(cfg, model, loader, None, device=torch.device("cpu"), preprocess_meta=meta, class_names=data.class_names)
+        trainer = Trainer(
+            cfg,
+            model,
+            loader,
+            None,
+            device=torch.device("cpu"),
+            preprocess_meta=meta,
+            class_names=data.class_names,
+        )
         assert trainer.amp_dtype == (torch.bfloat16 if precision == "bf16" else None)
         trainer.fit()
     assert trainer.state.step == 1

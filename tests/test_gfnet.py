@@ -44,7 +44,9 @@ def test_global_filter_is_circular_convolution(h, w):
     expected = circular_conv(x, kernel)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     # the same through the full complex spectrum: ifft2(fft2(x) · fft2(k)), real part
-    full = torch.fft.ifft2(torch.fft.fft2(x, dim=(1, 2)) * torch.fft.fft2(kernel, dim=(0, 1))[None], dim=(1, 2))
+    full = torch.fft.ifft2(
+        torch.fft.fft2(x, dim=(1, 2)) * torch.fft.fft2(kernel, dim=(0, 1))[None], dim=(1, 2)
+    )
     torch.testing.assert_close(out, full.real, atol=1e-4, rtol=1e-4)
 
 
@@ -122,7 +124,9 @@ def test_filter_init_scales(init, std):
 @pytest.mark.parametrize("init", ["seed", "original"])
 def test_every_style_and_init_runs_forward_and_backward(style, init):
     torch.manual_seed(0)
-    model = GFNet(img_size=16, patch_size=4, embed_dim=16, depth=2, block_style=style, filter_init=init, drop_rate=0.0)
+    model = GFNet(
+        img_size=16, patch_size=4, embed_dim=16, depth=2, block_style=style, filter_init=init, drop_rate=0.0
+    )
     out = model(torch.randn(3, 1, 16, 16))
     assert out.shape == (3, 16)
     out.pow(2).sum().backward()

@@ -53,10 +53,21 @@ def tree(tmp_path) -> Path:
 
 @pytest.mark.parametrize("in_memory", ["yes", "no"])
 def test_prepared_holdout_is_disjoint_from_train_val_and_test(tree, in_memory):
-    cfg = load_config(None, ["data.name=imagefolder", f"data.root={tree}", "data.num_workers=0", "data.holdout_per_class=4",
-                             "data.val_fraction=0.25", f"data.in_memory={in_memory}", "data.train_subset=40"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=imagefolder",
+            f"data.root={tree}",
+            "data.num_workers=0",
+            "data.holdout_per_class=4",
+            "data.val_fraction=0.25",
+            f"data.in_memory={in_memory}",
+            "data.train_subset=40",
+        ],
+    )
     data = prepare_data(cfg)
     assert torch.bincount(data.holdout.labels).tolist() == [4, 4, 4, 4]
+
     def ids(part) -> set:  # file names, or the pixels themselves once loaded (random images are unique)
         if part.images is None:
             return set(part.files)
@@ -76,9 +87,16 @@ def test_holdout_is_evaluated_beside_the_test_set(tree, tmp_path):
     from imgcls import api
 
     overrides = [
-        "data.name=imagefolder", f"data.root={tree}", "data.num_workers=0", "data.holdout_per_class=5",
-        "data.val_fraction=0.2", *TINY_OVERRIDES, "model.backbone_args={layout: mnist, width_mult: 0.125}",
-        "train.epochs=1", "train.batch_size=16", f"output.dir={tmp_path / 'runs'}",
+        "data.name=imagefolder",
+        f"data.root={tree}",
+        "data.num_workers=0",
+        "data.holdout_per_class=5",
+        "data.val_fraction=0.2",
+        *TINY_OVERRIDES,
+        "model.backbone_args={layout: mnist, width_mult: 0.125}",
+        "train.epochs=1",
+        "train.batch_size=16",
+        f"output.dir={tmp_path / 'runs'}",
     ]
     with single_thread():
         result = api.train(None, overrides)
@@ -90,4 +108,7 @@ def test_holdout_is_evaluated_beside_the_test_set(tree, tmp_path):
     assert set(h["per_class_accuracy"]) == {"c0", "c1", "c2", "c3"}
     assert h["accuracy"] == pytest.approx(sum(h["confusion_matrix"][i][i] for i in range(4)) / 20)
     report = (result.run_dir / "report.md").read_text()
-    assert "## Hold-out set (unused training images)" in report and "hold-out set: 20 unused training images" in report
+    assert (
+        "## Hold-out set (unused training images)" in report
+        and "hold-out set: 20 unused training images" in report
+    )

@@ -62,21 +62,38 @@ def test_flat_test_folder_names_carry_the_class(tmp_path):
     """grassknoted/asl-alphabet style: asl_alphabet_train/asl_alphabet_train/<class>, asl_alphabet_test/.../A_test.jpg."""
     class_tree(tmp_path / "asl_alphabet_train" / "asl_alphabet_train", 3)
     flat = tmp_path / "asl_alphabet_test" / "asl_alphabet_test"
-    write_images(flat, ["A_test.jpg", "B_test.jpg", "nothing_test.jpg", "S_test.jpg", "space_test.jpg", "A2.png"])
+    write_images(
+        flat, ["A_test.jpg", "B_test.jpg", "nothing_test.jpg", "S_test.jpg", "space_test.jpg", "A2.png"]
+    )
     layout = resolve_layout(str(tmp_path))
     assert layout.test_flat and layout.train_dir.name == "asl_alphabet_train" and layout.test_dir == flat
     src = source(tmp_path)
     names = [Path(f).name for f in src.test.files]
     got = {n: CLASSES[int(y)] for n, y in zip(names, src.test.labels, strict=True)}
-    assert got == {"A2.png": "A", "A_test.jpg": "A", "B_test.jpg": "B", "nothing_test.jpg": "Nothing",
-                   "S_test.jpg": "S", "space_test.jpg": "Space"}
+    assert got == {
+        "A2.png": "A",
+        "A_test.jpg": "A",
+        "B_test.jpg": "B",
+        "nothing_test.jpg": "Nothing",
+        "S_test.jpg": "S",
+        "space_test.jpg": "Space",
+    }
     assert any("flat folder" in n for n in src.notes)
 
 
 @pytest.mark.parametrize(
     ("stem", "expected"),
-    [("A_test", "A"), ("space_test", "Space"), ("SPACE", "Space"), ("s-01", "S"), ("Nothing_3", "Nothing"),
-     ("A12", "A"), ("Sx_test", None), ("del_test", None), ("", None)],
+    [
+        ("A_test", "A"),
+        ("space_test", "Space"),
+        ("SPACE", "Space"),
+        ("s-01", "S"),
+        ("Nothing_3", "Nothing"),
+        ("A12", "A"),
+        ("Sx_test", None),
+        ("del_test", None),
+        ("", None),
+    ],
 )
 def test_class_from_filename_longest_prefix_then_non_letter(stem, expected):
     got = class_from_filename(stem, CLASSES)
@@ -113,12 +130,18 @@ def test_train_only_tree_carves_a_stratified_seeded_test_set(tmp_path, nested):
     assert torch.bincount(a.test.labels).tolist() == [2] * 5  # stratified
     assert not set(a.test.files) & set(a.train.files)  # disjoint
     assert a.test.files == b.test.files and a.test.files != c.test.files  # seeded
-    assert len(a.notes) == 1 and "carved out by a stratified split" in a.notes[0] and "test_fraction=0.2" in a.notes[0]
+    assert (
+        len(a.notes) == 1
+        and "carved out by a stratified split" in a.notes[0]
+        and "test_fraction=0.2" in a.notes[0]
+    )
 
 
 def test_carved_test_set_note_reaches_prepared_data(tmp_path):
     class_tree(tmp_path / "Train", 6)
-    cfg = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path}", "data.num_workers=0", "data.val_fraction=0"])
+    cfg = load_config(
+        None, ["data.name=imagefolder", f"data.root={tmp_path}", "data.num_workers=0", "data.val_fraction=0"]
+    )
     data = prepare_data(cfg)
     assert len(data.test) == 5 and len(data.train) == 25
     assert any("carved out" in n for n in data.notes)  # evaluation copies data.notes into report.md

@@ -69,7 +69,9 @@ def find_child(folder: Path, names: tuple[str, ...], suffix: str | None = None) 
     for name in names:
         hits = [d for d in dirs if d.name.lower() == name]
         if len(hits) > 1:
-            raise DataError(f"'{folder}' has both {' and '.join(h.name for h in hits)}; keep one or set data.train_dir/test_dir")
+            raise DataError(
+                f"'{folder}' has both {' and '.join(h.name for h in hits)}; keep one or set data.train_dir/test_dir"
+            )
         if hits:
             return hits[0]
     if suffix:
@@ -118,7 +120,9 @@ def _is_flat(folder: Path) -> bool:
     return True
 
 
-def resolve_layout(root: str | None, train_dir: str | None = None, test_dir: str | None = None) -> FolderLayout:
+def resolve_layout(
+    root: str | None, train_dir: str | None = None, test_dir: str | None = None
+) -> FolderLayout:
     """Find the training and test folders of an image tree (see the module docstring for the rules)."""
     base = Path(root).expanduser() if root else None
     if base is not None and not base.is_dir():
@@ -141,7 +145,9 @@ def resolve_layout(root: str | None, train_dir: str | None = None, test_dir: str
         test = _find_test(base if base is not None else train.parent)
     if train is None:  # no train folder: root itself may be the class tree (train-only)
         if test is not None:
-            raise DataError(f"'{base}' has a test folder '{test.name}' but no train/ folder; add one or set data.train_dir")
+            raise DataError(
+                f"'{base}' has a test folder '{test.name}' but no train/ folder; add one or set data.train_dir"
+            )
         if not any(any(is_image(p) for p in d.rglob("*")) for d in _subdirs(base)):
             raise DataError(
                 f"'{base}' holds neither train/ and test/ folders nor class sub-folders with images; expected "
@@ -149,7 +155,9 @@ def resolve_layout(root: str | None, train_dir: str | None = None, test_dir: str
             )
         train = unwrap(base)
     if test is not None and test.resolve() == train.resolve():
-        raise DataError(f"the training and test folders are the same ('{train}'); set data.test_dir to another folder")
+        raise DataError(
+            f"the training and test folders are the same ('{train}'); set data.test_dir to another folder"
+        )
     return FolderLayout(train, test, test_flat=test is not None and _is_flat(test))
 
 
@@ -194,9 +202,9 @@ def class_from_filename(stem: str, class_names: list[str]) -> int | None:
     best: tuple[int, int] | None = None
     for i, name in enumerate(class_names):
         n = name.lower()
-        if low.startswith(n) and (len(low) == len(n) or not low[len(n)].isalpha()):
-            if best is None or len(n) > best[0]:
-                best = (len(n), i)
+        fits = low.startswith(n) and (len(low) == len(n) or not low[len(n)].isalpha())
+        if fits and (best is None or len(n) > best[0]):
+            best = (len(n), i)
     return None if best is None else best[1]
 
 

@@ -27,12 +27,18 @@ def holdout_metrics(ctx: EvalContext) -> dict[str, Any] | None:
     if holdout is None or len(holdout) == 0:
         return None
     cfg = ctx.cfg
-    loader = make_loader(holdout, ctx.data, cfg, train=False, batch_size=cfg.eval.batch_size or cfg.train.batch_size)
+    loader = make_loader(
+        holdout, ctx.data, cfg, train=False, batch_size=cfg.eval.batch_size or cfg.train.batch_size
+    )
     preds = predict_loader(ctx.model, loader, ctx.prep, ctx.device, ctx.autocast, tta=cfg.eval.tta)
-    full = classification_metrics(preds.probs, preds.targets, ctx.class_names, cfg.eval.top_k, cfg.eval.calibration_bins)
+    full = classification_metrics(
+        preds.probs, preds.targets, ctx.class_names, cfg.eval.top_k, cfg.eval.calibration_bins
+    )
     out = {"num_samples": full["num_samples"], "per_class_size": cfg.data.holdout_per_class}
     out.update({k: full[k] for k in SUMMARY if k in full})
-    out["per_class_accuracy"] = {name: r["recall"] for name, r in full["per_class"].items() if r["support"] > 0}
+    out["per_class_accuracy"] = {
+        name: r["recall"] for name, r in full["per_class"].items() if r["support"] > 0
+    }
     out["confusion_matrix"] = full["confusion_matrix"]
     return out
 
@@ -46,6 +52,9 @@ def holdout_extension(ctx: EvalContext) -> None:
     ctx.metrics["holdout"] = result
     tables = ctx.metrics.setdefault("extra_tables", {})
     labels = dict(SUMMARY_KEYS)
-    tables[TITLE] = {"images": result["num_samples"], **{labels.get(k, k): result[k] for k in SUMMARY if k in result},
-                     "test accuracy (for comparison)": ctx.metrics.get("accuracy")}
+    tables[TITLE] = {
+        "images": result["num_samples"],
+        **{labels.get(k, k): result[k] for k in SUMMARY if k in result},
+        "test accuracy (for comparison)": ctx.metrics.get("accuracy"),
+    }
     tables[f"{TITLE}: accuracy per class"] = dict(result["per_class_accuracy"])

@@ -74,14 +74,21 @@ class GlobalFilter(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(drop)
+        self.fc1, self.act, self.fc2, self.drop = (
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+            nn.Dropout(drop),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class GFBlock(nn.Module):
-    def __init__(self, dim: int, mlp_ratio: float, drop: float, drop_path: float, h: int, w: int, style: str, init: str) -> None:
+    def __init__(
+        self, dim: int, mlp_ratio: float, drop: float, drop_path: float, h: int, w: int, style: str, init: str
+    ) -> None:
         super().__init__()
         self.style = style
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -99,8 +106,16 @@ class GFBlock(nn.Module):
 
 class GFNet(nn.Module):
     def __init__(
-        self, img_size: int = 96, patch_size: int = 8, in_chans: int = 1, embed_dim: int = 256, depth: int = 8,
-        mlp_ratio: float = 4.0, drop_rate: float = 0.2, drop_path_rate: float = 0.1, block_style: str = "seed",
+        self,
+        img_size: int = 96,
+        patch_size: int = 8,
+        in_chans: int = 1,
+        embed_dim: int = 256,
+        depth: int = 8,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.1,
+        block_style: str = "seed",
         filter_init: str = "seed",
     ) -> None:
         super().__init__()
@@ -114,7 +129,10 @@ class GFNet(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(
-            *[GFBlock(embed_dim, mlp_ratio, drop_rate, r, self.grid, self.grid, block_style, filter_init) for r in rates]
+            *[
+                GFBlock(embed_dim, mlp_ratio, drop_rate, r, self.grid, self.grid, block_style, filter_init)
+                for r in rates
+            ]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim
@@ -142,7 +160,9 @@ class GFNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.grid * self.patch_embed.stride[0]:
-            raise ValueError(f"gfnet expects {self.grid * self.patch_embed.stride[0]}-px inputs, got {x.shape[-1]}")
+            raise ValueError(
+                f"gfnet expects {self.grid * self.patch_embed.stride[0]}-px inputs, got {x.shape[-1]}"
+            )
         tokens = self.forward_tokens(x, [len(self.blocks) - 1])[len(self.blocks) - 1]
         return self.norm(tokens).mean(dim=1)
 
@@ -156,10 +176,18 @@ class GFNetArgs(ComponentArgs):
     embed_dim: int = Field(256, gt=0, description="token width C")
     depth: int = Field(8, gt=0, description="number of global-filter blocks")
     mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width / embed_dim")
-    drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="dropout after the positional embedding and in the MLPs")
-    drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth, linear from 0 to this over the blocks")
-    block_style: Literal["seed", "original"] = Field("seed", description="seed: two residuals per block; original: one")
-    filter_init: Literal["seed", "original"] = Field("seed", description="filter init std: seed 1/sqrt(dim), original 0.02")
+    drop_rate: float = Field(
+        0.2, ge=0.0, lt=1.0, description="dropout after the positional embedding and in the MLPs"
+    )
+    drop_path_rate: float = Field(
+        0.1, ge=0.0, lt=1.0, description="stochastic depth, linear from 0 to this over the blocks"
+    )
+    block_style: Literal["seed", "original"] = Field(
+        "seed", description="seed: two residuals per block; original: one"
+    )
+    filter_init: Literal["seed", "original"] = Field(
+        "seed", description="filter init std: seed 1/sqrt(dim), original 0.02"
+    )
 
 
 @BACKBONES.register("gfnet", args=GFNetArgs)
