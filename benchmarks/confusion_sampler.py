@@ -25,6 +25,7 @@ def rows_for(args) -> list[tuple[str, str, list[str]]]:
         "model.backbone_args={layout: mnist, width_mult: 0.5}",
         f"data.samples_per_class={args.per_class}",
         "eval.checkpoint=last",
+        "train.threads=1",  # steadiest on a shared, loaded 2-core machine
     ]
     if args.quick:
         common += ["data.train_subset=2000", "data.test_subset=1000"]

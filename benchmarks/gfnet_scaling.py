@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--mlp-ratio", type=float, default=4.0)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared CPU)")
     ap.add_argument("--quick", action="store_true", help="three sizes, one repetition, no results files")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
