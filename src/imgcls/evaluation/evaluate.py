@@ -21,6 +21,7 @@ from imgcls.config import ExperimentConfig
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation import figures as run_figures
+from imgcls.evaluation import image_projection
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
 from imgcls.evaluation.holdout import holdout_extension
@@ -85,6 +86,8 @@ FIGURES: list[tuple[str, FigureFn]] = [
     ("Most confident mistakes", run_figures.fig_misclassified),
     ("t-SNE of embeddings", run_figures.fig_tsne),
     ("UMAP of embeddings", run_figures.fig_umap),
+    ("t-SNE of PCA-compressed training images", image_projection.fig_image_tsne),
+    ("UMAP of PCA-compressed training images", image_projection.fig_image_umap),
     ("Grad-CAM", run_figures.fig_gradcam),
     ("Feature maps of the first convolution", run_figures.fig_feature_maps),
     ("Risk–coverage of thresholded hierarchical prediction", fig_risk_coverage),
