@@ -176,3 +176,29 @@ def test_unknown_test_class_folder_is_an_error(tmp_path):
     class_tree(tmp_path / "test", 1, ["A", "Q"])
     with pytest.raises(DataError, match="is not one of the 5 training classes"):
         source(tmp_path)
+
+
+ASL_CLASSES = [*"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "Nothing", "Space"]
+
+
+def test_shipped_asl_config_reads_the_kaggle_layout(tmp_path):
+    """configs/asl/gfnet_base_polish.yaml on a miniature of the Kaggle archive: ASL_Dataset/{Train,Test}/<class>."""
+    base = tmp_path / "archive" / "ASL_Dataset"
+    class_tree(base / "Train", 4, ASL_CLASSES)
+    class_tree(base / "Test", 1, ASL_CLASSES)
+    config = Path(__file__).parent.parent / "configs" / "asl" / "gfnet_base_polish.yaml"
+    cfg = load_config(
+        config,
+        [
+            f"data.root={tmp_path / 'archive'}",
+            "data.holdout_per_class=1",
+            "data.val_fraction=0.25",
+            "data.num_workers=0",
+        ],
+    )
+    data = prepare_data(cfg)
+    # ImageFolder order (SPEC §2.1): A…M, N, Nothing, O…R, S, Space, T…Z
+    assert data.class_names == sorted(ASL_CLASSES) and data.class_names[13:16] == ["N", "Nothing", "O"]
+    assert data.class_names[19:22] == ["S", "Space", "T"]
+    assert len(data.test) == 28 and len(data.holdout) == 28 and len(data.train) + len(data.val) == 28 * 3
+    assert data.channels == 1 and data.image_size == 96 and data.train.images.shape[1:] == (1, 96, 96)
