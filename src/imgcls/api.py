@@ -26,6 +26,7 @@ from imgcls.engine.callbacks import (
     ProgressPrinter,
     StopAtValAcc,
 )
+from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, UserError
 from imgcls.models.classifier import Classifier, build_model
@@ -137,6 +138,7 @@ def train(
     trainer = Trainer(
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
         class_names=data.class_names, callbacks=build_callbacks(cfg, run_dir), augment=augment, dist=dist, taxonomy=taxonomy,
+        objective=build_objective(cfg, model, device=device, data=data),
     )
     start = time.perf_counter()
     history = trainer.fit(resume=resume_ckpt)
@@ -167,6 +169,8 @@ def evaluate(
     run_dir = Path(run_dir)
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, cfg, taxonomy = model_from_checkpoint(ckpt, which)
+    if ckpt.get("execution") and cfg.train.precision == "auto":  # the precision training measured
+        cfg.train.precision = ckpt["execution"]["precision"]
     if data_overrides:
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), data_overrides))
     dist = dist or DistInfo()

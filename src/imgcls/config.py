@@ -134,9 +134,12 @@ class TrainConfig(Section):
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA with bf16 support / CPUs with AVX-512 BF16 or AMX, else fp32"
+        "auto", description="auto: the fastest of fp32 / bf16 autocast, timed on a few real steps before training"
     )
-    channels_last: bool | None = Field(None, description="None: on (faster for conv nets on CUDA and on CPU)")
+    channels_last: bool | None = Field(None, description="None (auto): measured with the precision; true/false pins it")
+    autotune_max_share: float = Field(
+        0.03, ge=0.0, le=1.0, description="auto precision/layout: timing may cost at most this share of the run"
+    )
     compile: bool = False
     seed: int = 42
     deterministic: bool = False

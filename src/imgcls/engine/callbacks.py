@@ -40,6 +40,14 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # weight averaging (EMA, SWA): averaged weights travel with every checkpoint
+    def averaged_state_dict(self) -> dict[str, Any] | None:
+        """Averaged model weights this callback keeps (None: it keeps none)."""
+        return None
+
+    def load_averaged(self, trainer: Trainer, weights: dict[str, Any]) -> None:
+        """Restore the averaged weights returned by :meth:`averaged_state_dict` (on resume)."""
+
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
     if best is None or math.isnan(best):
@@ -138,7 +146,7 @@ class HistoryLogger(Callback):
             self.writer.add_scalar("train/lr", trainer.current_lr(), trainer.state.step)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        self.rows.append(dict(metrics))
+        self.rows = list(trainer.history)
         if not trainer.dist.is_main:
             return
         fields: list[str] = []
@@ -158,11 +166,7 @@ class HistoryLogger(Callback):
         if self.writer is not None:
             self.writer.close()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows = list(state["rows"])
+    # the rows themselves are the trainer's ``history`` (saved in every checkpoint)
 
 
 class ProgressPrinter(Callback):
@@ -188,7 +192,7 @@ class ProgressPrinter(Callback):
         self.progress.start()
         self.task = self.progress.add_task(
             f"{trainer.stage.name} epoch {trainer.state.epoch_in_stage + 1}/{trainer.stage.epochs}",
-            total=trainer.steps_per_epoch, loss=float("nan"), ips=0.0,
+            total=trainer.batches_per_epoch, loss=float("nan"), ips=0.0,
         )
 
     def on_train_step_end(self, trainer: Trainer) -> None:

@@ -39,8 +39,15 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return out
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, device: torch.device, extra: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser over ``model``'s trainable parameters; ``extra`` (an objective's trainable
+    extras, e.g. distillation projectors) gets its own group named ``objective``."""
     groups = param_groups(model, cfg)
+    extra_params = [p for p in extra.parameters() if p.requires_grad] if extra is not None else []
+    if extra_params:
+        groups.append({"params": extra_params, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "objective"})
     if not groups:
         from imgcls.errors import ConfigError
 

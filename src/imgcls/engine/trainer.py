@@ -2,10 +2,11 @@
 
 An experiment is a list of stages (default: one). For each stage the trainer applies the
 stage's freezing and head, builds its optimiser and per-step schedule, then runs epochs:
-train (augment → forward → the head's named loss terms → backward → step), validate on the
-validation split, and hand the epoch's metrics to the callbacks (checkpointing, early stopping,
-history, progress, weight averaging). Methods never add branches here: they plug in through
-heads (forward/loss/predict), augmentation and callbacks.
+train (augment → the objective's forward and named loss terms → backward → step), validate on
+the validation split through the same objective, and hand the epoch's metrics to the callbacks
+(checkpointing, early stopping, history, progress, weight averaging). Methods never add branches
+here: they plug in through heads (forward/loss/predict), objectives (``engine/objective.py``:
+distillation), augmentation, stages and callbacks.
 
 Exact resume: every source of randomness in an epoch (shuffle order, augmentation, dropout)
 is derived from ``(seed, epoch)``, and ``last.pt`` stores model, optimiser, scheduler, scaler,
@@ -15,8 +16,10 @@ the same weights as an uninterrupted one (in deterministic mode).
 
 from __future__ import annotations
 
+import copy
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +30,25 @@ from torch import nn
 from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
+from imgcls.engine.autotune import (
+    Execution,
+    candidate_grid,
+    default_execution,
+    measure,
+    needs_tuning,
+    time_candidate,
+    training_step_factory,
+)
 from imgcls.engine.callbacks import Callback, console
+from imgcls.engine.objective import HeadObjective, Objective
 from imgcls.engine.optim import build_optimizer, build_scheduler
 from imgcls.errors import ConfigError, TrainingError
 from imgcls.models.classifier import Classifier
 from imgcls.runs import apply_stage_head
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.batch import Batch
-from imgcls.runtime.distributed import DistInfo, all_reduce_sum
-from imgcls.runtime.precision import autocast, channels_last_enabled, resolve_precision
+from imgcls.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object
+from imgcls.runtime.precision import autocast
 
 
 @dataclass
@@ -63,6 +76,7 @@ class Trainer:
         augment=None,
         dist: DistInfo = DistInfo(),
         taxonomy=None,
+        objective: Objective | None = None,
     ) -> None:
         self.cfg, self.model, self.device, self.dist = cfg, model.to(device), device, dist
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -72,17 +86,17 @@ class Trainer:
         self.stages = cfg.resolved_stages()
         self.total_epochs = cfg.total_epochs()
         self.state = TrainState()
-        self.amp_dtype = resolve_precision(cfg.train, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        channels_last = channels_last_enabled(cfg.train, device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.prep = Preprocess.from_meta(preprocess_meta, device, channels_last)
-        self.steps_per_epoch = max(1, len(train_loader) // cfg.train.accumulate)
+        self._apply_execution(default_execution(cfg.train, device))
+        self.objective = (objective if objective is not None else HeadObjective()).to(device)
+        # the loop also steps on a final partial accumulation group, so round up
+        self.batches_per_epoch = len(train_loader)
+        self.steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.train.accumulate))
+        self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.frozen: list[nn.Module] = []
         self.loss_weights: dict[str, float] = {}
+        self._loss_weights_checked = False
         self.label_smoothing = cfg.train.label_smoothing
         self.scheduler_paused = False  # weight-averaging callbacks (SWA) take over the lr
         self._stop_reason: str | None = None
@@ -104,11 +118,45 @@ class Trainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else 0.0
 
-    def callback(self, name: str) -> Callback | None:
-        return next((c for c in self.callbacks if c.name == name), None)
-
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
+
+    # ------------------------------------------------------------------ precision and layout
+    def _apply_execution(self, execution: Execution) -> None:
+        self.execution = execution
+        self.amp_dtype = execution.amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if execution.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.prep = Preprocess.from_meta(self.preprocess_meta, self.device, execution.channels_last)
+
+    def _tune_execution(self) -> None:
+        """Measure precision × layout on a copy of the model (``engine/autotune.py``), within
+        ``train.autotune_max_share`` of the run's estimated time; rank 0's choice is every rank's."""
+        batch = next(iter(self.train_loader)).to(self.device)
+        optim_cfg = self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
+        make_step = training_step_factory(self.objective, optim_cfg, batch, self.device, self.prep)
+        grid = candidate_grid(self.cfg.train, self.device)
+        probe_ms = time_candidate(make_step(copy.deepcopy(self.model)), "fp32", False, 0, 1)
+        total_steps = max(1, self.total_epochs * self.steps_per_epoch * self.cfg.train.accumulate)
+        budget_ms = self.cfg.train.autotune_max_share * probe_ms * total_steps
+        per_candidate = int(budget_ms // (len(grid) * probe_ms))  # steps each candidate can afford
+        if per_candidate < 2:
+            execution = default_execution(self.cfg.train, self.device)
+            execution.source = "default (run too short to measure)"
+        else:
+            execution = measure(self.model, make_step, grid, warmup=1, steps=min(3, per_candidate - 1))
+        for p in self.objective.parameters():  # the probe steps must leave no gradient behind
+            p.grad = None
+        execution = Execution(**broadcast_object(execution.to_dict(), self.dist))
+        self._apply_execution(execution)
+        if self.dist.is_main and execution.candidates:
+            console.print(
+                f"precision/layout by measurement (ms per step):\n{execution.table()}\n-> {execution.precision}"
+                f"{' + channels_last' if execution.channels_last else ''}",
+                highlight=False,
+                markup=False,
+            )
 
     # ------------------------------------------------------------------ stages
     def _stage_section(self, base: OptimConfig | ScheduleConfig, overrides: dict, where: str):
@@ -150,7 +198,9 @@ class Trainer:
         # A module whose parameters are all frozen also stays in eval mode, children included
         # (BatchNorm statistics, dropout, drop-path).
         self.frozen = [
-            m for m in self.model.modules() if (params := list(m.parameters())) and not any(p.requires_grad for p in params)
+            m
+            for m in self.model.modules()
+            if (params := list(m.parameters())) and not any(p.requires_grad for p in params)
         ]
         optim_cfg = self._stage_section(self.cfg.optim, stage.optim, "optim")
         sched_cfg = self._stage_section(self.cfg.schedule, stage.schedule, "schedule")
@@ -159,7 +209,8 @@ class Trainer:
         )
         self.model.head.label_smoothing = self.label_smoothing
         self.loss_weights = dict(stage.loss_weights)
-        self.optimizer = build_optimizer(self.model, optim_cfg, self.device)
+        self._loss_weights_checked = False
+        self.optimizer = build_optimizer(self.model, optim_cfg, self.device, extra=self.objective)
         self.scheduler = build_scheduler(
             self.optimizer, sched_cfg, int(stage.epochs or 0), self.steps_per_epoch
         )
@@ -189,12 +240,16 @@ class Trainer:
             "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
             "progress": asdict(self.state),
             "versions": ckpt_io.versions(),
+            "execution": self.execution.to_dict(),
             "extra_weights": {},
         }
         for cb in self.callbacks:  # averaged weights (EMA/SWA) travel with every checkpoint
-            weights = getattr(cb, "averaged_state_dict", None)
-            if weights is not None and (w := weights()) is not None:
+            if (w := cb.averaged_state_dict()) is not None:
                 payload["extra_weights"][cb.name] = w
+        objective_state = self.objective.state_dict()
+        if objective_state:  # trainable extras of the objective (e.g. distillation projectors)
+            payload["objective"] = {k: v.detach().cpu() for k, v in objective_state.items()}
+        payload["history"] = list(self.history)
         if full:
             payload["optimizer"] = self.optimizer.state_dict()
             payload["scheduler"] = self.scheduler.state_dict()
@@ -214,10 +269,15 @@ class Trainer:
         for stage in self.stages[: self.state.stage + 1]:
             self._apply_stage_model_changes(stage)
         self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("objective"):
+            self.objective.load_state_dict(ckpt["objective"])
+        self.history = list(
+            ckpt.get("history") or ckpt.get("callbacks", {}).get("history", {}).get("rows", [])
+        )
         for cb in self.callbacks:
             if cb.name in ckpt.get("callbacks", {}):
                 cb.load_state_dict(ckpt["callbacks"][cb.name])
-            if cb.name in ckpt.get("extra_weights", {}) and hasattr(cb, "load_averaged"):
+            if cb.name in ckpt.get("extra_weights", {}):
                 cb.load_averaged(self, ckpt["extra_weights"][cb.name])
         finished_stage = self.state.epoch_in_stage >= (self.stage.epochs or 0)
         if finished_stage:
@@ -228,6 +288,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
+        if resume is not None and resume.get("execution"):
+            self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
+        elif needs_tuning(self.cfg.train, self.device):
+            self._tune_execution()
         mid_stage = self._restore(resume) if resume is not None else False
         for cb in self.callbacks:
             cb.on_fit_start(self)
@@ -249,19 +313,22 @@ class Trainer:
                 while self.state.epoch_in_stage < (self.stage.epochs or 0) and self._stop_reason is None:
                     self._run_epoch()
                 if self._stop_reason and self.dist.is_main:
-                    console.print(f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False, markup=False)
+                    console.print(
+                        f"[{self.stage.name}] stage ended: {self._stop_reason}", highlight=False, markup=False
+                    )
                 self.state.stage += 1
                 self.state.epoch_in_stage = 0
         finally:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
-        history = self.callback("history")
-        return list(history.rows) if history is not None else []
+        return list(self.history)
 
     def _run_epoch(self) -> None:
         for cb in self.callbacks:
             cb.on_epoch_start(self)
         start = time.perf_counter()
+        self.objective.on_epoch_start(self.state.global_epoch, self.total_epochs)
+        objective_metrics = self.objective.epoch_metrics()
         train_metrics = self.train_epoch()
         val_metrics = self.validate(self.model, self.val_loader, per_class=True)
         self.val_class_error = val_metrics.pop("class_error", None)
@@ -272,6 +339,7 @@ class Trainer:
             "stage": self.stage.name,
             "step": self.state.step,
             "lr": self.current_lr(),
+            **objective_metrics,
             **train_metrics,
             **{f"val_{k}": v for k, v in val_metrics.items()},
         }
@@ -279,11 +347,13 @@ class Trainer:
             cb.on_validation_end(self, metrics)
         metrics["epoch_time_s"] = time.perf_counter() - start
         metrics["img_per_s"] = train_metrics["train_images"] / max(train_metrics["train_time_s"], 1e-9)
+        self.history.append(metrics)
         for cb in self.callbacks:
             cb.on_epoch_end(self, metrics)
 
     def _set_train_mode(self) -> None:
         self.model.train()
+        self.objective.train()
         for m in self.frozen:  # frozen means eval mode too: BN statistics stay put
             m.eval()
 
@@ -306,9 +376,11 @@ class Trainer:
             batch = batch.with_images(self.prep.to_unit(batch.images))
             if self.augment is not None:
                 batch = self.augment(batch, aug_gen, epoch)
-            batch = batch.with_images(self.prep.normalize(batch.images))
+            batch = replace(batch, images=self.prep.normalize(batch.images), unit_images=batch.images)
             boundary = (i + 1) % cfg.accumulate == 0 or i + 1 == n_batches
-            loss, terms, output = self._forward_backward(batch, sync=boundary)
+            # the mean over the batches of this accumulation group (a final partial group has fewer)
+            group_size = min(cfg.accumulate, n_batches - (i // cfg.accumulate) * cfg.accumulate)
+            loss, terms, output = self._forward_backward(batch, sync=boundary, group_size=group_size)
             if boundary:
                 self._optimizer_step()
             for k, v in terms.items():
@@ -339,16 +411,29 @@ class Trainer:
         out["train_time_s"] = elapsed
         return out
 
+    def _weighted_sum(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Σ (stage loss weight × objective weight) × term; an unknown stage weight key is an error."""
+        if not self._loss_weights_checked:
+            unknown = sorted(set(self.loss_weights) - set(terms))
+            if unknown:
+                raise ConfigError(
+                    f"stages[{self.state.stage}].loss_weights names {unknown}, which the head/objective does not "
+                    f"produce; its loss terms are: {', '.join(sorted(terms))}"
+                )
+            self._loss_weights_checked = True
+        dynamic = self.objective.term_weights()
+        return sum(self.loss_weights.get(k, 1.0) * dynamic.get(k, 1.0) * v.float() for k, v in terms.items())
+
     def _forward_backward(
-        self, batch: Batch, sync: bool
+        self, batch: Batch, sync: bool, group_size: int = 1
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         no_sync = getattr(self.train_model, "no_sync", None)
         context = no_sync() if (no_sync is not None and not sync) else _null()
         with context:
             with self.autocast():
-                output = self.train_model(batch.images, batch.targets)
-                terms = self.model.head.loss(output, batch)
-            loss = sum(self.loss_weights.get(k, 1.0) * v.float() for k, v in terms.items())
+                result = self.objective(self.train_model, self.model.head, batch)
+            terms, output = result.terms, result.output
+            loss = self._weighted_sum(terms)
             if (
                 self.device.type == "cpu" or self.state.step % self.cfg.train.log_every == 0
             ) and not torch.isfinite(loss):
@@ -357,13 +442,14 @@ class Trainer:
                     f"(terms: {', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); lower optim.lr, set train.grad_clip, "
                     "or use train.precision=fp32; the last checkpoint is intact"
                 )
-            self.scaler.scale(loss / self.cfg.train.accumulate).backward()
+            self.scaler.scale(loss / group_size).backward()
         return loss, terms, output
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            params = [*self.model.parameters(), *self.objective.parameters()]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -373,38 +459,45 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader, per_class: bool = False) -> dict[str, float]:
-        """Mean loss (all terms summed) and accuracy of ``model`` on ``loader``, reduced over ranks
-        (with ``per_class``, also ``class_error``: 1 − recall per class, NaN for classes absent)."""
+        """Mean loss (weighted sum), each named loss term and accuracy of ``model`` on ``loader``,
+        through the same objective as training, reduced over ranks (with ``per_class``, also
+        ``class_error``: 1 − recall per class, NaN for classes absent)."""
         if loader is None or len(loader) == 0:
             return {"loss": float("nan"), "acc": float("nan")}
-        was_training = model.training
+        was_training, objective_training = model.training, self.objective.training
         model.eval()
-        total_loss = torch.zeros((), device=self.device)
+        self.objective.eval()
+        sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
         count = 0
         class_hits = torch.zeros(2, len(self.class_names), device=self.device)  # per class: correct, total
         for batch in loader:
             batch = batch.to(self.device)
-            images = self.prep(batch.images)
+            unit = self.prep.to_unit(batch.images)
+            batch = replace(batch, images=self.prep.normalize(unit), unit_images=unit)
             with self.autocast():
-                output = model(images)
-                terms = model.head.loss(output, batch)
-            loss = sum(self.loss_weights.get(k, 1.0) * v.float() for k, v in terms.items())
-            probs = model.head.predict(output)
-            total_loss += loss * len(batch)
-            correct += (probs.argmax(-1) == batch.targets).sum()
+                result = self.objective(model, model.head, batch)
+            loss = self._weighted_sum(result.terms)
+            for k, v in {**result.terms, "loss": loss}.items():
+                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
+            correct += (model.head.predict(result.output).argmax(-1) == batch.targets).sum()
             count += len(batch)
             if per_class:
-                hit = (probs.argmax(-1) == batch.targets).float()
+                hit = (model.head.predict(result.output).argmax(-1) == batch.targets).float()
                 class_hits[0].index_add_(0, batch.targets, hit)
                 class_hits[1].index_add_(0, batch.targets, torch.ones_like(hit))
         model.train(was_training)
+        self.objective.train(objective_training)
+        keys = sorted(sums)
         totals = all_reduce_sum(
-            torch.stack([total_loss, correct.float(), torch.tensor(float(count), device=self.device)]),
+            torch.stack(
+                [sums[k] for k in keys] + [correct.float(), torch.tensor(float(count), device=self.device)]
+            ),
             self.dist,
         )
-        n = max(float(totals[2]), 1.0)
-        out = {"loss": float(totals[0]) / n, "acc": float(totals[1]) / n}
+        n = max(float(totals[-1]), 1.0)
+        out = {k: float(totals[j]) / n for j, k in enumerate(keys)}
+        out["acc"] = float(totals[-2]) / n
         if per_class:
             hits = all_reduce_sum(class_hits, self.dist).cpu()
             out["class_error"] = (1 - hits[0] / hits[1]).tolist()  # NaN where a class has no images

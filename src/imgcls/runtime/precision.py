@@ -1,20 +1,18 @@
 """Numeric precision and backend switches: autocast dtype, grad scaling, TF32, cudnn.benchmark,
 deterministic mode.
 
-``precision: auto`` picks bf16 autocast on CUDA devices that support it, and on CPUs with native
-bf16 instructions (AVX-512 BF16 or AMX): on the reference 2-core CPU, bf16 + channels_last trained
-the quickstart CNN 2.08× faster than fp32 with contiguous tensors (1,699 vs 816 img/s;
-``benchmarks/results/cpu_precision.json``) and still reaches the quickstart accuracy target.
+Training decides ``precision: auto`` and ``channels_last: auto`` by timing real steps
+(``engine/autotune.py``) and records the choice in the run; evaluation and prediction reuse it.
+Without a measurement (e.g. ``resolve_precision`` on a config alone) ``auto`` means bf16 autocast on
+CUDA devices that support it and fp32 elsewhere: a CPU flag does not decide speed (bf16 made the
+quickstart CNN 1.6–2× faster on the reference CPU but timm's ResNet-18 at 28 px ≈ 12 % slower).
 bf16 autocast keeps weights, optimiser state and the loss in fp32 (no grad scaler needed).
-``channels_last: auto`` is on for both devices (1.25× in fp32 on that CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from pathlib import Path
 
 import torch
 
@@ -43,18 +41,7 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
         return torch.float16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
     return None
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -77,4 +64,5 @@ def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def channels_last_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.channels_last if cfg.channels_last is not None else device.type in ("cuda", "cpu")
+    """Explicit ``channels_last``, else off (training measures it; see ``engine/autotune.py``)."""
+    return bool(cfg.channels_last)
