@@ -66,8 +66,8 @@ def _fig_image_projection(ctx: EvalContext, method: str) -> Path | None:
     coords = embed_2d(compressed, method)
     label = {"tsne": "t-SNE", "umap": "UMAP"}[method]
     title = (
-        f"{label} of PCA-compressed training images ({len(labels)} images, {compressed.shape[1]} components = "
-        f"{explained:.0%} of the pixel variance)"
+        f"{label} of PCA-compressed training images\n({len(labels)} images; {compressed.shape[1]} components "
+        f"keep {explained:.0%} of the pixel variance)"
     )
     return plot_embeddings(
         [(f"pixels → PCA {compressed.shape[1]} → {label}", coords)],
