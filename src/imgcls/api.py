@@ -327,3 +327,22 @@ def taxonomy(source: str | Path, overrides: list[str] | None = None):
 
     return build_taxonomy(cfg.data.taxonomy, source_data.train.class_names, rule=cfg.data.taxonomy_rule,
                           synsets=source_data.synsets or None)
+
+
+def data_cache(src: str | Path, dst: str | Path, *, size: int = 96, grayscale: bool = False, workers: int | None = None,
+               chunk_size: int = 256, exclude_manifest: str | Path | None = None, overwrite: bool = False,
+               progress: bool = False) -> dict[str, Any]:
+    """Decode an image-folder class tree once into a resized uint8 cache (resumable); returns a summary."""
+    from imgcls.data.cache import build_cache
+
+    return build_cache(src, dst, size=size, grayscale=grayscale, workers=workers, chunk_size=chunk_size,
+                       exclude_manifest=exclude_manifest, overwrite=overwrite, progress=progress)
+
+
+def data_dedup(src: str | Path, *, threshold: int = 2, scope: str = "both", hash_kind: str = "phash", size: int = 96,
+               workers: int | None = None, out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Find near-duplicate images of a class tree by perceptual hash; writes and returns the manifest (files untouched)."""
+    from imgcls.data.dedup import dedup_folder
+
+    return dedup_folder(src, threshold=threshold, scope=scope, kind=hash_kind, size=size, workers=workers, out=out,
+                        progress=progress)

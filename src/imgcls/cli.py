@@ -187,6 +187,64 @@ def export(
               f"Details: {folder / 'export.json'}", highlight=False, soft_wrap=True)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Prepare image folders: resize cache, near-duplicate removal.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("cache")
+def data_cache(
+    src: Path = typer.Argument(..., help="image folder with one sub-folder per class"),
+    dst: Path = typer.Argument(..., help="new folder for the cache (train from it with data.name=cached data.root=DST)"),
+    size: int = typer.Option(96, "--size", min=1, help="resize every image to SIZE x SIZE (bilinear)"),
+    grayscale: bool = typer.Option(False, "--grayscale", help="store 1 grayscale channel instead of RGB"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="decoding processes (default: one per CPU)"),
+    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="images per chunk (the unit of resumption)"),
+    exclude: Path | None = typer.Option(None, "--exclude", help="dedup manifest: skip the files it removed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="discard a finished or unfinished cache in DST"),
+) -> None:
+    """Decode an image folder once into a resized uint8 array (memory-mapped .npy) + labels + manifest.
+
+    Interrupted runs resume: run the same command again (finished chunks are kept)."""
+    from imgcls import api
+
+    try:
+        s = api.data_cache(src, dst, size=size, grayscale=grayscale, workers=workers, chunk_size=chunk_size,
+                           exclude_manifest=exclude, overwrite=overwrite, progress=True)
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume (finished chunks are kept)", highlight=False)
+        raise typer.Exit(130) from None
+    rate = f", {s['images_per_s']:.0f} images/s" if s["images_per_s"] else ""
+    resumed = f", {s['chunks_resumed']}/{s['chunks']} chunks resumed" if s["chunks_resumed"] else ""
+    out.print(f"cached {s['count']} images to {s['dst']} ({s['skipped']} unreadable skipped, {s['excluded']} excluded"
+              f"{resumed}{rate}); details: {Path(s['dst']) / 'manifest.json'}", highlight=False, soft_wrap=True)
+
+
+@data_app.command("dedup")
+def data_dedup(
+    src: Path = typer.Argument(..., help="image folder with one sub-folder per class (only read, never changed)"),
+    threshold: int = typer.Option(2, "--threshold", help="duplicates: Hamming distance < THRESHOLD (2 = the seed's rule)"),
+    scope: str = typer.Option("both", "--scope", help="within | across | both: compare images of the same class, "
+                              "of different classes, or all"),
+    hash_kind: str = typer.Option("phash", "--hash", help="phash | dhash (64-bit perceptual hash)"),
+    size: int = typer.Option(96, "--size", min=8, help="hash the SIZE x SIZE grayscale image (as cached/trained)"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help="hashing processes (default: one per CPU)"),
+    output: Path = typer.Option(Path("dedup_manifest.json"), "--out", "-o", help="manifest of kept/removed files"),
+) -> None:
+    """Find near-duplicate images by perceptual hash; writes a manifest (files are never deleted or moved).
+
+    Use it with `imgcls data cache --exclude MANIFEST` or `data.exclude_manifest=MANIFEST`."""
+    from imgcls import api
+
+    m = api.data_dedup(src, threshold=threshold, scope=scope, hash_kind=hash_kind, size=size, workers=workers,
+                       out=output, progress=True)
+    c = m["counts"]
+    out.print(f"{c['files']} images, {c['unreadable']} unreadable: keep {c['kept']}, remove {c['removed']} "
+              f"({c['removed_within_class']} duplicates within a class, {c['removed_across_class']} across classes; "
+              f"scope {m['scope']}, Hamming distance < {m['threshold']}); pairs found: {c['pairs_within_class']} within, "
+              f"{c['pairs_across_class']} across classes", highlight=False, soft_wrap=True)
+    out.print(f"manifest: {output}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code

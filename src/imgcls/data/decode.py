@@ -29,6 +29,15 @@ def decode_image(path: str, size: int | None, channels: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def describe_decode_error(exc: BaseException) -> str:
+    """One line saying why a file could not be decoded (without PIL's in-memory file object repr)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "UnidentifiedImageError: not an image file PIL can identify"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class FileImages(torch.utils.data.Dataset):
     """Image files decoded on access; unreadable files yield ``None`` (filtered by :func:`collate_skip`)."""
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from imgcls.config import ExperimentConfig
+from imgcls.data import cache as _cache  # noqa: F401  (registers data.name=cached)
 from imgcls.data.decode import decode_image, load_files_into_memory, probe_channels
 from imgcls.data.images import ImageData, convert_channels, resize_uint8
 from imgcls.data.loader import FileLoader, InMemoryLoader
@@ -63,7 +64,8 @@ def _adapt_stats(values: list[float], channels: int) -> list[float]:
 def _materialise(part: ImageData, size: int | None, channels: int, workers: int) -> ImageData:
     if part.images is not None:  # stored at most at the model size: upsampling happens per batch (Preprocess)
         stored = min(size, int(part.images.shape[-1])) if size else None
-        return ImageData(part.labels, part.class_names, resize_uint8(convert_channels(part.images, channels), stored))
+        images = resize_uint8(convert_channels(part.images, channels), stored)
+        return ImageData(part.labels, part.class_names, images, files=part.files, skipped=part.skipped)
     images, labels, skipped = load_files_into_memory(part.files, part.labels, size, channels, workers)
     if skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
@@ -74,6 +76,10 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     d = cfg.data
     source: DataSource = DATASETS.build(d.name, cfg=d)
     train, test = source.train, source.test
+    if d.exclude_manifest:  # near-duplicates removed by `imgcls data dedup`, before any split or subset
+        from imgcls.data.dedup import apply_exclude_manifest
+
+        train, test = apply_exclude_manifest(train, test, d.exclude_manifest)
     if len(test) == 0:
         raise DataError(f"the {d.name} test set is empty")
 
