@@ -112,3 +112,34 @@ def test_holdout_is_evaluated_beside_the_test_set(tree, tmp_path):
         "## Hold-out set (unused training images)" in report
         and "hold-out set: 20 unused training images" in report
     )
+
+
+def test_holdout_is_drawn_after_near_duplicate_exclusion(tree, tmp_path):
+    """With data.exclude_manifest, removed near-duplicates never reach the hold-out set (SPEC §2.7, pitfall 8)."""
+    from imgcls.data.dedup import dedup_folder
+
+    for c in range(4):  # two exact copies per class: the dedup keeps one of each pair
+        for i in range(2):
+            src = tree / "train" / f"c{c}" / f"{c}_{i}.png"
+            (tree / "train" / f"c{c}" / f"copy_{c}_{i}.png").write_bytes(src.read_bytes())
+    manifest = dedup_folder(
+        tree / "train", threshold=1, scope="within", out=tmp_path / "dedup.json", workers=1
+    )
+    removed = {str(tree / "train" / e["path"]) for e in manifest["removed"]}
+    assert len(removed) == 8
+    overrides = [
+        "data.name=imagefolder",
+        f"data.root={tree}",
+        "data.num_workers=0",
+        "data.in_memory=no",
+        f"data.exclude_manifest={tmp_path / 'dedup.json'}",
+        "data.holdout_per_class=5",
+        "data.val_fraction=0.1",
+    ]
+    data = prepare_data(load_config(None, overrides))
+    assert torch.bincount(data.holdout.labels).tolist() == [5, 5, 5, 5]
+    everything = set(data.train.files) | set(data.val.files) | set(data.holdout.files)
+    assert (
+        len(everything) == 80 and not everything & removed
+    )  # 88 files − 8 removed, none of them kept anywhere
+    assert not set(data.holdout.files) & (set(data.train.files) | set(data.val.files))
