@@ -8,7 +8,9 @@ half-precision FFTs need power-of-two sizes) + MLP] → LayerNorm → mean over 
 ``x = x + DropPath(GF(LN(x))); x = x + DropPath(MLP(LN(x)))``; ``original`` uses the paper's one,
 ``x = x + DropPath(MLP(LN(GF(LN(x)))))``. Filter init: ``randn/sqrt(dim)`` (seed) or ``randn·0.02``
 (paper), via ``filter_init``. The seed's ASL model: ``img_size=96, patch_size=8, in_chans=1,
-embed_dim=256, depth=8, drop_rate=0.2, drop_path_rate=0.1`` (≈ 4.6 M parameters with a 28-way head).
+embed_dim=256, depth=8, drop_rate=0.2, drop_path_rate=0.1`` (4,618,012 parameters with a 28-way head).
+The complex filter is stored as two real 3-D parameters (see :class:`GlobalFilter`), so channels_last
+conversion of the model cannot break it (issue 14).
 """
 
 from __future__ import annotations
