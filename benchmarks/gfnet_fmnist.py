@@ -58,5 +58,5 @@ if __name__ == "__main__":
     if "--quick" in sys.argv and "--epochs" not in sys.argv:
         sys.argv += ["--epochs", "1", "--name", "gfnet_fmnist_quick"]
     grid_main(
-        "gfnet_fmnist", __doc__, rows_for, extract, render, default_epochs=5, add_arguments=add_arguments
+        "gfnet_fmnist", __doc__, rows_for, extract, render, default_epochs=6, add_arguments=add_arguments
     )
