@@ -161,6 +161,7 @@ def test_layout_errors_are_one_line(tmp_path):
     class_tree(tmp_path / "Train", 1)
     if len(list(tmp_path.iterdir())) == 2:  # a case-sensitive file system: two spellings
         assert "has both" in err(str(tmp_path))
+    assert "are the same" in err(str(tmp_path), "train", "train")
     only_test = tmp_path / "only_test"
     class_tree(only_test / "test", 1)
     assert "no train/ folder" in err(str(only_test))

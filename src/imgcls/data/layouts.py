@@ -154,7 +154,7 @@ def resolve_layout(
                 f"{base}/train/<class>/*.jpg (+ {base}/test/<class>/*.jpg or flat {base}/test/<class>_*.jpg)"
             )
         train = unwrap(base)
-    if test is not None and test.resolve() == train.resolve():
+    if test is not None and test.absolute() == train.absolute():
         raise DataError(
             f"the training and test folders are the same ('{train}'); set data.test_dir to another folder"
         )
