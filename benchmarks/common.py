@@ -105,7 +105,7 @@ def grid_table(title: str, results: dict, columns: list[tuple[str, str, float, i
     (header, result key, scale, digits) and a final "measured on" column."""
     md = [title, "", "| head | " + " | ".join(c[0] for c in columns) + " | measured on |", "|---" * (len(columns) + 2) + "|"]
     for name, r in results.items():
-        cells = [fmt(r[key], scale, digits) for _, key, scale, digits in columns]
+        cells = [fmt(r.get(key, (float("nan"), 0.0)), scale, digits) for _, key, scale, digits in columns]  # older results: –
         md.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('device', '?')} |")
     return md
 

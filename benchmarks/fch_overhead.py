@@ -28,8 +28,9 @@ from common import time_steps, write_results
 from cpu_precision import quickstart_overrides
 
 from imgcls.config import load_config
-from imgcls.runtime.batch import Batch
 from imgcls.engine.optim import build_optimizer
+from imgcls.models.classifier import build_head, build_model
+from imgcls.runtime.batch import Batch
 from imgcls.runtime.precision import (
     autocast,
     channels_last_enabled,
@@ -37,7 +38,6 @@ from imgcls.runtime.precision import (
     resolve_device,
     resolve_precision,
 )
-from imgcls.models.classifier import build_head, build_model
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "fashion_mnist"
 GRAPHS = (("rbf", 1), ("knn", 4), ("att", 5), ("cl", 1))

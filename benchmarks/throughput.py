@@ -21,11 +21,11 @@ from common import time_steps, write_results
 
 from imgcls.config import load_config
 from imgcls.data.augment import build_train_augment
-from imgcls.runtime.batch import Batch
 from imgcls.data.prepare import make_loader, prepare_data
-from imgcls.runtime.precision import configure_backends, resolve_device
 from imgcls.engine.trainer import Trainer
 from imgcls.models.classifier import build_model
+from imgcls.runtime.batch import Batch
+from imgcls.runtime.precision import configure_backends, resolve_device
 
 
 def measure(overrides: list[str], batch: int, steps: int) -> dict:

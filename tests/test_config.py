@@ -97,8 +97,10 @@ def test_scientific_notation_is_a_float_for_typed_fields():
     assert load_config(None, ["optim.lr=3e-4"]).optim.lr == pytest.approx(3e-4)
 
 
-def test_scientific_notation_is_a_float_in_free_form_args():
-    cfg = load_config(None, ["model.backbone_args.width_mult=5e-1", "model.head_args.dropout=1e-1"])
+def test_scientific_notation_is_a_float_in_component_args():
+    cfg = load_config(
+        None, ["model.backbone_args.width_mult=5e-1", "model.head=mlp", "model.head_args.dropout=1e-1"]
+    )
     assert cfg.model.backbone_args["width_mult"] == 0.5
     assert cfg.model.head_args["dropout"] == 0.1
 

@@ -504,3 +504,21 @@ def test_gcn_conv_is_the_public_code_layer():
 def test_bad_arguments_raise_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         FCHHead(16, 4, **kwargs)
+
+
+def test_memory_bank_state_dict_and_checkpoints_written_before_the_bank_module():
+    head = make_head("rbf", memory_size=4)
+    head.update_memory(torch.randn(3, 16), torch.tensor([1, 2, 3]))
+    state = head.state_dict()
+    assert {"memory.features", "memory.labels", "memory.ptr", "memory.filled"} <= set(state)
+    legacy = {k.replace("memory.", "memory_"): v for k, v in state.items()}  # the former buffer names
+    fresh = make_head("rbf", memory_size=4)
+    fresh.load_state_dict(legacy)
+    assert torch.equal(fresh.memory_features, head.memory_features) and int(fresh.memory_filled) == 3
+    # and through the run loader's checked load
+    from imgcls.models.classifier import Classifier
+    from imgcls.runs import load_weights
+
+    model, again = Classifier(nn.Identity(), make_head("rbf", memory_size=4)), Classifier(nn.Identity(), head)
+    load_weights(model, {f"head.{k}": v for k, v in legacy.items()}, "checkpoint")
+    assert torch.equal(model.head.memory_labels[:3], again.head.memory_labels[:3])

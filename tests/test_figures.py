@@ -16,9 +16,9 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from imgcls.config import build_config
 from imgcls.data.images import ImageData
 from imgcls.data.prepare import PreparedData
-from imgcls.evaluation import figures
+from imgcls.evaluation import figures, plots, projection
 from imgcls.evaluation.evaluate import evaluate_model
-from imgcls.evaluation.metrics import classification_metrics
+from imgcls.evaluation.metrics import classification_metrics, expected_calibration_error
 from imgcls.models.classifier import build_model
 from imgcls.runtime.distributed import DistInfo
 
@@ -79,7 +79,7 @@ def test_ece_of_hand_made_calibrated_and_uncalibrated_predictions():
     assert classification_metrics(probs, calibrated, names, calibration_bins=10)["ece"] == pytest.approx(
         0.0, abs=1e-6
     )
-    assert figures.expected_calibration_error(probs, calibrated, 10) == pytest.approx(0.0, abs=1e-6)
+    assert expected_calibration_error(probs, calibrated, 10) == pytest.approx(0.0, abs=1e-6)
     # over-confident: says 0.9, right half of the time → gap 0.4
     probs = torch.tensor([[0.9, 0.1]] * 10)
     half = torch.tensor([0] * 5 + [1] * 5)
@@ -93,17 +93,22 @@ def test_ece_of_hand_made_calibrated_and_uncalibrated_predictions():
     assert classification_metrics(probs, y, names, calibration_bins=10)["ece"] == pytest.approx(
         expected, abs=1e-6
     )
-    assert figures.expected_calibration_error(probs, y, 10) == pytest.approx(expected, abs=1e-6)
+    assert expected_calibration_error(probs, y, 10) == pytest.approx(expected, abs=1e-6)
 
 
-def test_reliability_bins_agree_with_torchmetrics():
+def test_reliability_bins_agree_with_the_reported_ece():
+    """The diagram's bins (plots.reliability_bins) give the ECE the metrics report (torchmetrics)."""
     probs, targets = _random_predictions(seed=3)
     for bins in (5, 15):
-        ours = figures.expected_calibration_error(probs, targets, bins)
+        b = plots.reliability_bins(probs, targets, bins)
+        used = b["count"] > 0
+        from_bins = np.sum(
+            b["count"][used] / len(targets) * np.abs(b["accuracy"][used] - b["confidence"][used])
+        )
         ref = float(multiclass_calibration_error(probs, targets, num_classes=5, n_bins=bins, norm="l1"))
-        assert ours == pytest.approx(ref, abs=1e-6)
-    b = figures.reliability_bins(probs, targets, 15)
-    assert b["count"].sum() == len(targets) and len(b["edges"]) == 16
+        assert expected_calibration_error(probs, targets, bins) == pytest.approx(ref, abs=1e-6)
+        assert from_bins == pytest.approx(ref, abs=1e-6)
+        assert b["count"].sum() == len(targets) and len(b["edges"]) == bins + 1
 
 
 # ------------------------------------------------------------------------------------------------ selection helpers
@@ -135,15 +140,15 @@ def test_every_plot_function_writes_a_png(tmp_path):
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     coords = np.random.default_rng(0).normal(size=(120, 2))
     written = [
-        figures.plot_roc(probs, targets, names, tmp_path / "roc.png"),
-        figures.plot_reliability(probs, targets, 10, tmp_path / "rel.png"),
-        figures.plot_per_class(m["per_class"], tmp_path / "pc.png"),
-        figures.plot_misclassified(images, [0] * 6, [1] * 6, [0.9] * 6, names, tmp_path / "mis.png"),
-        figures.plot_embeddings([("a", coords), ("b", coords)], targets, names, tmp_path / "emb.png", "tsne"),
-        figures.plot_gradcam(
+        plots.plot_roc(probs, targets, names, tmp_path / "roc.png"),
+        plots.plot_reliability(probs, targets, 10, tmp_path / "rel.png"),
+        plots.plot_per_class(m["per_class"], tmp_path / "pc.png"),
+        plots.plot_misclassified(images, [0] * 6, [1] * 6, [0.9] * 6, names, tmp_path / "mis.png"),
+        plots.plot_embeddings([("a", coords), ("b", coords)], targets, names, tmp_path / "emb.png", "tsne"),
+        plots.plot_gradcam(
             images[:3].float() / 255, np.random.rand(3, 16, 16), ["x", "y", "z"], tmp_path / "cam.png", "l"
         ),
-        figures.plot_feature_maps(images[0], torch.randn(12, 8, 8), tmp_path / "fm.png", "conv"),
+        plots.plot_feature_maps(images[0], torch.randn(12, 8, 8), tmp_path / "fm.png", "conv"),
     ]
     assert all(_is_png(Path(p)) for p in written)
 
@@ -152,18 +157,18 @@ def test_plots_handle_many_classes(tmp_path):
     probs, targets = _random_predictions(n=300, c=50)
     names = [f"class {i}" for i in range(50)]
     m = classification_metrics(probs, targets, names)
-    assert _is_png(figures.plot_roc(probs, targets, names, tmp_path / "roc.png"))
-    assert _is_png(figures.plot_per_class(m["per_class"], tmp_path / "pc.png"))
+    assert _is_png(plots.plot_roc(probs, targets, names, tmp_path / "roc.png"))
+    assert _is_png(plots.plot_per_class(m["per_class"], tmp_path / "pc.png"))
     coords = np.random.default_rng(0).normal(size=(300, 2))
-    assert _is_png(figures.plot_embeddings([("e", coords)], targets, names, tmp_path / "e.png", "umap"))
+    assert _is_png(plots.plot_embeddings([("e", coords)], targets, names, tmp_path / "e.png", "umap"))
 
 
 def test_embed_2d_shapes_and_bad_method():
     x = torch.randn(60, 70)
-    assert figures.embed_2d(x, "tsne").shape == (60, 2)
-    assert figures.embed_2d(x, "umap").shape == (60, 2)
+    assert projection.embed_2d(x, "tsne").shape == (60, 2)
+    assert projection.embed_2d(x, "umap").shape == (60, 2)
     with pytest.raises(ValueError, match="unknown embedding method"):
-        figures.embed_2d(x, "pca")
+        projection.embed_2d(x, "pca")
 
 
 # ------------------------------------------------------------------------------------------------ a whole evaluation

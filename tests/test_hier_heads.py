@@ -88,7 +88,9 @@ def test_arcface_margin_only_when_targets_given():
     assert head.scale == default_scale(5) == 16.0 and ArcFaceHead(8, 50).scale == 30.0
     x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
     plain = head(x).logits
-    margin = head(x, y).logits
+    trained = head(x, y)
+    margin = trained.extras["loss_logits"]
+    assert torch.equal(trained.logits, plain)  # predicting logits never carry the margin
     rows = torch.arange(4)
     assert torch.all(margin[rows, y] < plain[rows, y])  # target logits lowered by the margin
     off = torch.ones_like(plain, dtype=torch.bool)
@@ -106,7 +108,8 @@ def test_sphere_multi_margin_on_positives_or_all_and_none_at_inference(tax):
     pos = SphereMultiHead(8, 7, taxonomy=tax)
     every = SphereMultiHead(8, 7, taxonomy=tax, margin_on="all")
     every.load_state_dict(pos.state_dict())
-    plain, with_pos, with_all = pos(x).logits, pos(x, y).logits, every(x, y).logits
+    plain, with_pos, with_all = pos(x).logits, pos(x, y).extras["loss_logits"], every(x, y).extras["loss_logits"]
+    assert torch.equal(pos(x, y).logits, plain) and torch.equal(every(x, y).logits, plain)
     positive = tax.lineage_matrix()[y].bool()
     assert torch.all(with_pos[positive] < plain[positive])
     assert torch.allclose(with_pos[~positive], plain[~positive])
@@ -142,8 +145,12 @@ def test_multihead_levels_logits_and_loss_terms(tax):
     head = ArcFaceMultiHead(16, 7, taxonomy=tax, embedding=[32])
     assert head.level_sizes == [3, 6, 7] and head.scales == [16.0, 16.0, 16.0]
     x, y = clustered(tax, n=10)
+    torch.manual_seed(1)
     out = head(x, y)
-    assert set(out.extras) == {"level_1", "level_2", "level_3"} and out.logits.shape == (10, 7)
+    assert set(out.extras) == {"level_1", "level_2", "level_3", "loss_level_1", "loss_level_2", "loss_level_3"}
+    assert out.logits.shape == (10, 7)
+    torch.manual_seed(1)  # the same dropout mask
+    assert torch.equal(out.logits, head(x).logits)  # margin-free: the logits the prediction uses
     terms = head.loss(out, Batch(images=x, targets=y))
     assert set(terms) == {"ce_level_1", "ce_level_2", "ce_level_3"}
     soft = torch.nn.functional.one_hot(y, 7).float()
@@ -228,8 +235,8 @@ def test_short_optimisation_lowers_loss(tax, name, args):
 
 
 def tiny_predictor(tax, head: str):
-    from imgcls.api import Predictor
     from imgcls.config import ModelConfig
+    from imgcls.evaluation.predict import Predictor
     from imgcls.models.classifier import build_model
 
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ one-line errors for everything else."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -172,11 +173,13 @@ def test_layout_errors_are_one_line(tmp_path):
     assert "has no images" in err(str(empty_test))
 
 
-def test_unknown_test_class_folder_is_an_error(tmp_path):
+def test_test_class_folders_match_case_insensitively_and_strays_are_left_out(tmp_path, caplog):
     class_tree(tmp_path / "train", 2)
-    class_tree(tmp_path / "test", 1, ["A", "Q"])
-    with pytest.raises(DataError, match="is not one of the 5 training classes"):
-        source(tmp_path)
+    class_tree(tmp_path / "test", 1, ["a", "SPACE", "Q"])
+    with caplog.at_level(logging.WARNING):
+        src = source(tmp_path)
+    assert [CLASSES[int(y)] for y in src.test.labels] == ["A", "Space"]
+    assert any("Q" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
 
 
 ASL_CLASSES = [*"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "Nothing", "Space"]

@@ -118,12 +118,12 @@ def test_group_norm_variant_is_batch_independent_and_same_size():
     assert not torch.allclose(batch_norm(x)[:2], batch_norm(x[:2]), atol=1e-3)
     same_size = sum(p.numel() for p in AdaptiveCNN("mnist").parameters())
     assert sum(p.numel() for p in AdaptiveCNN("mnist", norm="group").parameters()) == same_size
-    with pytest.raises(ConfigError, match="norm 'layer'"):
+    with pytest.raises(ConfigError, match=r"'layer' for 'adaptive_cnn\.norm'"):
         AdaptiveCNN("mnist", norm="layer")
 
 
 def test_unknown_layout_is_a_config_error():
-    with pytest.raises(ConfigError, match="layout 'imagenet'"):
+    with pytest.raises(ConfigError, match=r"'imagenet' for 'model\.backbone_args\.layout'"):
         build_model(ModelConfig(backbone_args={"layout": "imagenet"}), 10, 1)
 
 
@@ -179,8 +179,13 @@ def test_unknown_head_arg_is_a_config_error():
     with pytest.raises(ConfigError) as info:
         build_model(ModelConfig(head="mlp", head_args={"hiden": [64]}), 10, 1)
     message = str(info.value)
-    assert "'hiden'" in message and "mlp" in message and "hidden" in message and "dropout" in message
-    with pytest.raises(ConfigError, match="'hidden'"):
+    assert (
+        "'model.head_args.hiden'" in message
+        and "mlp" in message
+        and "hidden" in message
+        and "dropout" in message
+    )
+    with pytest.raises(ConfigError, match=r"'model\.head_args\.hidden'\. Valid keys of head 'linear': none"):
         build_model(ModelConfig(head="linear", head_args={"hidden": [64]}), 10, 1)
 
 

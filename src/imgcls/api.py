@@ -8,8 +8,10 @@ validation, last, EMA or SWA), and the report says which.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +20,26 @@ from typing import Any
 import torch
 
 from imgcls.config import ExperimentConfig, apply_overrides, build_config, config_to_yaml, load_config
+from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader, prepare_data
 from imgcls.engine.callbacks import (
     Checkpointer,
     EarlyStopping,
     HistoryLogger,
     ProgressPrinter,
+    RecoveryCheckpointer,
     StopAtValAcc,
 )
 from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
-from imgcls.errors import CheckpointError, UserError
+from imgcls.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted, UserError
+from imgcls.evaluation.predict import Predictor
 from imgcls.models.classifier import Classifier, build_model
 from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
-from imgcls.runtime.precision import autocast, configure_backends, resolve_device
+from imgcls.runtime.precision import configure_backends, resolve_device
+from imgcls.runtime.signals import graceful_stop
 
 
 @dataclass
@@ -77,15 +83,18 @@ def build_taxonomy_for(cfg: ExperimentConfig, data: PreparedData):
 
 
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
+    from imgcls.engine.attractor_init import class_mean_init_callbacks
     from imgcls.engine.averaging import averaging_callbacks
     from imgcls.engine.confusion_sampling import sampling_callbacks
 
-    callbacks = [*averaging_callbacks(cfg), *sampling_callbacks(cfg), StopAtValAcc()]
+    # head initialisation first: weight averaging copies the model at stage start
+    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), *sampling_callbacks(cfg), StopAtValAcc()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
         Checkpointer(run_dir / "checkpoints", cfg.train.monitor),
+        RecoveryCheckpointer(run_dir / "checkpoints", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes),
         ProgressPrinter(cfg.train.progress),
     ]
     return callbacks
@@ -98,15 +107,17 @@ def train(
     *,
     resume: str | Path | None = None,
     evaluate_after: bool = True,
+    callbacks: list | None = None,
 ) -> RunResult:
-    """Train an experiment (or resume the run in ``resume``), then evaluate it once on the test set."""
+    """Train an experiment (or resume the run in ``resume``), then evaluate it once on the test set.
+    ``callbacks`` (engine.callbacks.Callback) run after the built-in ones, e.g. a sweep's pruning reporter."""
     resume_ckpt = None
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>")
         cfg = load_config(run_dir / "config.yaml", overrides)
-        resume_ckpt = ckpt_io.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        resume_ckpt = ckpt_io.load_checkpoint(recovery_or_last(run_dir))
     else:
         cfg = _as_config(cfg, overrides)
         run_dir = None
@@ -114,16 +125,14 @@ def train(
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device.type)
     configure_backends(cfg.train, device)
-    if run_dir is None:
-        run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-
+    # Nothing is written before the data, the model and (on --resume) the checkpoint's fit are checked:
+    # a config error leaves no run directory behind, a failed resume leaves the run untouched.
     data = prepare_data(cfg)
     taxonomy = build_taxonomy_for(cfg, data)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, len(data.class_names), data.channels, cfg.train.label_smoothing, taxonomy)
+    if resume_ckpt is not None:
+        check_resume_fits(model, cfg, resume_ckpt, data.class_names, taxonomy, run_dir)
     train_loader = make_loader(data.train, data, cfg, train=True, batch_size=cfg.train.batch_size,
                                rank=dist.rank, world_size=dist.world_size, device=device)
     eval_bs = cfg.eval.batch_size or cfg.train.batch_size
@@ -135,23 +144,78 @@ def train(
 
     augment = build_train_augment(cfg.augment, len(data.class_names))
     attach_feature_cache(model, cfg, augment)
+    if run_dir is None:
+        run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
     trainer = Trainer(
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
-        class_names=data.class_names, callbacks=build_callbacks(cfg, run_dir), augment=augment, dist=dist, taxonomy=taxonomy,
+        class_names=data.class_names, callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])], augment=augment, dist=dist, taxonomy=taxonomy,
         objective=build_objective(cfg, model, device=device, data=data),
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=resume_ckpt)
+    try:
+        with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
+            history = trainer.fit(resume=resume_ckpt)
+    except TrainingInterrupted as exc:
+        raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
+    except (ConfigError, DataError):
+        # a config/data error met only once training starts (an unknown module to freeze, a loss weight the head
+        # does not produce, a sampler that cannot fill a batch): a new run that saved nothing leaves no directory
+        if resume is None and dist.is_main and not any((run_dir / "checkpoints").glob("*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for empty in (run_dir.parent, run_dir.parent.parent):  # runs/<name>/ and output.dir, when now empty
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+        raise
     train_time = time.perf_counter() - start + (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
-    if dist.is_main and data.skipped_files:
-        (run_dir / "skipped_files.txt").write_text("\n".join(data.skipped_files) + "\n")
+    skipped = set(data.skipped_files)  # the in-memory path decodes once; the streaming path skips as it goes
+    for loader in (train_loader, val_loader):
+        skipped |= getattr(loader, "skipped", set())
+    if dist.is_main and skipped:
+        record_skipped_files(run_dir, skipped)
     if dist.is_main:
         (run_dir / "train_summary.json").write_text(json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch}))
     barrier(dist)
     result = RunResult(run_dir, {}, history)
     if evaluate_after:
         result.metrics = evaluate(run_dir, data=data, dist=dist)
+    elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
+        ckpt, which = load_run_checkpoint(run_dir)
+        weights, _, _ = model_from_checkpoint(ckpt, which)
+        ckpt_io.save_safetensors(weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which})
     return result
+
+
+def recovery_or_last(run_dir: Path) -> Path:
+    """The checkpoint a resume starts from: the mid-epoch recovery file when it is newer than last.pt."""
+    folder = run_dir / "checkpoints"
+    last, recovery = folder / "last.pt", folder / "recovery.pt"
+    if recovery.is_file() and (not last.is_file() or recovery.stat().st_mtime_ns >= last.stat().st_mtime_ns):
+        return recovery
+    return last
+
+
+def check_resume_fits(model: Classifier, cfg: ExperimentConfig, ckpt: dict[str, Any], class_names: list[str],
+                      taxonomy, run_dir: Path) -> None:
+    """Fail (one line, nothing written) when the checkpoint cannot be loaded into the model ``cfg`` describes."""
+    import copy
+
+    from imgcls.runs import load_weights, model_as_of_stage
+
+    if list(ckpt.get("class_names", class_names)) != list(class_names):
+        raise CheckpointError(f"cannot resume {run_dir}: the data's classes differ from the checkpoint's; "
+                              "resume with the data the run was trained on")
+    with torch.random.fork_rng(devices=[]):  # building a stage head draws random numbers: keep the seed's stream
+        probe = model_as_of_stage(copy.deepcopy(model), cfg, int(ckpt.get("progress", {}).get("stage", 0)), taxonomy)
+    try:
+        load_weights(probe, ckpt["model"], "the checkpoint's")
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume {run_dir} with this config: {exc}; drop the overrides that change the "
+                              "model (the run directory is unchanged)") from None
+
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -164,6 +228,7 @@ def evaluate(
     data_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's chosen checkpoint on the test set; writes metrics.json, figures and report.md."""
+    from imgcls.evaluation.calibration import checkpoint_identity
     from imgcls.evaluation.evaluate import evaluate_model
 
     run_dir = Path(run_dir)
@@ -187,103 +252,26 @@ def evaluate(
     return evaluate_model(
         model, cfg, data, run_dir, device=device, dist=dist, taxonomy=taxonomy, checkpoint=which,
         checkpoint_detail=detail, preprocess=ckpt["preprocess"], class_names=ckpt["class_names"], train_time_s=train_time,
+        checkpoint_identity=checkpoint_identity(ckpt),
     )
 
 
 # ---------------------------------------------------------------------------------- predict
-class Predictor:
-    """A trained model ready for inference on image files, PIL images or uint8 tensors."""
+# Predictor lives in imgcls.evaluation.predict; `imgcls.api.Predictor` stays importable.
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", calibrated: bool = True) -> Predictor:
+    """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`); with ``calibrated``
+    the temperature fitted by evaluation (``eval.calibration: temperature``) for this checkpoint is applied."""
+    from imgcls.evaluation.calibration import stored_temperature
 
-    def __init__(self, model: Classifier, preprocess: dict[str, Any], class_names: list[str], taxonomy=None, device: str = "cpu") -> None:
-        from imgcls.data.preprocess import Preprocess
-
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.meta, self.class_names, self.taxonomy = preprocess, class_names, taxonomy
-        self.prep = Preprocess.from_meta(preprocess, self.device)
-
-    def load_images(self, images: list[Any]) -> torch.Tensor:
-        from PIL import Image
-
-        from imgcls.data.decode import _BAD_IMAGE_ERRORS, decode_image
-        from imgcls.data.images import convert_channels, resize_uint8
-        from imgcls.errors import DataError
-
-        size, channels = int(self.meta["image_size"]), int(self.meta["channels"])
-        out = []
-        for item in images:
-            if isinstance(item, torch.Tensor):
-                t = item if item.ndim == 4 else item[None]
-                out.append(resize_uint8(convert_channels(t.to(torch.uint8), channels), size))
-                continue
-            if isinstance(item, Image.Image):
-                item.save(buf := __import__("io").BytesIO(), format="PNG")
-                buf.seek(0)
-                item = buf
-            try:
-                out.append(decode_image(item, size, channels)[None])
-            except FileNotFoundError:
-                raise DataError(f"image '{item}' does not exist") from None
-            except _BAD_IMAGE_ERRORS as exc:
-                raise DataError(f"cannot read image '{item}': {exc}") from None
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def _predict_views(self, images: list[Any], tta: int):
-        from imgcls.evaluation.predict import predict_views
-
-        batch = self.load_images(images).to(self.device)
-        return predict_views(self.model, batch, self.prep, lambda: autocast(self.device, None), tta)
-
-    def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
-        return self._predict_views(images, tta).probs.cpu()
-
-    def predict(self, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None) -> list[dict[str, Any]]:
-        """Top-k classes per image; with ``threshold`` τ also the deepest taxonomy node on a consistent
-        root path whose probability ≥ τ. Node probabilities come from the head itself for node-space
-        heads (``predict_nodes``: SphereMulti, SphereMultiHier, per-level heads), else the class
-        probabilities summed up the tree."""
-        views = self._predict_views(images, tta)
-        probs = views.probs.cpu()
-        node_probs = None if views.node_probs is None else views.node_probs.cpu()
-        k = min(top_k, probs.shape[1])
-        results = []
-        for i, p in enumerate(probs):
-            values, idx = p.topk(k)
-            row: dict[str, Any] = {
-                "image": str(images[i]) if isinstance(images[i], (str, Path)) else f"#{i}",
-                "top_k": [{"class": self.class_names[j], "probability": float(v)} for v, j in zip(values, idx.tolist(), strict=True)],
-            }
-            if threshold is not None:
-                row["hierarchy"] = self.hierarchical_path(p[None], threshold, None if node_probs is None else node_probs[i : i + 1])[0]
-            results.append(row)
-        return results
-
-    def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
-                          node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
-        from imgcls.errors import UserError as _UserError
-
-        if self.taxonomy is None:
-            raise _UserError("--threshold needs a model trained with a taxonomy (data.taxonomy)")
-        from imgcls.evaluation.hierarchical import threshold_decode
-
-        if node_probs is None:
-            node_probs = self.taxonomy.class_to_node_probs(class_probs)
-        nodes = threshold_decode(node_probs, self.taxonomy, threshold)
-        return [{"path": self.taxonomy.path_names(int(n)), "probability": float(node_probs[i, int(n)]) if int(n) >= 0 else 1.0}
-                for i, n in enumerate(nodes)]
-
-
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Predictor:
-    """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`)."""
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, _, taxonomy = model_from_checkpoint(ckpt, which)
-    return Predictor(model, ckpt["preprocess"], ckpt["class_names"], taxonomy, device)
+    temperature = stored_temperature(Path(run_dir), which, ckpt) if calibrated else 1.0
+    return Predictor(model, ckpt["preprocess"], ckpt["class_names"], taxonomy, device, temperature)
 
 
 def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
-            checkpoint: str | None = None) -> list[dict[str, Any]]:
-    return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold)
+            checkpoint: str | None = None, on_error: str = "raise") -> list[dict[str, Any]]:
+    return load(run_dir, checkpoint).predict(images, top_k=top_k, tta=tta, threshold=threshold, on_error=on_error)
 
 
 # ---------------------------------------------------------------------------------- compare / export
@@ -327,6 +315,87 @@ def taxonomy(source: str | Path, overrides: list[str] | None = None):
 
     return build_taxonomy(cfg.data.taxonomy, source_data.train.class_names, rule=cfg.data.taxonomy_rule,
                           synsets=source_data.synsets or None)
+
+
+# ---------------------------------------------------------------------------------- sweep
+def sweep(
+    cfg: ExperimentConfig | str | Path | None,
+    space: Any,
+    overrides: list[str] | None = None,
+    *,
+    trials: int = 20,
+    study: str | None = None,
+    storage: str | None = None,
+    out: str | Path | None = None,
+    workers: int = 1,
+    final_seeds: int = 0,
+    pruner: str = "median",
+    prune_startup: int = 3,
+    prune_warmup: int = 1,
+    seed: int = 0,
+    heartbeat: int = 10,
+    baseline: bool = True,
+    enqueue: list[dict[str, Any]] | None = None,
+    report: bool = True,
+    worker_index: int = 0,
+):
+    """Tune an experiment over a search space with Optuna on the validation split (``imgcls sweep``,
+    docs/sweeps.md). Running it again with the same ``study``/``out`` resumes the sweep. With
+    ``final_seeds`` S the best config is re-trained with seeds 0..S-1 and only those runs are evaluated
+    on the test set (mean ± std as in ``imgcls compare``)."""
+    from imgcls.engine import sweep as sw
+
+    space_name = Path(space).stem if isinstance(space, (str, Path)) else None
+    cfg = _as_config(cfg, overrides)
+    if workers < 1 or final_seeds < 0:
+        raise UserError(f"--workers must be ≥ 1 and --final-seeds ≥ 0 (got {workers} and {final_seeds})")
+    plan = sw.make_plan(cfg, space, trials=trials, study=study, out=out, storage=storage, pruner=pruner,
+                        prune_startup=prune_startup, prune_warmup=prune_warmup, seed=seed, heartbeat=heartbeat,
+                        space_name=space_name)
+    start = time.perf_counter()
+    the_study = sw.open_study(plan, worker_index)
+    if worker_index == 0:
+        sw.write_inputs(plan)
+        sw.enqueue_baseline(plan, the_study, enqueue, baseline)
+    if workers > 1:
+        sw.run_local_workers(plan, workers)
+    else:
+        sw.run_worker(plan, the_study, lambda trial_cfg, cbs: train(trial_cfg, callbacks=cbs, evaluate_after=False),
+                      worker_index)
+    if not report:
+        return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
+    if not final_seeds or not sw.has_result(the_study):  # a sweep without any completed trial still gets its report
+        result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
+    if final_seeds:
+        final = _sweep_final_runs(plan, the_study, final_seeds)
+        result = sw.write_report(plan, the_study, final, wall_s=time.perf_counter() - start)
+    return result
+
+
+def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
+    """Re-train the best trial's config with seeds 0..n-1 (seeds already trained there are kept) and
+    evaluate each once on the test set; the only test-set evaluations a sweep makes."""
+    from imgcls.engine import sweep as sw
+    from imgcls.evaluation.compare import METRIC_COLUMNS, compare_runs, find_run_dirs, load_record
+
+    if not sw.has_result(study):
+        raise UserError(f"no trial of study '{plan.study_name}' completed, so there is no best config to re-train "
+                        f"(see {plan.out_dir / 'sweep.md'})")
+    number = study.best_trial.number
+    folder = plan.out_dir / "final" / f"trial_{number:04d}"
+    raw = sw.best_config(plan, study)
+    done = {load_record(d).seed for d in find_run_dirs([folder])[0]} if folder.is_dir() else set()
+    for s in range(n_seeds):
+        if s in done:
+            continue
+        run_raw = json.loads(json.dumps(raw))
+        run_raw["train"]["seed"], run_raw["output"]["dir"] = s, str(folder)
+        train(build_config(run_raw), evaluate_after=True)
+    table = compare_runs([folder], sort_by=None)
+    row = table.rows[0]
+    metrics = {key: {"mean": row.mean(key), "std": row.std(key), "values": row.values.get(key, [])} for key, _, _ in METRIC_COLUMNS}
+    return {"trial": number, "seeds": sorted(s for s in row.seeds if s is not None),
+            "run_dirs": [str(r.run_dir) for r in row.runs], "metrics": metrics, "table": table.to_markdown()}
 
 
 def data_cache(src: str | Path, dst: str | Path, *, size: int = 96, grayscale: bool = False, workers: int | None = None,

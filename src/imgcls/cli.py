@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from imgcls.errors import UserError
+from imgcls.errors import TrainingInterrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
@@ -42,7 +42,7 @@ def launch_ddp(torchrun_args: list[str]) -> int:
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Path | None = typer.Argument(None, help="experiment YAML (e.g. configs/quickstart.yaml)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML, or a shipped recipe name (e.g. quickstart; see `imgcls configs`)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5"),
     resume: Path | None = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="train with N DDP processes (launches torchrun)"),
@@ -97,10 +97,22 @@ def predict(
     """Classify images with a trained run (preprocessing is read from the checkpoint)."""
     from imgcls import api
 
-    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint)
+    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint,
+                          on_error="report")
+    failed = [row for row in results if "error" in row]
     if as_json:
         out.print_json(json.dumps(results))
-        return
+    for row in failed:  # each unreadable file on its own line; the readable ones are still predicted
+        err.print(f"error: {escape(row['error'])}", highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"{len(failed)} of {len(results)} image(s) could not be read", highlight=False, soft_wrap=True)
+    if not as_json:
+        _print_predictions([row for row in results if "error" not in row], threshold)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _print_predictions(results: list[dict], threshold: float | None) -> None:
     for row in results:
         top = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top_k"])
         out.print(f"{row['image']}: {top}", highlight=False, soft_wrap=True)
@@ -126,13 +138,26 @@ def taxonomy_show(
 
 @config_app.command("show")
 def config_show(
-    config: Path | None = typer.Argument(None, help="experiment YAML (none: the defaults)"),
+    config: Path | None = typer.Argument(None, help="experiment YAML or shipped recipe name (none: the defaults)"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
 ) -> None:
-    """Print the fully resolved config (defaults + file + overrides)."""
+    """Print the fully resolved config (defaults + file + overrides; head/backbone arguments with every default)."""
     from imgcls.config import config_to_yaml, load_config
 
-    out.print(config_to_yaml(load_config(config, overrides)), highlight=False, markup=False, soft_wrap=True)
+    out.print(config_to_yaml(load_config(config, overrides), component_defaults=True), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("configs")
+def configs_list() -> None:
+    """List the shipped recipes (train one by name: `imgcls train fashion_mnist/fch_rbf`)."""
+    from imgcls.recipes import list_recipes
+
+    recipes = list_recipes()
+    if not recipes:
+        raise UserError("no shipped recipes found (the installation has no imgcls/configs folder)")
+    width = max(len(r.name) for r in recipes)
+    for r in recipes:
+        out.print(f"{r.name:<{width}}  {r.description}".rstrip(), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -185,6 +210,50 @@ def export(
                       f"(≤ {atol:g})", highlight=False, soft_wrap=True)
     out.print(f"input: float32 images in [0, 1], {shape} (normalisation inside); output: class probabilities. "
               f"Details: {folder / 'export.json'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="experiment YAML to tune"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted overrides applied to every trial"),
+    space: Path = typer.Option(..., "--space", help="search space YAML (dotted key: {log_uniform|uniform|int_uniform|choice: ...})"),
+    trials: int = typer.Option(20, "--trials", min=1, help="results the study should hold (complete + pruned + errored)"),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite in the sweep folder); "
+                                       "postgresql://… or mysql://… to share a study across machines"),
+    study: str | None = typer.Option(None, "--study", help="study name (default: <config>-<space>); an existing one resumes"),
+    workers: int = typer.Option(1, "--workers", min=1, help="trial processes on this machine sharing the study"),
+    final_seeds: int = typer.Option(0, "--final-seeds", min=0, help="re-train the best config with seeds 0..S-1 and test only those"),
+    out_dir: Path | None = typer.Option(None, "--out", help="sweep folder (default: <output.dir>/sweeps/<study>)"),
+    pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none"),
+    prune_startup: int = typer.Option(3, "--prune-startup", min=0, help="median pruner: completed trials before pruning starts"),
+    prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="earliest epoch at which a trial can be pruned"),
+    seed: int = typer.Option(0, "--seed", help="TPE sampler seed"),
+    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="seconds between trial heartbeats (dead after 2×)"),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="run the config's own values as the first trial"),
+    worker_index: int = typer.Option(0, "--worker-index", hidden=True),
+    no_report: bool = typer.Option(False, "--no-report", hidden=True),
+) -> None:
+    """Tune an experiment with Optuna on the validation split (pruning, resumable, parallel workers)."""
+    from imgcls import api
+
+    try:
+        result = api.sweep(config, space, list(overrides or []), trials=trials, study=study, storage=storage, out=out_dir,
+                           workers=workers, final_seeds=final_seeds, pruner=pruner, prune_startup=prune_startup,
+                           prune_warmup=prune_warmup, seed=seed, heartbeat=heartbeat, baseline=baseline,
+                           report=not no_report, worker_index=worker_index)
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume the sweep (the interrupted trial is queued again)")
+        sys.exit(130)
+    if no_report:
+        return
+    if result.best is not None:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
+        out.print(f"best trial {result.best['number']}: validation {result.best['value']:.4f} ({params})", highlight=False, soft_wrap=True)
+    if result.final:
+        acc = result.final["metrics"]["accuracy"]
+        std = f" ± {acc['std']:.4f}" if acc["std"] is not None else ""
+        out.print(f"test accuracy of the best config over seeds {result.final['seeds']}: {acc['mean']:.4f}{std}", highlight=False, soft_wrap=True)
+    out.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare image folders: resize cache, near-duplicate removal.")
@@ -250,12 +319,24 @@ def main() -> None:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
         if isinstance(code, int) and code:
             sys.exit(code)
+    except TrainingInterrupted as exc:  # SIGTERM/SIGINT during training: the state was saved
+        err.print(f"interrupted: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: resume with `imgcls train --resume RUN_DIR` (the last finished epoch is kept)")
+        err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
         sys.exit(130)
+    except OSError as exc:
+        from imgcls.runtime.checkpoint import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = f" at {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
+                  "(free some space and rerun)", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as exc:  # click's own usage errors
         import click
 
@@ -264,6 +345,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort):  # click turns Ctrl-C outside training into Abort
+            err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
             sys.exit(130)
         raise

@@ -8,7 +8,7 @@ value, what is allowed, and the closest valid key for typos.
 
 from __future__ import annotations
 
-import difflib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imgcls.errors import ConfigError
+from imgcls.errors import ConfigError, describe_validation_error
+from imgcls.recipes import resolve_config
+from imgcls.registry import BACKBONES, HEADS, Registry
+
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -156,6 +160,24 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
     ddp_find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradients in a step")
 
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also write checkpoints/recovery.pt (mid-epoch, exact resume) every N optimiser steps"
+    )
+    checkpoint_every_minutes: float | None = Field(
+        None, gt=0.0, description="also write checkpoints/recovery.pt every T minutes of training"
+    )
+    on_nonfinite: Literal["stop", "skip_step"] = Field(
+        "stop", description="a NaN/inf loss: stop (one line), or skip_step: drop that step and go on"
+    )
+    max_skipped_steps: int = Field(5, ge=1, description="skip_step: stop after this many non-finite steps in a row")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N (N = GPU index) or mps")
+        return v
+
 
 class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
@@ -163,6 +185,9 @@ class EvalConfig(Section):
     top_k: list[int] = Field(default_factory=lambda: [1, 5])
     tta: int = Field(1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)")
     calibration_bins: int = Field(15, ge=2)
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="temperature: fit temperature scaling on the validation split; applied in evaluate and predict"
+    )
     plots: bool = True
     embeddings_plot: bool = True
     gradcam: bool = True
@@ -175,6 +200,60 @@ class OutputConfig(Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run name (default: the config file's stem)")
     tensorboard: bool = True
+
+
+class DistillTokensConfig(Section):
+    """CST-style token distillation (seed 004, SPEC §5.4): L_tok on projected tokens + L_rel on relations."""
+
+    student_layers: list[int] = Field([6, 11], min_length=1, description="student blocks whose patch tokens are distilled")
+    teacher_layers: list[int] = Field([6, 11], min_length=1, description="teacher layers matched to student_layers, in order")
+    projector_hidden: int = Field(512, gt=0, description="hidden width of both projectors")
+    projector_dim: int = Field(256, gt=0, description="output width of both projectors")
+    teacher_token_norm: bool = Field(True, description="LayerNorm the teacher tokens (DINOv2 get_intermediate_layers norm=True)")
+    lambda_tok: float = Field(1.0, ge=0.0, description="weight of L_tok = 1 − cosine")
+    lambda_rel: float = Field(0.1, ge=0.0, description="weight of L_rel after relation_warmup_epochs")
+    relation_temperature: float = Field(0.1, gt=0.0, description="softmax temperature of the similarity distributions")
+    relation_pooled: bool = Field(True, description="B×B relations of mean-pooled tokens (seed); false: per-image N×N")
+    relation_warmup_epochs: int = Field(10, ge=0, description="L_rel weight is 0 before this epoch")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DistillTokensConfig:
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError("distill.tokens.student_layers and teacher_layers must have the same length")
+        return self
+
+
+class DistillConfig(Section):
+    """Knowledge distillation from a frozen teacher (docs/distillation.md); off while ``teacher`` is unset."""
+
+    teacher: str | None = Field(None, description="imgcls run directory, checkpoint file, or timm:<model name>")
+    teacher_checkpoint: Literal["best", "last", "ema", "swa"] | None = Field(
+        None, description="which weights of an imgcls run (None: the run's eval.checkpoint)"
+    )
+    pretrained: bool = Field(True, description="timm teacher: load its pretrained weights (hub or pretrained_file)")
+    pretrained_file: str | None = Field(None, description="timm teacher: local weights file (.safetensors/.pth)")
+    teacher_args: dict[str, Any] = Field(default_factory=dict, description="timm teacher: extra create_model arguments")
+    teacher_num_classes: int | None = Field(
+        None, ge=0, description="timm teacher classifier size (None: the data's classes with logit KD, else 0)"
+    )
+    teacher_input_size: int | None = Field(None, gt=0, description="resize images to this side for the teacher (None: its own)")
+    teacher_normalization: Literal["own", "student"] = Field(
+        "own", description="own: teacher normalises unit-range images with its own mean/std; student: the seed's bug"
+    )
+    logits: Literal["hard", "soft", "none"] = Field("soft", description="logit distillation: teacher argmax CE, τ²·KL, or off")
+    temperature: float = Field(3.0, gt=0.0, description="soft distillation temperature τ")
+    alpha_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="constant schedule: weight of the KD term (CE gets 1 − α)")
+    alpha_start: float = Field(0.0, ge=0.0, le=1.0)
+    alpha_end: float = Field(0.5, ge=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0, description="epochs of CE only before logit distillation starts")
+    tokens: DistillTokensConfig | None = Field(None, description="CST token distillation (None: off)")
+
+    @model_validator(mode="after")
+    def _something(self) -> DistillConfig:
+        if self.teacher is not None and self.logits == "none" and self.tokens is None:
+            raise ValueError("distill.teacher is set but distill.logits=none and no distill.tokens: nothing to distill")
+        return self
 
 
 class StageConfig(Section):
@@ -193,6 +272,24 @@ class StageConfig(Section):
     stop_at_val_acc: float | None = Field(None, gt=0.0, le=1.0, description="end the stage once val acc reaches it")
 
 
+def _check_component(registry: Registry, where: str, name: str, args: dict[str, Any]) -> None:
+    try:
+        registry.get(name)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid value {name!r} for '{where}': {exc}") from None
+    registry.validate_args(name, args, f"{where}_args")
+
+
+def stage_section(base: OptimConfig | ScheduleConfig, overrides: dict[str, Any], where: str):
+    """``base`` (the experiment's optim or schedule section) with a stage's ``overrides`` applied and validated;
+    a problem is one line located at ``where`` (e.g. ``stages.1.optim``)."""
+    try:
+        return type(base).model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        keys = list(type(base).model_fields)
+        raise ConfigError(describe_validation_error(exc.errors(), where.split("."), lambda _: keys)) from None
+
+
 class ExperimentConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -203,6 +300,7 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     stages: list[StageConfig] = Field(default_factory=list, description="empty: one stage of train.epochs")
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -210,7 +308,37 @@ class ExperimentConfig(Section):
             raise ValueError("eval.checkpoint=ema needs train.ema_decay (e.g. 0.999)")
         if self.eval.checkpoint == "swa" and self.train.swa_start is None:
             raise ValueError("eval.checkpoint=swa needs train.swa_start (e.g. 0.75)")
+        self._check_components_and_stages()
+        if self.eval.calibration == "temperature" and self.data.val_fraction == 0:
+            raise ValueError("eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0")
         return self
+
+    def _check_components_and_stages(self) -> None:
+        """Typed component arguments and stage overrides, checked when the config loads (not when a stage
+        starts). Raises :class:`ConfigError` directly: pydantic would otherwise lose the location."""
+        _check_component(BACKBONES, "model.backbone", self.model.backbone, self.model.backbone_args)
+        _check_component(HEADS, "model.head", self.model.head, self.model.head_args)
+        for i, stage in enumerate(self.stages):
+            if stage.head:
+                _check_component(HEADS, f"stages.{i}.head", stage.head, stage.head_args)
+            elif stage.head_args:
+                raise ConfigError(
+                    f"stages.{i}.head_args is set but stages.{i}.head is not: name the head the stage switches to"
+                )
+            stage_section(self.optim, stage.optim, f"stages.{i}.optim")
+            stage_section(self.schedule, stage.schedule, f"stages.{i}.schedule")
+
+    def resolved_component_args(self) -> dict[str, dict[str, Any]]:
+        """Every component's arguments with all defaults filled in, by config location
+        (``model.backbone_args``, ``model.head_args``, ``stages.<i>.head_args``)."""
+        out = {
+            "model.backbone_args": BACKBONES.resolved_args(self.model.backbone, self.model.backbone_args),
+            "model.head_args": HEADS.resolved_args(self.model.head, self.model.head_args),
+        }
+        for i, stage in enumerate(self.stages):
+            if stage.head:
+                out[f"stages.{i}.head_args"] = HEADS.resolved_args(stage.head, stage.head_args)
+        return out
 
     def resolved_stages(self) -> list[StageConfig]:
         """The stages to run; an experiment without a `stages` list is one stage of `train.epochs`."""
@@ -240,6 +368,23 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:tr
 ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
+
+
+def _construct_mapping_unique(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A YAML mapping whose keys must be unique (PyYAML silently keeps the last of two equal keys)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key '{key}' at line {key_node.start_mark.line + 1} (first at line {seen[key]}); "
+                "a key may appear once per section"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_unique)
 
 
 def parse_yaml(text: str) -> Any:
@@ -291,25 +436,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _format_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "config"
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        section = [p for p in loc[:-1] if not p.isdigit()]
-        valid = _valid_keys(ExperimentConfig, section) or _valid_keys(StageConfig, section[-1:] if section else [])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
-        allowed = f" Valid keys here: {', '.join(valid)}." if valid else ""
-        return f"unknown config key '{key}'{hint}{allowed}"
-    shown = repr(value) if not isinstance(value, dict) else "{...}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "literal_error":
-        msg = "must be " + msg.removeprefix("Input should be ")
-    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    if not loc:
-        return f"invalid config: {msg}{more}"
-    return f"invalid value {shown} for '{key}': {msg}{more}"
+    def valid(section: list[str]) -> list[str]:
+        section = [p for p in section if not p.isdigit()]
+        return _valid_keys(ExperimentConfig, section) or _valid_keys(StageConfig, section[-1:] if section else [])
+
+    return describe_validation_error(exc.errors(), valid_keys=valid)
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
@@ -320,19 +451,33 @@ def build_config(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML experiment config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``path`` is a file, or the name of a shipped recipe when no such file exists (:mod:`imgcls.recipes`)."""
     raw: dict[str, Any] = {}
     name = None
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' not found; pass a YAML file such as configs/quickstart.yaml")
+        p = resolve_config(path)  # a file, else a shipped recipe by name (quickstart, fashion_mnist/fch_rbf)
         try:
-            raw = parse_yaml(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file '{p}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "pass a YAML file such as configs/quickstart.yaml"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"config file '{p}' cannot be read ({exc.strerror or exc})") from None
+        try:
+            raw = parse_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError(f"config file '{p}': {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if raw is None:
+            log.warning("warning: config file '%s' is empty; training with all defaults", p)
+            raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections (data:, model:, ...)")
         name = p.stem
@@ -343,5 +488,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def config_to_yaml(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def config_to_yaml(cfg: ExperimentConfig, component_defaults: bool = False) -> str:
+    """The config as YAML; with ``component_defaults`` the head/backbone arguments list every default too
+    (``imgcls config show``)."""
+    data = cfg.model_dump(mode="json")
+    if component_defaults:
+        for where, args in cfg.resolved_component_args().items():
+            node = data
+            *path, key = where.split(".")
+            for part in path:
+                node = node[int(part)] if part.isdigit() else node[part]
+            node[key] = args
+    return yaml.safe_dump(data, sort_keys=False)

@@ -83,13 +83,17 @@ def model_from_checkpoint(
 def load_weights(model: Classifier, weights: dict[str, Any], what: str) -> None:
     """``model.load_state_dict(weights)`` with one line naming the mismatching keys instead of a traceback."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
     wrong = [
         k
         for k, v in weights.items()
         if k in expected and tuple(getattr(v, "shape", ())) != tuple(expected[k].shape)
     ]
+    if wrong:
+        missing = [k for k in expected if k not in weights]
+        unexpected = [k for k in weights if k not in expected]
+    else:  # non-strict first: modules may rename keys of older checkpoints (FCH's memory bank)
+        result = model.load_state_dict(weights, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
@@ -99,7 +103,6 @@ def load_weights(model: Classifier, weights: dict[str, Any], what: str) -> None:
         raise CheckpointError(
             f"{what} weights do not fit the model its config describes ({'; '.join(parts)})"
         )
-    model.load_state_dict(weights)
 
 
 def load_run_checkpoint(run_dir: str | Path, which: str | None = None) -> tuple[dict[str, Any], str]:

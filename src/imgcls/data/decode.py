@@ -6,13 +6,43 @@ DataLoader workers), and to stream trees too large for memory during training.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
 _BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+#: Pillow modes of single-channel images deeper than 8 bits (16-bit PNG/TIFF, 32-bit integer, float)
+DEEP_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit_gray(img: Image.Image) -> Image.Image:
+    """A deep grayscale image as 8-bit ``L``, scaled by its value range (Pillow's own ``convert("L")``
+    clips 16-bit values at 255, which turns most 16-bit images into {0, 255}).
+
+    16-bit modes map 0..65535 linearly onto 0..255 (÷ 257); 32-bit integer images the same when their
+    values fit in 16 bits (and pass through when they fit in 8); float images in [0, 1] are × 255;
+    anything else is min–max scaled."""
+    array = np.asarray(img).astype(np.float64)
+    lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if img.mode.startswith("I;16"):
+        scaled = array / 257.0
+    elif img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = array * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        scaled = array
+    elif img.mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        scaled = array / 257.0
+    else:
+        scaled = (array - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(array)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
 def decode_image(path: str, size: int | None, channels: int) -> torch.Tensor:
@@ -20,6 +50,8 @@ def decode_image(path: str, size: int | None, channels: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as img:
+            if img.mode in DEEP_GRAY_MODES:
+                img = to_8bit_gray(img)
             img = img.convert("L" if channels == 1 else "RGB")
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
@@ -64,12 +96,27 @@ def collate_skip(items: list) -> tuple[torch.Tensor | None, torch.Tensor, torch.
     return images, torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), bad
 
 
+def probe_size(files: list[str], channels: int, tries: int = 50) -> int:
+    """The (square) size of the first readable image among the first ``tries`` files."""
+    from imgcls.errors import DataError
+
+    for path in files[:tries]:
+        try:
+            return int(decode_image(path, None, channels).shape[-1])
+        except _BAD_IMAGE_ERRORS:
+            continue
+    raise DataError(
+        f"none of the first {min(tries, len(files))} training images could be read (first: {files[0] if files else '-'}); "
+        "check the files, or set data.image_size"
+    )
+
+
 def probe_channels(files: list[str]) -> int:
     """1 when the first readable image is single-channel, else 3."""
     for path in files[:20]:
         try:
             with Image.open(path) as img:
-                return 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
+                return 1 if img.mode in ("L", "1", *DEEP_GRAY_MODES) else 3
         except _BAD_IMAGE_ERRORS:
             continue
     return 3
@@ -92,3 +139,15 @@ def load_files_into_memory(
 
         raise DataError(f"none of the {len(files)} image files could be read (first: {files[0] if files else '-'})")
     return torch.cat(images), torch.cat(kept_labels), skipped
+
+
+def record_skipped_files(run_dir: Path, skipped: set[str] | list[str]) -> list[str]:
+    """Add ``skipped`` (unreadable image files) to the run's ``skipped_files.txt``, one per line, warn once
+    about the new ones, and return the whole list."""
+    path = Path(run_dir) / "skipped_files.txt"
+    before = set(path.read_text().split("\n")) - {""} if path.is_file() else set()
+    new = sorted(set(skipped) - before)
+    if new:
+        path.write_text("\n".join(sorted(before | set(skipped))) + "\n")
+        log.warning("warning: skipped %d unreadable image file(s), e.g. %s; all are listed in %s", len(new), new[0], path)
+    return sorted(before | set(skipped))

@@ -165,7 +165,7 @@ def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[
     """List ``root/<class>/**/<image>`` files; returns (files, labels, class_names) in sorted order.
 
     With ``class_names`` (the training classes), sub-folders are matched to them case-insensitively;
-    a sub-folder with images and no matching class is an error."""
+    sub-folders of no training class are left out."""
     dirs = _subdirs(root)
     if class_names is None:
         class_names = [d.name for d in dirs]
@@ -174,13 +174,8 @@ def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[
         index = {n.lower(): n for n in class_names}
         folders = {}
         for d in dirs:
-            if d.name.lower() in index:
+            if d.name.lower() in index:  # other folders are left out (the caller warns about them)
                 folders[index[d.name.lower()]] = d
-            elif any(is_image(p) for p in d.rglob("*")):
-                raise DataError(
-                    f"'{d}' is not one of the {len(class_names)} training classes ({', '.join(class_names[:6])}, ...); "
-                    "rename or remove it"
-                )
     if not class_names:
         raise DataError(f"no class sub-folders in '{root}'; expected {root}/<class name>/<images>")
     files, labels = [], []

@@ -44,10 +44,13 @@ class _Loader:
         self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
         self.seed, self.sampler, self.samples_per_class = seed, sampler, samples_per_class
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.start_batch = 0
         self.class_probs: torch.Tensor | None = None  # confusion sampler: class draw probabilities
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch``'s order, from its batch ``start_batch`` on: a run resumed mid-epoch
+        skips the batches it already trained on (same order, nothing re-drawn, nothing decoded)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def set_class_probs(self, probs: torch.Tensor | None) -> None:
         """Class draw probabilities of the ``confusion`` sampler from the next epoch on (None: uniform)."""
@@ -86,7 +89,7 @@ class InMemoryLoader(_Loader):
         self.labels = data.labels if device is None else data.labels.to(device)
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self._rank_batches():
+        for idx in self._rank_batches()[self.start_batch :]:
             idx_dev = idx.to(self.images.device)
             yield Batch(images=self.images[idx_dev], targets=self.labels[idx_dev], index=idx)
 
@@ -102,7 +105,7 @@ class FileLoader(_Loader):
         self.skipped: set[str] = set()
 
     def __iter__(self) -> Iterator[Batch]:
-        batches = [b.tolist() for b in self._rank_batches()]
+        batches = [b.tolist() for b in self._rank_batches()[self.start_batch :]]
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate_skip,
             persistent_workers=False, pin_memory=torch.cuda.is_available(),

@@ -12,7 +12,7 @@ import torch
 
 from imgcls.config import ExperimentConfig
 from imgcls.data import cache as _cache  # noqa: F401  (registers data.name=cached)
-from imgcls.data.decode import decode_image, load_files_into_memory, probe_channels
+from imgcls.data.decode import decode_image, load_files_into_memory, probe_channels, probe_size
 from imgcls.data.images import ImageData, convert_channels, resize_uint8
 from imgcls.data.loader import FileLoader, InMemoryLoader
 from imgcls.data.sources import DataSource
@@ -76,6 +76,11 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     d = cfg.data
     source: DataSource = DATASETS.build(d.name, cfg=d)
     train, test = source.train, source.test
+    if len(train.class_names) < 2:
+        raise DataError(
+            f"the {d.name} data has {len(train.class_names)} class ({', '.join(train.class_names)}); "
+            "a classifier needs at least 2 (one sub-folder per class)"
+        )
     if d.exclude_manifest:  # near-duplicates removed by `imgcls data dedup`, before any split or subset
         from imgcls.data.dedup import apply_exclude_manifest
 
@@ -101,7 +106,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         channels = d.channels or probe_channels(train.files)
         size = d.image_size
         if size is None:
-            size = int(decode_image(train.files[0], None, channels).shape[-1])
+            size = probe_size(train.files, channels)
     else:
         channels = d.channels or int(train.images.shape[1])
         size = d.image_size or int(train.images.shape[-1])

@@ -14,6 +14,7 @@ memory) keeps paths and decodes in DataLoader workers.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from imgcls.data.images import ImageData
 from imgcls.data.layouts import IMAGE_EXTENSIONS, carve_test, resolve_layout, scan_flat, scan_folder
 from imgcls.errors import DataError
 from imgcls.registry import DATASETS
+
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IDX_FILES = {
@@ -91,7 +94,7 @@ def _download_idx(torchvision_cls: type, target: Path) -> None:
                 download_url(f"{mirror}{filename}", root=str(target), filename=filename, md5=md5)
                 break
             except Exception as exc:  # network errors come in many types
-                errors.append(f"{mirror}{filename}: {exc}")
+                errors.append(f"{mirror}{filename}: {' '.join(str(exc).split())}")
         else:
             raise DataError(f"download failed ({errors[-1]})")
 
@@ -145,14 +148,28 @@ def mnist(cfg: DataConfig) -> DataSource:
     return DataSource(train, test, mean=[0.1307], std=[0.3081])
 
 
-def _torchvision_source(cfg: DataConfig, folder: str, build: Callable[[str, bool], tuple]) -> tuple[ImageData, ImageData]:
+def _torchvision_source(
+    cfg: DataConfig, folder: str, build: Callable[[str, bool], tuple], dataset_cls: type | None = None
+) -> tuple[ImageData, ImageData]:
     root = Path(cfg.root) if cfg.root else cache_dir() / folder
     try:
         (x_tr, y_tr, names), (x_te, y_te, _) = build(str(root), bool(cfg.download))
-    except RuntimeError as exc:  # torchvision raises RuntimeError("Dataset not found ...")
-        raise DataError(
-            f"{folder} not found under {root} ({exc}); set data.download=true (needs internet) or data.root=<folder>"
-        ) from None
+    except Exception as exc:
+        reason = " ".join(str(exc).split())  # one line
+        url, archive = getattr(dataset_cls, "url", "?"), getattr(dataset_cls, "filename", "the archive")
+        unpacked = getattr(dataset_cls, "base_folder", folder)
+        if cfg.download:  # offline, proxy, DNS, checksum: all end here
+            raise DataError(
+                f"could not download {folder} from {url} ({type(exc).__name__}: {reason}); without internet, "
+                f"fetch {archive} elsewhere, unpack it into a folder so that <folder>/{unpacked}/ exists, "
+                "and set data.root=<folder> data.download=false"
+            ) from None
+        if isinstance(exc, RuntimeError):  # torchvision raises RuntimeError("Dataset not found ...")
+            raise DataError(
+                f"{folder} not found under {root} ({reason}); set data.download=true (needs internet), or download "
+                f"{url}, unpack it so that <folder>/{unpacked}/ exists and set data.root=<folder>"
+            ) from None
+        raise
     as_data = lambda x, y: ImageData(labels=torch.as_tensor(np.asarray(y), dtype=torch.long), class_names=names, images=x)  # noqa: E731
     return as_data(x_tr, y_tr), as_data(x_te, y_te)
 
@@ -173,7 +190,7 @@ def _cifar(name: str, dataset_class: str, mean: list[float], std: list[float]) -
             sets = [dataset(root, train=t, download=download) for t in (True, False)]
             return tuple((_hwc(s.data), s.targets, list(s.classes)) for s in sets)
 
-        train, test = _torchvision_source(cfg, name, build)
+        train, test = _torchvision_source(cfg, name, build, dataset)
         return DataSource(train, test, mean=mean, std=std)
 
     source.__name__ = name
@@ -192,7 +209,7 @@ def stl10(cfg: DataConfig) -> DataSource:
         sets = [STL10(root, split=s, download=download) for s in ("train", "test")]
         return tuple((torch.from_numpy(s.data), s.labels, list(s.classes)) for s in sets)
 
-    train, test = _torchvision_source(cfg, "stl10", build)
+    train, test = _torchvision_source(cfg, "stl10", build, STL10)
     return DataSource(train, test, mean=[0.4467, 0.4398, 0.4066], std=[0.2603, 0.2566, 0.2713])
 
 
@@ -208,6 +225,13 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     files, labels, names = scan_folder(layout.train_dir)
     if not files:
         raise DataError(f"no images found under '{layout.train_dir}' (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} under '{layout.train_dir}' hold "
+            f"no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder(s)"
+        )
     train = _folder_split(files, labels, names)
     notes = []
     if layout.test_dir is None:
@@ -224,6 +248,13 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     else:
         test_files, test_labels, _ = scan_folder(layout.test_dir, names)
         test = _folder_split(test_files, test_labels, names)
+        known = {n.lower() for n in names}
+        extra = sorted(d.name for d in layout.test_dir.iterdir() if d.is_dir() and d.name.lower() not in known)
+        if extra:
+            log.warning(
+                "warning: class folder(s) %s in '%s' are not in '%s'; their images are left out of the test set",
+                ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""), layout.test_dir, layout.train_dir,
+            )
     return DataSource(train, test, mean=[], std=[], notes=notes)
 
 

@@ -11,23 +11,32 @@ distillation), augmentation, stages and callbacks.
 Exact resume: every source of randomness in an epoch (shuffle order, augmentation, dropout)
 is derived from ``(seed, epoch)``, and ``last.pt`` stores model, optimiser, scheduler, scaler,
 progress and callback states, so an interrupted run resumed from its last checkpoint reaches
-the same weights as an uninterrupted one (in deterministic mode).
+the same weights as an uninterrupted one (in deterministic mode). Mid-epoch recovery checkpoints
+(``recovery.pt``: every N steps / T minutes, and on SIGTERM/SIGINT) also hold the position in the
+epoch, the random-number states and the partial metric sums (:class:`EpochProgress`), so a run
+resumed mid-epoch skips the batches it trained on and ends bit-identical too.
+
+Divergence: a non-finite loss stops the run (``train.on_nonfinite: stop``) or drops that step
+(``skip_step``, up to ``train.max_skipped_steps`` in a row); a non-finite validation loss or
+parameter stops the run before any checkpoint is written, so ``last.pt``/``best.pt`` stay finite.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import random
+import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig
+from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig, stage_section
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
 from imgcls.engine.autotune import (
@@ -42,13 +51,14 @@ from imgcls.engine.autotune import (
 from imgcls.engine.callbacks import Callback, console
 from imgcls.engine.objective import HeadObjective, Objective
 from imgcls.engine.optim import build_optimizer, build_scheduler
-from imgcls.errors import ConfigError, TrainingError
+from imgcls.errors import ConfigError, TrainingError, TrainingInterrupted
 from imgcls.models.classifier import Classifier
-from imgcls.runs import apply_stage_head
+from imgcls.runs import apply_stage_head, load_weights
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.batch import Batch
 from imgcls.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object
 from imgcls.runtime.precision import autocast
+from imgcls.runtime.signals import stop_requested
 
 
 @dataclass
@@ -59,6 +69,51 @@ class TrainState:
     step: int = 0  # optimiser steps overall
     batch_in_epoch: int = 0
     images_in_epoch: int = 0
+    skipped_steps: int = 0  # optimiser steps dropped for a non-finite loss (train.on_nonfinite=skip_step)
+
+
+def rng_states(augment: torch.Generator) -> dict[str, Any]:
+    """Every random-number state a training step may draw from (plain types: safe for weights_only)."""
+    np_state = np.random.get_state(legacy=False)
+    states: dict[str, Any] = {
+        "augment": augment.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
+                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any], augment: torch.Generator) -> None:
+    augment.set_state(states["augment"])
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@dataclass
+class EpochProgress:
+    """The running state of the epoch being trained: what a mid-epoch checkpoint must hold to resume exactly."""
+
+    epoch: int
+    augment_rng: torch.Generator
+    sums: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    seen: int = 0
+    batches: int = 0  # batches of the epoch's order already trained on
+    elapsed_s: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches, "seen": self.seen, "elapsed_s": self.elapsed_s,
+                "sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "correct": self.correct.detach().cpu(),
+                "rng": rng_states(self.augment_rng)}
 
 
 class Trainer:
@@ -101,6 +156,11 @@ class Trainer:
         self.scheduler_paused = False  # weight-averaging callbacks (SWA) take over the lr
         self._stop_reason: str | None = None
         self._last_loss = torch.zeros((), device=device)
+        self.epoch_progress: EpochProgress | None = None  # set while an epoch trains
+        self._resume_epoch: dict[str, Any] | None = None  # a mid-epoch checkpoint's EpochProgress state
+        self._bad_group = False  # the current accumulation group met a non-finite loss (skip_step)
+        self._bad_in_row = 0
+        self.interrupt_checkpoint: Path | None = None  # where a callback saved the state on SIGTERM/SIGINT
         #: per-class validation error (1 − recall) of the last epoch, for callbacks (e.g. confusion sampling)
         self.val_class_error: list[float] | None = None
 
@@ -160,14 +220,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ stages
     def _stage_section(self, base: OptimConfig | ScheduleConfig, overrides: dict, where: str):
-        try:
-            return type(base).model_validate({**base.model_dump(), **overrides})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(
-                f"invalid stages[{self.state.stage}].{where}.{key}={err.get('input')!r}: {err['msg']}"
-            ) from None
+        return stage_section(base, overrides, f"stages.{self.state.stage}.{where}")
 
     def _select_modules(self, prefixes: list[str], what: str) -> list[nn.Module]:
         modules = dict(self.model.named_modules())
@@ -250,6 +303,8 @@ class Trainer:
         if objective_state:  # trainable extras of the objective (e.g. distillation projectors)
             payload["objective"] = {k: v.detach().cpu() for k, v in objective_state.items()}
         payload["history"] = list(self.history)
+        if full and self.epoch_progress is not None:  # a mid-epoch (recovery) checkpoint
+            payload["mid_epoch"] = self.epoch_progress.state_dict()
         if full:
             payload["optimizer"] = self.optimizer.state_dict()
             payload["scheduler"] = self.scheduler.state_dict()
@@ -259,16 +314,34 @@ class Trainer:
         return payload
 
     def save_checkpoint(self, path: Path, full: bool, metrics: dict[str, Any] | None = None) -> None:
+        self.check_finite_weights(f"not writing {path.name}")
         ckpt_io.atomic_save(self.checkpoint_payload(full, metrics), path)
+
+    def where(self) -> str:
+        """'epoch E, step S' of the step being trained (epochs counted from 1)."""
+        return f"epoch {self.state.global_epoch + 1}, step {self.state.step}"
+
+    def check_finite_weights(self, consequence: str) -> None:
+        """TrainingError when a parameter or buffer holds NaN/inf: a diverged model is never saved."""
+        tensors = [(k, v) for k, v in self.model.state_dict().items() if v.is_floating_point()]
+        if not tensors or bool(torch.stack([torch.isfinite(v).all() for _, v in tensors]).all()):
+            return
+        bad = next(k for k, v in tensors if not bool(torch.isfinite(v).all()))
+        raise TrainingError(
+            f"the weights became non-finite ({bad}) by {self.where()}; {consequence}: the previous checkpoint is "
+            "intact; lower optim.lr, set train.grad_clip, or use train.precision=fp32 or train.on_nonfinite=skip_step"
+        )
 
     def _restore(self, ckpt: dict[str, Any]) -> bool:
         """Load a full checkpoint; returns whether the optimiser state belongs to the current stage."""
         self.state = TrainState(
-            **{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")}
+            **{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")},
+            skipped_steps=int(ckpt["progress"].get("skipped_steps", 0)),
         )
+        self._resume_epoch = ckpt.get("mid_epoch")
         for stage in self.stages[: self.state.stage + 1]:
             self._apply_stage_model_changes(stage)
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt["model"], "the checkpoint's")
         if ckpt.get("objective"):
             self.objective.load_state_dict(ckpt["objective"])
         self.history = list(
@@ -328,10 +401,17 @@ class Trainer:
             cb.on_epoch_start(self)
         start = time.perf_counter()
         self.objective.on_epoch_start(self.state.global_epoch, self.total_epochs)
-        objective_metrics = self.objective.epoch_metrics()
         train_metrics = self.train_epoch()
         val_metrics = self.validate(self.model, self.val_loader, per_class=True)
         self.val_class_error = val_metrics.pop("class_error", None)
+        if self.val_loader is not None and len(self.val_loader) and not math.isfinite(val_metrics["loss"]):
+            raise TrainingError(
+                f"validation loss became {val_metrics['loss']} after {self.where()} (the epoch's last steps diverged); "
+                "no checkpoint written: the previous one is intact; lower optim.lr, set train.grad_clip, "
+                "or use train.precision=fp32"
+            )
+        self.check_finite_weights("no checkpoint written")
+        objective_metrics = self.objective.epoch_metrics()  # after the epoch: it may summarise its batches
         self.state.epoch_in_stage += 1
         self.state.global_epoch += 1
         metrics: dict[str, Any] = {
@@ -350,6 +430,32 @@ class Trainer:
         self.history.append(metrics)
         for cb in self.callbacks:
             cb.on_epoch_end(self, metrics)
+        self._stop_if_requested(mid_epoch=False)
+
+    def _stop_if_requested(self, mid_epoch: bool) -> None:
+        """SIGTERM/SIGINT: every rank stops after the same step; a callback saves the state to resume from."""
+        signum = stop_requested()
+        if self.dist.enabled:  # ranks agree: all stop after this step when any rank was asked to
+            totals = all_reduce_sum(torch.tensor([1.0 if signum else 0.0, float(signum or 0)], device=self.device), self.dist)
+            if float(totals[0]) > 0:
+                signum = signum or round(float(totals[1]) / float(totals[0]))
+        if not signum:
+            return
+        self.interrupt_checkpoint = None
+        if mid_epoch:
+            for cb in self.callbacks:
+                cb.on_interrupt(self)
+            where = f"epoch {self.state.global_epoch + 1}, after step {self.state.step}"
+            saved = f"saved {self.interrupt_checkpoint}" if self.interrupt_checkpoint else "no checkpoint callback saved it"
+        else:
+            where, saved = f"the end of epoch {self.state.global_epoch}", "saved checkpoints/last.pt"
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        raise TrainingInterrupted(
+            f"stopped by {name} at {where}; {saved}; resume with `imgcls train --resume RUN_DIR`", 128 + signum
+        )
 
     def _set_train_mode(self) -> None:
         self.model.train()
@@ -361,17 +467,25 @@ class Trainer:
         cfg = self.cfg.train
         self._set_train_mode()
         epoch = self.state.global_epoch
-        self.train_loader.set_epoch(epoch)
         aug_gen = epoch_generator(cfg.seed, epoch, salt=2)
         torch.manual_seed(epoch_generator(cfg.seed, epoch, salt=3).initial_seed())  # dropout, drop-path
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=self.device)
-        seen = 0
-        self.state.batch_in_epoch = self.state.images_in_epoch = 0
+        progress = EpochProgress(epoch, aug_gen, {}, torch.zeros((), device=self.device))
+        resume, self._resume_epoch = self._resume_epoch, None
+        if resume is not None and int(resume["epoch"]) == epoch:  # mid-epoch checkpoint: continue where it stopped
+            set_rng_states(resume["rng"], aug_gen)
+            progress.sums = {k: v.to(self.device) for k, v in resume["sums"].items()}
+            progress.correct = resume["correct"].to(self.device)
+            progress.seen, progress.batches = int(resume["seen"]), int(resume["batches"])
+            progress.elapsed_s = float(resume["elapsed_s"])
+        self.epoch_progress = progress
+        sums, correct, seen = progress.sums, progress.correct, progress.seen
+        self.train_loader.set_epoch(epoch, start_batch=progress.batches)
+        self.state.batch_in_epoch, self.state.images_in_epoch = progress.batches, seen
         self.optimizer.zero_grad(set_to_none=True)
-        start = time.perf_counter()
+        self._bad_group = False
+        start = time.perf_counter() - progress.elapsed_s
         n_batches = len(self.train_loader)
-        for i, batch in enumerate(self.train_loader):
+        for i, batch in enumerate(self.train_loader, start=progress.batches):
             batch = batch.to(self.device)
             batch = batch.with_images(self.prep.to_unit(batch.images))
             if self.augment is not None:
@@ -381,21 +495,25 @@ class Trainer:
             # the mean over the batches of this accumulation group (a final partial group has fewer)
             group_size = min(cfg.accumulate, n_batches - (i // cfg.accumulate) * cfg.accumulate)
             loss, terms, output = self._forward_backward(batch, sync=boundary, group_size=group_size)
-            if boundary:
-                self._optimizer_step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
-            sums["loss"] = sums.get(
-                "loss", torch.zeros((), device=self.device)
-            ) + loss.detach().float() * len(batch)
-            correct += (self.model.head.predict(output).argmax(-1) == batch.targets).sum()
-            seen += len(batch)
-            self._last_loss = loss.detach()
+            stepped = self._optimizer_step() if boundary else False
+            if loss is not None:  # a skipped non-finite batch adds nothing to the epoch's metrics
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
+                sums["loss"] = sums.get(
+                    "loss", torch.zeros((), device=self.device)
+                ) + loss.detach().float() * len(batch)
+                correct += (self.model.head.predict(output).argmax(-1) == batch.targets).sum()
+                seen += len(batch)
+                self._last_loss = loss.detach()
             self.state.batch_in_epoch = i + 1
             self.state.images_in_epoch = seen
-            if boundary:
+            progress.seen, progress.batches, progress.elapsed_s = seen, i + 1, time.perf_counter() - start
+            if stepped:
                 for cb in self.callbacks:
                     cb.on_train_step_end(self)
+            if boundary and i + 1 < n_batches:  # at the epoch's end: after validation and last.pt
+                self._stop_if_requested(mid_epoch=True)
+        self.epoch_progress = None
         elapsed = time.perf_counter() - start
         keys = sorted(sums)
         totals = all_reduce_sum(
@@ -434,18 +552,39 @@ class Trainer:
                 result = self.objective(self.train_model, self.model.head, batch)
             terms, output = result.terms, result.output
             loss = self._weighted_sum(terms)
-            if (
-                self.device.type == "cpu" or self.state.step % self.cfg.train.log_every == 0
-            ) and not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {float(loss)} at epoch {self.state.global_epoch + 1}, step {self.state.step} "
-                    f"(terms: {', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); lower optim.lr, set train.grad_clip, "
-                    "or use train.precision=fp32; the last checkpoint is intact"
-                )
+            skip = self.cfg.train.on_nonfinite == "skip_step"
+            if skip or self.device.type == "cpu" or self.state.step % self.cfg.train.log_every == 0:
+                bad = ~torch.isfinite(loss.detach())
+                if skip and self.dist.enabled:  # every rank skips the same batch (else DDP would hang)
+                    bad = all_reduce_sum(bad.float(), self.dist) > 0
+                if bool(bad):
+                    terms_text = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    if not skip:
+                        raise TrainingError(
+                            f"loss became {float(loss)} at {self.where()} (terms: {terms_text}); lower optim.lr, "
+                            "set train.grad_clip, or use train.precision=fp32 or train.on_nonfinite=skip_step; "
+                            "the last checkpoint is intact"
+                        )
+                    self._bad_group = True
+                    return None, terms, output
             self.scaler.scale(loss / group_size).backward()
         return loss, terms, output
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self) -> bool:
+        """One optimiser step at the end of an accumulation group; False when skip_step dropped it."""
+        if self._bad_group:
+            self._bad_group = False
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.skipped_steps += 1
+            self._bad_in_row += 1
+            if self._bad_in_row >= self.cfg.train.max_skipped_steps:
+                raise TrainingError(
+                    f"the loss was non-finite {self._bad_in_row} steps in a row (train.max_skipped_steps) up to "
+                    f"{self.where()}; {self.state.skipped_steps} step(s) skipped in all; lower optim.lr or set "
+                    "train.grad_clip; the last checkpoint is intact"
+                )
+            return False
+        self._bad_in_row = 0
         if self.cfg.train.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [*self.model.parameters(), *self.objective.parameters()]
@@ -456,6 +595,7 @@ class Trainer:
         if not self.scheduler_paused:
             self.scheduler.step()
         self.state.step += 1
+        return True
 
     @torch.no_grad()
     def validate(self, model: nn.Module, loader, per_class: bool = False) -> dict[str, float]:

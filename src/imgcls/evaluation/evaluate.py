@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from imgcls.config import ExperimentConfig
+from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation import figures as run_figures
 from imgcls.evaluation import image_projection
+from imgcls.evaluation.calibration import calibration_extension, fit_on_loader, save_temperature
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
 from imgcls.evaluation.holdout import holdout_extension
@@ -115,7 +117,7 @@ def inference_throughput(model: Classifier, prep: Preprocess, device: torch.devi
 def evaluate_model(
     model: Classifier, cfg: ExperimentConfig, data: PreparedData, run_dir: Path, *, device: torch.device,
     dist: DistInfo, taxonomy, checkpoint: str, checkpoint_detail: str, preprocess: dict[str, Any],
-    class_names: list[str], train_time_s: float,
+    class_names: list[str], train_time_s: float, checkpoint_identity: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     model = model.to(device).eval()
     prep = Preprocess.from_meta(preprocess, device)
@@ -123,8 +125,16 @@ def evaluate_model(
     loader = make_loader(data.test, data, cfg, train=False, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, device=device)
     amp = lambda: autocast(device, resolve_precision(cfg.train, device))  # noqa: E731
     start = time.perf_counter()
-    preds = predict_loader(model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True)
+    fit = None
+    if cfg.eval.calibration == "temperature" and len(data.val):  # fitted on validation, applied to the test set
+        val_loader = make_loader(data.val, data, cfg, train=False, batch_size=batch_size, rank=dist.rank,
+                                 world_size=dist.world_size, device=device)
+        fit = fit_on_loader(model, val_loader, prep, device, amp, dist)
+    temperature = fit.temperature if fit is not None else 1.0
+    preds = predict_loader(model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True, temperature=temperature)
     metrics = classification_metrics(preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins)
+    if fit is not None:
+        metrics["calibration"] = asdict(fit)
     metrics.update(
         checkpoint=checkpoint, checkpoint_detail=checkpoint_detail, train_time_s=train_time_s,
         eval_time_s=time.perf_counter() - start, params=count_parameters(model),
@@ -133,9 +143,16 @@ def evaluate_model(
     )
     if not dist.is_main:
         return metrics
+    ctx_notes: list[str] = []
+    skipped = record_skipped_files(run_dir, set(data.skipped_files) | set(getattr(loader, "skipped", set())))
+    if skipped:
+        metrics["skipped_files"] = len(skipped)
+        ctx_notes.append(f"{len(skipped)} unreadable image file(s) were skipped (training and test data), e.g. "
+                         f"`{skipped[0]}`; all are listed in skipped_files.txt.")
     shape = (int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["image_size"]))
     metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, batch_size, amp)
-    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy, preprocess_meta=preprocess)
+    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy, notes=ctx_notes,
+                      preprocess_meta=preprocess)
     for extend in METRIC_EXTENSIONS:
         extend(ctx)
     figures: dict[str, str] = {}
@@ -148,6 +165,8 @@ def evaluate_model(
                 figures[caption] = Path(path).name
                 times[Path(path).name] = round(time.perf_counter() - started, 3)
     save_safetensors(model.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": checkpoint})
+    if fit is not None:
+        save_temperature(run_dir, checkpoint, fit, checkpoint_identity or {})
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(run_dir, metrics, cfg.model_dump(mode="json"), figures, ctx.notes)
     return metrics
@@ -170,10 +189,18 @@ def batch_graph_extension(ctx: EvalContext) -> None:
     batch_dependence_extension(ctx)
 
 
+def distillation_extension(ctx: EvalContext) -> None:
+    from imgcls.evaluation.distillation import distillation_extension as extend
+
+    extend(ctx)
+
+
 #: functions adding metrics to the context before figures are drawn
 METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
     hierarchical_extension,
+    calibration_extension,
     batch_graph_extension,
+    distillation_extension,
     complexity_extension,
     embedding_metrics_extension,
     holdout_extension,

@@ -3,7 +3,7 @@ model features — of a stratified sample of the training set, flattened, compre
 principal components, then laid out in 2-D. Overlapping classes here are confusable before any model
 sees them (the seed's A/F, M/N, R/S/V), which is what motivated its targeted-sampling suggestion and our
 ``data.sampler: confusion``. Optional: ``eval.image_projection: true``. Reuses
-:func:`imgcls.evaluation.figures.embed_2d` and :func:`~imgcls.evaluation.figures.plot_embeddings`.
+:func:`imgcls.evaluation.projection.embed_2d` and :func:`imgcls.evaluation.plots.plot_embeddings`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import torch
 
 from imgcls.data.decode import _BAD_IMAGE_ERRORS, decode_image
 from imgcls.data.images import ImageData
-from imgcls.evaluation.figures import embed_2d, plot_embeddings, stratified_sample
+from imgcls.evaluation.figures import stratified_sample
+from imgcls.evaluation.plots import plot_embeddings
+from imgcls.evaluation.projection import embed_2d
 
 if TYPE_CHECKING:
     from imgcls.evaluation.evaluate import EvalContext

@@ -25,6 +25,13 @@ def topk_accuracy(probs: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     return float((probs.topk(k, dim=1).indices == targets[:, None]).any(dim=1).float().mean())
 
 
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = 15) -> float:
+    """ECE (L1): Σ_b (n_b / N) · |accuracy_b − confidence_b| over ``bins`` equal-width confidence bins."""
+    probs = torch.as_tensor(probs).float()
+    targets = torch.as_tensor(targets).long()
+    return float(multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=bins, norm="l1"))
+
+
 def classification_metrics(
     probs: torch.Tensor, targets: torch.Tensor, class_names: list[str], top_k: list[int] = (1, 5), calibration_bins: int = 15
 ) -> dict:
@@ -47,7 +54,7 @@ def classification_metrics(
         "macro_f1": float(per_f[present].mean()),
         "weighted_f1": float(multiclass_f1_score(probs, targets, average="weighted", **kw)),
         "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), targets)),
-        "ece": float(multiclass_calibration_error(probs, targets, n_bins=calibration_bins, norm="l1", **kw)),
+        "ece": expected_calibration_error(probs, targets, calibration_bins),
         "ece_bins": calibration_bins,
         "per_class": {
             name: {"precision": float(per_p[i]), "recall": float(per_r[i]), "f1": float(per_f[i]), "support": int(support[i])}

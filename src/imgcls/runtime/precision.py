@@ -24,11 +24,19 @@ def resolve_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from imgcls.errors import ConfigError
+    from imgcls.errors import ConfigError
 
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0..")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name} but MPS is not available here; use train.device=cpu or auto")
+    return device
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from imgcls.errors import ConfigError, DataError
+from imgcls.recipes import resolve_taxonomy
 from imgcls.taxonomy.builders import (
     check_rule,
     read_label_paths,
@@ -39,6 +40,8 @@ def build_taxonomy(
         raise ConfigError(
             f"data.taxonomy '{spec}' must be 'wordnet' or a .yaml/.yml/.json parent map or a .csv of label paths"
         )
+    if not p.is_file():
+        p = resolve_taxonomy(spec) or p  # a shipped taxonomy (configs/taxonomies/...) when installed from a wheel
     if not p.is_file():
         raise DataError(f"taxonomy file '{p}' not found; set data.taxonomy to an existing file or 'wordnet'")
     if suffix == ".csv":

@@ -12,11 +12,14 @@ batches and DDP runs behave exactly like one process.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from imgcls.errors import ConfigError
-from imgcls.registry import BACKBONES
+from imgcls.registry import BACKBONES, ComponentArgs
 
 
 class SEBlock(nn.Module):
@@ -74,14 +77,20 @@ LAYOUTS = {
 CLASSIFIER_HIDDEN = {"mnist": 64, "cifar": 256}
 
 
+class AdaptiveCNNArgs(ComponentArgs):
+    """``model.backbone_args`` of ``adaptive_cnn``."""
+
+    layout: Literal["mnist", "cifar"] = Field("mnist", description="mnist: 1x28x28, 6 blocks; cifar: 3x32x32, 11 blocks")
+    use_se: bool = Field(True, description="squeeze-and-excitation in every residual block")
+    width_mult: float = Field(1.0, gt=0.0, description="multiplier of every width (at least 8 channels)")
+    norm: Literal["batch", "group"] = Field("batch", description="BatchNorm, or GroupNorm (batch-independent)")
+
+
 class AdaptiveCNN(nn.Module):
     def __init__(self, layout: str = "mnist", in_chans: int = 1, use_se: bool = True, width_mult: float = 1.0,
                  norm: str = "batch") -> None:
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ConfigError(f"adaptive_cnn layout '{layout}' is unknown; use one of {sorted(LAYOUTS)}")
-        if norm not in NORMS:
-            raise ConfigError(f"adaptive_cnn norm '{norm}' is unknown; use one of {', '.join(NORMS)}")
+        AdaptiveCNNArgs.from_init("adaptive_cnn", locals())
         stem, pool, blocks = LAYOUTS[layout]
         w = lambda c: max(8, round(c * width_mult))  # noqa: E731
         layers: list[nn.Module] = [nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False), norm_layer(norm, w(stem)), nn.ReLU(inplace=True)]
@@ -101,11 +110,27 @@ class AdaptiveCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
 
+    def forward_tokens(self, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Feature maps of the given residual blocks (0-based, negatives count from the end) as tokens
+        ``(B, H·W, C)`` — a CNN teacher's "tokens" for token distillation (docs/distillation.md)."""
+        blocks = [i for i, m in enumerate(self.features) if isinstance(m, ResidualBlock)]
+        wanted = {}
+        for layer in layers:
+            if not -len(blocks) <= layer < len(blocks):
+                raise ConfigError(f"adaptive_cnn has residual blocks 0..{len(blocks) - 1}; layer {layer} does not exist")
+            wanted[blocks[layer]] = layer
+        out: dict[int, torch.Tensor] = {}
+        for i, module in enumerate(self.features[: max(wanted) + 1]):
+            x = module(x)
+            if i in wanted:
+                out[wanted[i]] = x.flatten(2).transpose(1, 2)
+        return {layer: out[layer] for layer in layers}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
 
 
-@BACKBONES.register("adaptive_cnn")
+@BACKBONES.register("adaptive_cnn", args=AdaptiveCNNArgs)
 def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0,
                  norm: str = "batch") -> AdaptiveCNN:
     return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult, norm=norm)

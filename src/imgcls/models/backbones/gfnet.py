@@ -19,12 +19,31 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from imgcls.errors import ConfigError
 from imgcls.registry import BACKBONES, ComponentArgs
+
+
+class GFNetArgs(ComponentArgs):
+    """``model.backbone_args`` of ``gfnet`` (defaults: the seed's ASL model)."""
+
+    img_size: int = Field(96, gt=0, description="input size in pixels (a multiple of patch_size)")
+    patch_size: int = Field(8, gt=0, description="patch size in pixels")
+    embed_dim: int = Field(256, gt=0, description="token width")
+    depth: int = Field(8, ge=1, description="number of global-filter blocks")
+    mlp_ratio: float = Field(4.0, gt=0.0, description="MLP hidden width / embed_dim")
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="dropout")
+    drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth, linear over the blocks")
+    block_style: Literal["seed", "original"] = Field("seed", description="seed: two residuals per block; original: one")
+    filter_init: Literal["seed", "original"] = Field("seed", description="filter init randn/sqrt(dim) (seed) or randn*0.02")
+
+    @model_validator(mode="after")
+    def _patches_tile_the_image(self) -> GFNetArgs:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"gfnet: img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        return self
 
 
 class GlobalFilter(nn.Module):
@@ -121,10 +140,7 @@ class GFNet(nn.Module):
         filter_init: str = "seed",
     ) -> None:
         super().__init__()
-        if img_size % patch_size:
-            raise ConfigError(f"gfnet: img_size {img_size} must be a multiple of patch_size {patch_size}")
-        if block_style not in ("seed", "original") or filter_init not in ("seed", "original"):
-            raise ConfigError("gfnet: block_style and filter_init must be 'seed' or 'original'")
+        GFNetArgs.from_init("gfnet", locals())
         self.grid = img_size // patch_size
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid, embed_dim))
@@ -170,26 +186,6 @@ class GFNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
-
-
-class GFNetArgs(ComponentArgs):
-    img_size: int = Field(96, gt=0, description="input side in pixels (a multiple of patch_size)")
-    patch_size: int = Field(8, gt=0, description="patch side: the token grid is img_size/patch_size square")
-    embed_dim: int = Field(256, gt=0, description="token width C")
-    depth: int = Field(8, gt=0, description="number of global-filter blocks")
-    mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden width / embed_dim")
-    drop_rate: float = Field(
-        0.2, ge=0.0, lt=1.0, description="dropout after the positional embedding and in the MLPs"
-    )
-    drop_path_rate: float = Field(
-        0.1, ge=0.0, lt=1.0, description="stochastic depth, linear from 0 to this over the blocks"
-    )
-    block_style: Literal["seed", "original"] = Field(
-        "seed", description="seed: two residuals per block; original: one"
-    )
-    filter_init: Literal["seed", "original"] = Field(
-        "seed", description="filter init std: seed 1/sqrt(dim), original 0.02"
-    )
 
 
 @BACKBONES.register("gfnet", args=GFNetArgs)

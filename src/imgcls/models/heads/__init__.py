@@ -1,3 +1,3 @@
 """Classification heads; importing this package registers every head in ``HEADS``."""
 
-from imgcls.models.heads import arcface, fch, linear, multihead, sphere  # noqa: F401
+from imgcls.models.heads import arcface, attractor, fch, linear, multihead, sphere, two_token  # noqa: F401

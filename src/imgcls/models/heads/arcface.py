@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from imgcls.errors import ConfigError
-from imgcls.models.heads.base import Head, HeadOutput
-from imgcls.models.heads.embedding import EmbeddingMLP
+from imgcls.models.heads.base import LOSS_LOGITS, Head, HeadOutput
+from imgcls.models.heads.embedding import EmbeddingArgs, EmbeddingMLP
 from imgcls.registry import HEADS
 
 COS_EPS = 1e-7
@@ -35,11 +35,15 @@ def default_scale(num_outputs: int) -> float:
     return 16.0 if num_outputs <= 20 else 30.0
 
 
-def check_margin_scale(scale: float | None, margin: float) -> None:
-    if scale is not None and scale <= 0:
-        raise ConfigError(f"scale must be > 0, got {scale}")
-    if not 0.0 <= margin < math.pi / 2:
-        raise ConfigError(f"margin must be in [0, π/2) radians (e.g. 0.5), got {margin}")
+class MarginArgs(EmbeddingArgs):
+    """Scale and additive angular margin of the hyperspherical heads (plus their embedding MLP)."""
+
+    scale: float | None = Field(None, gt=0, description="logit scale s (None: 16 for <= 20 outputs, else 30)")
+    margin: float = Field(0.5, ge=0.0, lt=math.pi / 2, description="additive angular margin m in radians")
+
+
+class ArcFaceArgs(MarginArgs):
+    """``model.head_args`` of ``arcface``."""
 
 
 def cosine_logits(embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -58,7 +62,7 @@ def additive_angular_margin(cos: torch.Tensor, mask: torch.Tensor, margin: float
     return torch.where(mask.bool(), with_margin, cos)
 
 
-@HEADS.register("arcface")
+@HEADS.register("arcface", args=ArcFaceArgs)
 class ArcFaceHead(Head):
     """ArcFace over the leaf classes, with an optional trainable embedding MLP.
 
@@ -66,6 +70,9 @@ class ArcFaceHead(Head):
     ``embedding`` (hidden sizes, e.g. ``[1280, 512]``; None: features used directly),
     ``dropout`` (0.2), ``embed_final_act`` (``relu`` | ``none``). Loss: the base head's
     (label-smoothed, soft-target aware) cross-entropy on the margin logits, term ``ce``.
+
+    ``output.logits`` are always the margin-free ``s·cos θ`` (what ``predict`` and training accuracy
+    use); a forward with targets adds the margin logits as ``output.extras["loss_logits"]``.
     """
 
     def __init__(
@@ -80,7 +87,7 @@ class ArcFaceHead(Head):
         embed_final_act: str = "relu",
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
-        check_margin_scale(scale, margin)
+        ArcFaceArgs.from_init("arcface", locals())
         self.embed = EmbeddingMLP(in_features, embedding, dropout, embed_final_act)
         self.scale = float(scale) if scale is not None else default_scale(num_classes)
         self.margin = float(margin)
@@ -90,7 +97,8 @@ class ArcFaceHead(Head):
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
         emb = self.embed(features)
         cos = cosine_logits(emb, self.weight)
+        extras = {}
         if targets is not None:
             mask = F.one_hot(targets.long(), self.num_classes).bool()
-            cos = additive_angular_margin(cos, mask, self.margin)
-        return HeadOutput(logits=self.scale * cos, embeddings=emb)
+            extras[LOSS_LOGITS] = self.scale * additive_angular_margin(cos, mask, self.margin)
+        return HeadOutput(logits=self.scale * cos, embeddings=emb, extras=extras)

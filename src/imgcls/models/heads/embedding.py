@@ -12,13 +12,29 @@ middle dropout is commented out). An empty / missing list is the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from imgcls.errors import ConfigError
+from imgcls.registry import ComponentArgs
 
 FINAL_ACTS = ("relu", "none")
+
+
+class EmbeddingArgs(ComponentArgs):
+    """The embedding-MLP arguments shared by the hyperspherical heads."""
+
+    embedding: list[PositiveInt] | None = Field(
+        None,
+        description="hidden sizes of the trainable embedding MLP (e.g. [1280, 512]); None: features as they are",
+    )
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout after the embedding MLP")
+    embed_final_act: Literal["relu", "none"] = Field(
+        "relu", description="activation after the last embedding layer (relu: the seed; none: full sphere)"
+    )
 
 
 class EmbeddingMLP(nn.Module):

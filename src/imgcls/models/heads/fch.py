@@ -19,13 +19,15 @@ autocast disabled (SPEC §1.8 item 7). Design choices are documented in ``docs/f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
 from imgcls.errors import ConfigError
+from imgcls.losses.structure import SP_DISTANCES, relation_targets, structure_loss
 from imgcls.models.heads.base import Head, HeadOutput, cross_entropy
 from imgcls.models.heads.graph import (
     apply_threshold,
@@ -46,10 +48,14 @@ from imgcls.models.heads.graph import (
     rbf_rows,
     rbf_weights,
 )
-from imgcls.registry import HEADS
+from imgcls.models.heads.memory_bank import MemoryBank
+from imgcls.registry import HEADS, ComponentArgs
 
 if TYPE_CHECKING:
     from imgcls.runtime.batch import Batch
+
+#: the structure loss lives in imgcls.losses.structure; its names stay importable from here
+__all__ = ["SP_DISTANCES", "FCHArgs", "FCHHead", "embedding_relations", "relation_targets", "structure_loss"]
 
 ADJACENCIES = ("rbf", "knn", "attention", "class_label", "cosine_topk")
 #: the seed's variant names (RBF-FCH, NN-FCH, Att-FCH, CL-FCH) and its documented ``--fch_type`` values
@@ -58,7 +64,6 @@ CONVOLUTIONS = ("chebyshev", "gcn")
 EVAL_GRAPHS = ("batch", "self", "memory")
 CL_TEST_GRAPHS = ("pseudo", "rbf", "memory")
 SP_SIMILARITIES = ("rbf", "cosine")
-SP_DISTANCES = ("mse", "bce")
 ACTIVATIONS = {
     "gelu": nn.GELU,
     "relu": nn.ReLU,
@@ -69,16 +74,8 @@ ACTIVATIONS = {
 
 
 # --------------------------------------------------------------------------------------------------------
-# Structure-preserving loss (SPEC §1.4)
+# Relations of the refined embeddings for the structure-preserving loss (imgcls.losses.structure)
 # --------------------------------------------------------------------------------------------------------
-
-
-def relation_targets(targets: torch.Tensor, soft_targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Label relation matrix ``Y_ij = 1[y_i = y_j]``; after MixUp/CutMix ``Y_ij = ⟨ỹ_i, ỹ_j⟩``."""
-    if soft_targets is not None:
-        soft = soft_targets.float()
-        return soft @ soft.T
-    return (targets[:, None] == targets[None, :]).float()
 
 
 def embedding_relations(embeddings: torch.Tensor, similarity: str = "rbf") -> torch.Tensor:
@@ -94,27 +91,82 @@ def embedding_relations(embeddings: torch.Tensor, similarity: str = "rbf") -> to
     raise ValueError(f"unknown relation similarity '{similarity}'; use one of {SP_SIMILARITIES}")
 
 
-def structure_loss(
-    relations: torch.Tensor, targets: torch.Tensor, distance: str = "mse", eps: float = 1e-6
-) -> torch.Tensor:
-    """Mean over pairs i ≠ j of ``(S_ij − Y_ij)²`` (``mse``) or of the binary cross-entropy of ``S_ij``
-    against ``Y_ij`` with positive weight ``#neg/#pos`` (``bce``; counters the ≈(C−1)/C share of
-    different-class pairs). A batch of one sample has no pair: the loss is 0."""
-    n = relations.shape[0]
-    if n < 2:
-        return relations.sum() * 0.0
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=relations.device)
-    s, y = relations[off_diagonal], targets[off_diagonal].to(relations.dtype)
-    if distance == "mse":
-        return (s - y).pow(2).mean()
-    if distance == "bce":
-        positives, negatives = y.sum(), (1.0 - y).sum()
-        pos_weight = torch.where(
-            positives > 0, negatives / positives.clamp_min(eps), torch.ones_like(positives)
+# --------------------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------------------
+
+Activation = Literal["gelu", "relu", "sigmoid", "tanh", "identity"]
+
+
+class FCHArgs(ComponentArgs):
+    """``model.head_args`` of ``fch`` (defaults are SPEC §1.4's, [INFERRED] where the seed is silent)."""
+
+    adjacency: Literal["rbf", "knn", "attention", "class_label", "cosine_topk", "nn", "att", "cl"] = Field(
+        "rbf",
+        description="batch graph: rbf | knn | attention | class_label | cosine_topk (seed aliases nn, att, cl)",
+    )
+    order: int = Field(1, ge=0, description="Chebyshev order p = number of hops (0: no graph)")
+    conv: Literal["chebyshev", "gcn"] = Field(
+        "chebyshev",
+        description="chebyshev: sum_k T_k Θ_k + b; gcn: Â X W + b (the public code's one-hop layer)",
+    )
+    embed_activation: Activation = Field(
+        "gelu", description="activation on the (projected) backbone features"
+    )
+    proj: bool = Field(False, description="a Linear(D, proj_dim or D) before the embedding activation")
+    proj_dim: int | None = Field(None, ge=1, description="width of the projection (needs proj: true)")
+    sigma: float | None = Field(
+        None, gt=0, description="fixed RBF bandwidth (None: detached median heuristic)"
+    )
+    knn_k: int | None = Field(
+        None, ge=1, description="neighbours per node (None: 8 for knn/attention, 1 for cosine_topk)"
+    )
+    threshold: float | None = Field(
+        None, ge=0, description="drop edges lighter than this (None: 0.2 for cosine_topk, else keep all)"
+    )
+    attention_dim: int = Field(64, ge=1, description="width d_k of the attention queries/keys")
+    add_self_loops: bool = Field(True, description="add I before the degree normalisation")
+    graph_activation: Activation = Field("gelu", description="activation after the graph convolution")
+    graph_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout after the graph convolution")
+    residual: bool = Field(False, description="refined H = X + act(conv(X)) instead of act(conv(X))")
+    hidden_dim: int | None = Field(
+        None, ge=1, description="hidden width of the MLP classifier (None: the embedding width)"
+    )
+    activation: Activation = Field("gelu", description="activation of the MLP classifier")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout of the MLP classifier")
+    structure_weight: float = Field(
+        0.1, ge=0.0, description="λ of the structure-preserving loss (0: CE only)"
+    )
+    sp_similarity: Literal["rbf", "cosine"] = Field("rbf", description="relations of the refined embeddings")
+    sp_distance: Literal["mse", "bce"] = Field(
+        "mse", description="structure-loss distance (bce: pos-weighted)"
+    )
+    eval_graph: Literal["batch", "self", "memory"] | None = Field(
+        None, description="evaluation graph (None: batch, or memory for CL-FCH with cl_test_graph: memory)"
+    )
+    cl_test_graph: Literal["pseudo", "rbf", "memory"] = Field(
+        "pseudo",
+        description="CL-FCH's label-free test graph: pseudo-labels, rbf, or pseudo-labels vs the bank",
+    )
+    aux_weight: float = Field(
+        1.0, ge=0.0, description="weight of the auxiliary head's CE (CL-FCH, pseudo-labels)"
+    )
+    memory_size: int = Field(1024, ge=0, description="FIFO bank size for eval_graph: memory (0: no bank)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FCHArgs:
+        if self.conv == "gcn" and self.order != 1:
+            raise ValueError(
+                f"fch conv=gcn is a one-hop layer; set order: 1 (got {self.order}) or use conv: chebyshev"
+            )
+        cl_memory = ADJACENCY_ALIASES.get(self.adjacency, self.adjacency) == "class_label" and (
+            self.cl_test_graph == "memory"
         )
-        s = s.clamp(eps, 1.0 - eps)
-        return -(pos_weight * y * s.log() + (1.0 - y) * (1.0 - s).log()).mean()
-    raise ValueError(f"unknown structure-loss distance '{distance}'; use one of {SP_DISTANCES}")
+        if cl_memory and self.eval_graph not in (None, "memory"):
+            raise ValueError(f"fch cl_test_graph=memory needs eval_graph: memory (got '{self.eval_graph}')")
+        if (self.eval_graph == "memory" or (cl_memory and self.eval_graph is None)) and self.memory_size == 0:
+            raise ValueError("fch eval_graph=memory needs a memory bank; set memory_size > 0 (e.g. 1024)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -122,7 +174,7 @@ def structure_loss(
 # --------------------------------------------------------------------------------------------------------
 
 
-@HEADS.register("fch")
+@HEADS.register("fch", args=FCHArgs)
 class FCHHead(Head):
     """Feature-refinement classification head over a batch graph.
 
@@ -187,52 +239,11 @@ class FCHHead(Head):
         memory_size: int = 1024,
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
+        FCHArgs.from_init("fch", locals())
         adjacency = ADJACENCY_ALIASES.get(adjacency, adjacency)
-        _check_choice("adjacency", adjacency, ADJACENCIES + tuple(ADJACENCY_ALIASES))
-        _check_choice("conv", conv, CONVOLUTIONS)
-        for key, value in (
-            ("embed_activation", embed_activation),
-            ("graph_activation", graph_activation),
-            ("activation", activation),
-        ):
-            _check_choice(key, value, tuple(ACTIVATIONS))
-        _check_choice("sp_similarity", sp_similarity, SP_SIMILARITIES)
-        _check_choice("sp_distance", sp_distance, SP_DISTANCES)
-        _check_choice("cl_test_graph", cl_test_graph, CL_TEST_GRAPHS)
-        if eval_graph is not None:
-            _check_choice("eval_graph", eval_graph, EVAL_GRAPHS)
-        if not isinstance(order, int) or order < 0:
-            raise ConfigError(
-                f"fch order must be an integer >= 0 (the Chebyshev degree = hops), got {order!r}"
-            )
-        if conv == "gcn" and order != 1:
-            raise ConfigError(
-                f"fch conv=gcn is a one-hop layer; set order: 1 (got {order}) or use conv: chebyshev"
-            )
-        if sigma is not None and sigma <= 0:
-            raise ConfigError(f"fch sigma must be > 0 or null (median heuristic), got {sigma}")
-        if knn_k is not None and knn_k < 1:
-            raise ConfigError(f"fch knn_k must be >= 1, got {knn_k}")
-        if threshold is not None and threshold < 0:
-            raise ConfigError(f"fch threshold must be >= 0 or null, got {threshold}")
-        if (
-            attention_dim < 1
-            or (proj_dim is not None and proj_dim < 1)
-            or (hidden_dim is not None and hidden_dim < 1)
-        ):
-            raise ConfigError("fch attention_dim, proj_dim and hidden_dim must be >= 1")
-        for key, value in (("graph_dropout", graph_dropout), ("dropout", dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"fch {key} must be in [0, 1), got {value}")
-        if structure_weight < 0 or aux_weight < 0:
-            raise ConfigError("fch structure_weight and aux_weight must be >= 0")
-        if memory_size < 0:
-            raise ConfigError(f"fch memory_size must be >= 0, got {memory_size}")
         is_cl = adjacency == "class_label"
         if eval_graph is None:
             eval_graph = "memory" if is_cl and cl_test_graph == "memory" else "batch"
-        elif is_cl and cl_test_graph == "memory" and eval_graph != "memory":
-            raise ConfigError(f"fch cl_test_graph=memory needs eval_graph: memory (got '{eval_graph}')")
 
         self.adjacency = adjacency
         self.order = order
@@ -275,10 +286,8 @@ class FCHHead(Head):
         needs_pseudo = is_cl and cl_test_graph in ("pseudo", "memory")
         self.aux_head = nn.Linear(width, num_classes) if needs_pseudo else None
 
-        self.register_buffer("memory_features", torch.zeros(memory_size, width))
-        self.register_buffer("memory_labels", torch.zeros(memory_size, dtype=torch.long))
-        self.register_buffer("memory_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
+        self.memory = MemoryBank(memory_size, width)
+        self._register_load_state_dict_pre_hook(_rename_legacy_memory_keys)
         self.eval_graph = eval_graph
 
     # ---------------------------------------------------------------------------------------- settings
@@ -291,7 +300,7 @@ class FCHHead(Head):
     @eval_graph.setter
     def eval_graph(self, mode: str) -> None:
         _check_choice("eval_graph", mode, EVAL_GRAPHS)
-        if mode == "memory" and self.memory_features.shape[0] == 0:
+        if mode == "memory" and self.memory.size == 0:
             raise ConfigError("fch eval_graph=memory needs a memory bank; set memory_size > 0 (e.g. 1024)")
         self._eval_graph = mode
 
@@ -302,8 +311,14 @@ class FCHHead(Head):
     def extra_repr(self) -> str:
         return (
             f"adjacency={self.adjacency}, order={self.order}, conv={self.conv}, eval_graph={self._eval_graph}, "
-            f"structure_weight={self.structure_weight}, memory_size={self.memory_features.shape[0]}"
+            f"structure_weight={self.structure_weight}, memory_size={self.memory.size}"
         )
+
+    # the bank's buffers under their former names (read-only views of ``self.memory``)
+    memory_features = property(lambda self: self.memory.features)
+    memory_labels = property(lambda self: self.memory.labels)
+    memory_ptr = property(lambda self: self.memory.ptr)
+    memory_filled = property(lambda self: self.memory.filled)
 
     # ---------------------------------------------------------------------------------------- forward
 
@@ -324,7 +339,7 @@ class FCHHead(Head):
             xf = x.float()
             refined = self._convolve(self._graph_terms(xf, targets, aux_logits))
         if self.training and targets is not None:
-            self._enqueue(xf.detach(), targets)
+            self.memory.push(xf.detach(), targets)
         h = self.graph_activation(refined)
         if self.residual:
             h = xf + h
@@ -354,46 +369,52 @@ class FCHHead(Head):
         if mode == "self":
             adjacency = x.new_zeros(x.shape[0], x.shape[0])
         else:
-            adjacency = self._square_adjacency(kind, x, labels)
+            adjacency = self._adjacency(kind, x, labels)
         a_hat, _ = normalize_adjacency(adjacency, self.add_self_loops)
         return chebyshev_terms(a_hat, x, self._terms_order())
 
-    def _square_adjacency(self, kind: str, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def _adjacency(
+        self,
+        kind: str,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The edges of kind ``kind``: the square ``(B, B)`` batch adjacency of ``x``, or with ``bank =
+        (features, labels)`` the ``(B, M)`` rows from each node of ``x`` to the bank (memory mode)."""
+        if bank is not None:
+            other, other_labels = bank
+            sigma_sq = median_sq_distance(pairwise_sq_dists(other)) if self.sigma is None else self.sigma**2
         if kind == "class_label":
-            return class_label_adjacency(labels)
-        if kind == "cosine_topk":
-            return cosine_topk_adjacency(x, self.knn_k, self.threshold)
+            return class_label_adjacency(labels) if bank is None else class_label_rows(labels, other_labels)
+        if kind == "cosine_topk":  # thresholds by itself (the public code's order: top-k, then tau)
+            if bank is None:
+                return cosine_topk_adjacency(x, self.knn_k, self.threshold)
+            return cosine_topk_rows(x, other, self.knn_k, self.threshold)
         if kind == "rbf":
-            adjacency = rbf_adjacency(x, self.sigma)
+            edges = rbf_adjacency(x, self.sigma) if bank is None else rbf_rows(x, other, sigma_sq)
         elif kind == "knn":
-            adjacency = knn_adjacency(x, self.knn_k, self.sigma)
+            edges = (
+                knn_adjacency(x, self.knn_k, self.sigma)
+                if bank is None
+                else knn_rows(x, other, self.knn_k, sigma_sq)
+            )
         else:
-            adjacency = attention_adjacency(x, _linear32(self.query, x), _linear32(self.key, x), self.knn_k)
-        return apply_threshold(adjacency, self.threshold)
+            queries = _linear32(self.query, x)
+            if bank is None:
+                edges = attention_adjacency(x, queries, _linear32(self.key, x), self.knn_k)
+            else:
+                edges = attention_rows(x, other, queries, _linear32(self.key, other), self.knn_k)
+        return apply_threshold(edges, self.threshold)
 
     def _memory_terms(self, x: torch.Tensor, kind: str, labels: torch.Tensor | None) -> list[torch.Tensor]:
         """Each query node joins the bank graph alone (see :func:`graph.bank_chebyshev_terms`)."""
-        filled = int(self.memory_filled)
-        bank = self.memory_features[:filled].float()
-        bank_labels = self.memory_labels[:filled]
-        bank_adjacency = self._square_adjacency(kind, bank, bank_labels)
-        bank_hat, bank_inv_sqrt = normalize_adjacency(bank_adjacency, self.add_self_loops)
+        bank, bank_labels = self.memory.contents()
+        bank_hat, bank_inv_sqrt = normalize_adjacency(
+            self._adjacency(kind, bank, bank_labels), self.add_self_loops
+        )
         bank_terms = chebyshev_terms(bank_hat, bank, self._terms_order())
-        sigma_sq = median_sq_distance(pairwise_sq_dists(bank)) if self.sigma is None else self.sigma**2
-        if kind == "class_label":
-            rows = class_label_rows(labels, bank_labels)
-        elif kind == "cosine_topk":
-            rows = cosine_topk_rows(x, bank, self.knn_k, self.threshold)
-        else:
-            if kind == "rbf":
-                rows = rbf_rows(x, bank, sigma_sq)
-            elif kind == "knn":
-                rows = knn_rows(x, bank, self.knn_k, sigma_sq)
-            else:
-                rows = attention_rows(
-                    x, bank, _linear32(self.query, x), _linear32(self.key, bank), self.knn_k
-                )
-            rows = apply_threshold(rows, self.threshold)
+        rows = self._adjacency(kind, x, labels, bank=(bank, bank_labels))
         return bank_chebyshev_terms(x, rows, bank_terms, bank_inv_sqrt, self.add_self_loops)
 
     def _convolve(self, terms: list[torch.Tensor]) -> torch.Tensor:
@@ -408,25 +429,11 @@ class FCHHead(Head):
     def update_memory(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         """Push backbone ``features`` (B, D) of labelled *training* images into the FIFO bank (e.g. to
         refill it with clean, eval-mode embeddings before a ``memory`` evaluation)."""
-        self._enqueue(self.embed(features).float(), targets)
+        self.memory.push(self.embed(features).float(), targets)
 
     @torch.no_grad()
     def reset_memory(self) -> None:
-        self.memory_ptr.zero_()
-        self.memory_filled.zero_()
-
-    @torch.no_grad()
-    def _enqueue(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        size = self.memory_features.shape[0]
-        if size == 0:
-            return
-        x, labels = x[-size:], labels[-size:]
-        n = x.shape[0]
-        index = (self.memory_ptr + torch.arange(n, device=x.device)) % size
-        self.memory_features[index] = x.to(self.memory_features.dtype)
-        self.memory_labels[index] = labels.to(self.memory_labels.device, torch.long)
-        self.memory_ptr.copy_((self.memory_ptr + n) % size)
-        self.memory_filled.copy_((self.memory_filled + n).clamp_max(size))
+        self.memory.reset()
 
     # ---------------------------------------------------------------------------------------- loss
 
@@ -450,6 +457,14 @@ def _linear32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` in fp32 whatever the parameters' dtype (the graph path never runs in low precision)."""
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def _rename_legacy_memory_keys(state_dict, prefix, *_args) -> None:
+    """Checkpoints written before the bank was its own module name its buffers ``memory_<name>``."""
+    for name in ("features", "labels", "ptr", "filled"):
+        old = f"{prefix}memory_{name}"
+        if old in state_dict:
+            state_dict[f"{prefix}memory.{name}"] = state_dict.pop(old)
 
 
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -5,17 +5,31 @@ classifier, SPEC §5.1). Both use the base cross-entropy loss (label smoothing, 
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 import torch
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from imgcls.models.heads.base import Head, HeadOutput
-from imgcls.registry import HEADS
+from imgcls.registry import HEADS, ComponentArgs
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
-@HEADS.register("linear")
+class LinearArgs(ComponentArgs):
+    """``linear`` takes no arguments."""
+
+
+class MLPArgs(ComponentArgs):
+    """``model.head_args`` of ``mlp``."""
+
+    hidden: list[PositiveInt] | PositiveInt = Field(256, description="hidden layer width(s), e.g. [64] or [512, 256]")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each hidden layer")
+    activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="hidden-layer activation")
+
+
+@HEADS.register("linear", args=LinearArgs)
 class LinearHead(Head):
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
@@ -25,7 +39,7 @@ class LinearHead(Head):
         return HeadOutput(logits=self.fc(features), embeddings=features)
 
 
-@HEADS.register("mlp")
+@HEADS.register("mlp", args=MLPArgs)
 class MLPHead(Head):
     def __init__(
         self,
@@ -37,10 +51,7 @@ class MLPHead(Head):
         activation: str = "relu",
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
-        if activation not in ACTIVATIONS:
-            from imgcls.errors import ConfigError
-
-            raise ConfigError(f"mlp head activation '{activation}' is unknown; use one of {sorted(ACTIVATIONS)}")
+        MLPArgs.from_init("mlp", locals())
         sizes = [in_features, *([hidden] if isinstance(hidden, int) else hidden)]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):

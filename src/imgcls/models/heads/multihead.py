@@ -20,19 +20,16 @@ The seed only sketches it: labels are split by level, one head per level, and le
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat
 from torch import nn
 
 from imgcls.errors import ConfigError
-from imgcls.models.heads.arcface import (
-    additive_angular_margin,
-    check_margin_scale,
-    cosine_logits,
-    default_scale,
-)
+from imgcls.models.heads.arcface import MarginArgs, additive_angular_margin, cosine_logits, default_scale
 from imgcls.models.heads.base import Head, HeadOutput
 from imgcls.models.heads.embedding import EmbeddingMLP
 from imgcls.models.heads.sphere import require_taxonomy
@@ -45,7 +42,18 @@ if TYPE_CHECKING:
 DECODES = ("leaf", "top_down", "joint")
 
 
-@HEADS.register("arcface_multihead")
+class ArcFaceMultiHeadArgs(MarginArgs):
+    """``model.head_args`` of ``arcface_multihead`` (``scale`` None: per level, 16 for <= 20 labels else 30)."""
+
+    level_weights: list[NonNegativeFloat] | None = Field(
+        None, description="loss weight per taxonomy level, one per level (None: all 1)"
+    )
+    decode: Literal["leaf", "top_down", "joint"] = Field(
+        "leaf", description="leaf: deepest level's argmax; top_down / joint: consistent with the tree"
+    )
+
+
+@HEADS.register("arcface_multihead", args=ArcFaceMultiHeadArgs)
 class ArcFaceMultiHead(Head):
     """Per-level ArcFace heads over padded taxonomy paths.
 
@@ -54,7 +62,8 @@ class ArcFaceMultiHead(Head):
     ``joint``), ``embedding`` / ``dropout`` / ``embed_final_act`` (embedding MLP).
 
     ``output.logits`` are the deepest level's logits in class order; ``output.extras`` holds
-    ``level_<ℓ>`` logits for every level.
+    ``level_<ℓ>`` logits for every level — all margin-free, what ``predict`` uses — and, after a
+    forward with targets, the margin logits ``loss_level_<ℓ>`` that the loss uses.
     """
 
     def __init__(
@@ -72,17 +81,13 @@ class ArcFaceMultiHead(Head):
         embed_final_act: str = "relu",
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
+        ArcFaceMultiHeadArgs.from_init("arcface_multihead", locals())
         self.taxonomy = require_taxonomy(taxonomy, "arcface_multihead", num_classes)
-        check_margin_scale(scale, margin)
-        if decode not in DECODES:
-            raise ConfigError(f"decode must be one of {', '.join(DECODES)}, got '{decode}'")
         level_nodes = self.taxonomy.level_nodes()
         self.num_levels = len(level_nodes)
         weights = [1.0] * self.num_levels if level_weights is None else [float(w) for w in level_weights]
-        if len(weights) != self.num_levels or any(w < 0 for w in weights):
-            raise ConfigError(
-                f"level_weights must list {self.num_levels} non-negative weights (one per level)"
-            )
+        if len(weights) != self.num_levels:
+            raise ConfigError(f"level_weights must list {self.num_levels} weights (one per taxonomy level)")
         self.level_sizes = [len(nodes) for nodes in level_nodes]
         self.level_weights = weights
         self.scales = [float(scale) if scale is not None else default_scale(k) for k in self.level_sizes]
@@ -107,19 +112,29 @@ class ArcFaceMultiHead(Head):
         extras = {}
         for level, weight in enumerate(self.weights):
             cos = cosine_logits(emb, weight)
+            extras[f"level_{level + 1}"] = self.scales[level] * cos
             if targets is not None:
                 level_target = self.class_level_targets[targets.long(), level]
-                cos = additive_angular_margin(cos, F.one_hot(level_target, cos.shape[1]).bool(), self.margin)
-            extras[f"level_{level + 1}"] = self.scales[level] * cos
+                margin = additive_angular_margin(
+                    cos, F.one_hot(level_target, cos.shape[1]).bool(), self.margin
+                )
+                extras[f"loss_level_{level + 1}"] = self.scales[level] * margin
         leaf = extras[f"level_{self.num_levels}"][:, self.class_level_targets[:, -1]]
         return HeadOutput(logits=leaf, embeddings=emb, extras=extras)
 
-    def level_logits(self, output: HeadOutput) -> list[torch.Tensor]:
-        return [output.extras[f"level_{level + 1}"].float() for level in range(self.num_levels)]
+    def level_logits(self, output: HeadOutput, for_loss: bool = False) -> list[torch.Tensor]:
+        """Per-level logits: margin-free (prediction), or with ``for_loss`` the margin logits when the
+        forward saw targets."""
+
+        def pick(level: int) -> torch.Tensor:
+            plain = output.extras[f"level_{level}"]
+            return output.extras.get(f"loss_level_{level}", plain) if for_loss else plain
+
+        return [pick(level + 1).float() for level in range(self.num_levels)]
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         terms = {}
-        for level, logits in enumerate(self.level_logits(output)):
+        for level, logits in enumerate(self.level_logits(output, for_loss=True)):
             column = self.class_level_targets[:, level]
             if batch.soft_targets is not None:
                 to_level = F.one_hot(column, logits.shape[1]).float()  # (C, K_l)
@@ -133,6 +148,11 @@ class ArcFaceMultiHead(Head):
                 )
             terms[f"ce_level_{level + 1}"] = self.level_weights[level] * ce
         return terms
+
+    def scale_logits(self, output: HeadOutput, temperature: float | torch.Tensor) -> HeadOutput:
+        """Temperature scaling of every level's logits (``predict`` reads ``extras['level_ℓ']``)."""
+        extras = {k: v.float() / temperature if k.startswith("level_") else v for k, v in output.extras.items()}
+        return replace(output, logits=output.logits.float() / temperature, extras=extras)
 
     def predict_levels(self, output: HeadOutput) -> list[torch.Tensor]:
         """Per-level probabilities ``(B, K_ℓ)``, labels in ``taxonomy.level_nodes()[ℓ-1]`` order."""

@@ -22,24 +22,19 @@ Label smoothing does not apply to these multi-label losses and is ignored.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeInt
 from torch import nn
 
 from imgcls.errors import ConfigError
 from imgcls.losses.asymmetric import asymmetric_loss
 from imgcls.losses.hierarchical import HierarchicalBCELoss, class_log_likelihood
-from imgcls.models.heads.arcface import (
-    additive_angular_margin,
-    check_margin_scale,
-    cosine_logits,
-    default_scale,
-)
-from imgcls.models.heads.base import Head, HeadOutput
+from imgcls.models.heads.arcface import MarginArgs, additive_angular_margin, cosine_logits, default_scale
+from imgcls.models.heads.base import LOSS_LOGITS, Head, HeadOutput, loss_logits
 from imgcls.models.heads.embedding import EmbeddingMLP
 from imgcls.registry import HEADS
 from imgcls.taxonomy.tree import Taxonomy
@@ -49,6 +44,42 @@ if TYPE_CHECKING:
 
 MARGIN_ON = ("positives", "all")
 ASL_KEYS = ("gamma_neg", "gamma_pos", "clip")
+
+
+class SphereMultiArgs(MarginArgs):
+    """``model.head_args`` of ``sphere_multi`` (``scale`` None: 16 for <= 20 nodes, else 30)."""
+
+    margin_on: Literal["positives", "all"] = Field(
+        "positives", description="nodes that get the margin: the target path (ECCV paper) or all (the seed)"
+    )
+    loss: Literal["bce", "asl"] = Field("bce", description="base multi-label loss: BCE or Asymmetric Loss")
+    gamma_neg: float = Field(4.0, ge=0.0, description="ASL focusing exponent of negatives")
+    gamma_pos: float = Field(1.0, ge=0.0, description="ASL focusing exponent of positives")
+    clip: float = Field(0.05, ge=0.0, lt=1.0, description="ASL probability margin of negatives")
+
+
+class SphereMultiHierArgs(SphereMultiArgs):
+    """``model.head_args`` of ``sphere_multi_hier``: SphereMulti's plus the HBCE loss's."""
+
+    level_weights: Literal["inverse_level_size", "none"] = Field(
+        "inverse_level_size", description="per-node base-loss weights"
+    )
+    penalty_mode: Literal["soft", "hard"] = Field(
+        "soft", description="hierarchy penalty: soft (differentiable) or hard (the seed's, zero gradient)"
+    )
+    penalties: Literal["fixed", "data"] = Field(
+        "fixed", description="per-edge penalties: fixed hier_penalty, or CIHMLC's from class_counts"
+    )
+    hier_penalty: float = Field(0.1, ge=0.0, description="fixed per-edge hierarchy penalty")
+    penalty_scale: float = Field(1.0, ge=0.0, description="multiplier of the data-driven penalties")
+    class_counts: list[NonNegativeInt] | None = Field(
+        None, description="training images per class for penalties: data (None: uniform)"
+    )
+    distance_weight: float = Field(0.1, ge=0.0, description="weight of the distance penalty (0: off)")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="threshold τ of the hard penalty terms")
+    soft_violation: Literal["diff", "product"] = Field(
+        "diff", description="soft violation: relu(p_child - p_parent) or p_child·(1 - p_parent)"
+    )
 
 
 def require_taxonomy(taxonomy: Taxonomy | None, head: str, num_classes: int) -> Taxonomy:
@@ -64,13 +95,16 @@ def require_taxonomy(taxonomy: Taxonomy | None, head: str, num_classes: int) -> 
     return taxonomy
 
 
-@HEADS.register("sphere_multi")
+@HEADS.register("sphere_multi", args=SphereMultiArgs)
 class SphereMultiHead(Head):
     """Hyperspherical multi-label head over all taxonomy nodes.
 
     head_args: ``scale`` (None: 16 for ≤ 20 nodes, else 30), ``margin`` (0.5 rad), ``margin_on``
     (``positives`` | ``all``), ``loss`` (``bce`` | ``asl``), ``gamma_neg`` / ``gamma_pos`` /
     ``clip`` (ASL: 4 / 1 / 0.05), ``embedding`` / ``dropout`` / ``embed_final_act`` (embedding MLP).
+
+    ``output.logits`` are the margin-free ``s·cos θ`` (what ``predict`` and training accuracy use);
+    a forward with targets adds the margin logits as ``output.extras["loss_logits"]`` for the loss.
     """
 
     output_space = "nodes"
@@ -93,12 +127,8 @@ class SphereMultiHead(Head):
         embed_final_act: str = "relu",
     ) -> None:
         super().__init__(in_features, num_classes, label_smoothing)
+        SphereMultiArgs.from_init("sphere_multi", locals())
         self.taxonomy = require_taxonomy(taxonomy, type(self).__name__, num_classes)
-        check_margin_scale(scale, margin)
-        if margin_on not in MARGIN_ON:
-            raise ConfigError(f"margin_on must be one of {', '.join(MARGIN_ON)}, got '{margin_on}'")
-        if loss not in ("bce", "asl"):
-            raise ConfigError(f"loss must be 'bce' or 'asl', got '{loss}'")
         self.num_nodes = self.taxonomy.num_nodes
         self.scale = float(scale) if scale is not None else default_scale(self.num_nodes)
         self.margin, self.margin_on, self.loss_name = float(margin), margin_on, loss
@@ -111,14 +141,15 @@ class SphereMultiHead(Head):
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> HeadOutput:
         emb = self.embed(features)
         cos = cosine_logits(emb, self.weight)
+        extras = {}
         if targets is not None:
             mask = (
                 self.lineage[targets.long()].bool()
                 if self.margin_on == "positives"
                 else torch.ones_like(cos).bool()
             )
-            cos = additive_angular_margin(cos, mask, self.margin)
-        return HeadOutput(logits=self.scale * cos, embeddings=emb)
+            extras[LOSS_LOGITS] = self.scale * additive_angular_margin(cos, mask, self.margin)
+        return HeadOutput(logits=self.scale * cos, embeddings=emb, extras=extras)
 
     def node_targets(self, batch: Batch) -> torch.Tensor:
         """``(B, N)`` multi-hot path targets (node marginals for soft targets)."""
@@ -128,9 +159,10 @@ class SphereMultiHead(Head):
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         y = self.node_targets(batch)
+        logits = loss_logits(output)
         if self.loss_name == "bce":
-            return {"bce": F.binary_cross_entropy_with_logits(output.logits.float(), y)}
-        return {"asl": asymmetric_loss(output.logits, y, **self.asl)}
+            return {"bce": F.binary_cross_entropy_with_logits(logits.float(), y)}
+        return {"asl": asymmetric_loss(logits, y, **self.asl)}
 
     def predict_nodes(self, output: HeadOutput) -> torch.Tensor:
         """``(B, N)`` node probabilities ``σ(logits)`` in taxonomy node order."""
@@ -141,7 +173,7 @@ class SphereMultiHead(Head):
         return torch.softmax(class_log_likelihood(output.logits, self.lineage), dim=1)
 
 
-@HEADS.register("sphere_multi_hier")
+@HEADS.register("sphere_multi_hier", args=SphereMultiHierArgs)
 class SphereMultiHierHead(SphereMultiHead):
     """SphereMulti trained with HBCE (see :class:`~imgcls.losses.hierarchical.HierarchicalBCELoss`).
 
@@ -158,15 +190,46 @@ class SphereMultiHierHead(SphereMultiHead):
         num_classes: int,
         label_smoothing: float = 0.0,
         taxonomy: Taxonomy | None = None,
-        **head_args: Any,
+        scale: float | None = None,
+        margin: float = 0.5,
+        margin_on: str = "positives",
+        loss: str = "bce",
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        embedding: Sequence[int] | None = None,
+        dropout: float = 0.2,
+        embed_final_act: str = "relu",
+        level_weights: str = "inverse_level_size",
+        penalty_mode: str = "soft",
+        penalties: str = "fixed",
+        hier_penalty: float = 0.1,
+        penalty_scale: float = 1.0,
+        class_counts: list[int] | None = None,
+        distance_weight: float = 0.1,
+        threshold: float = 0.5,
+        soft_violation: str = "diff",
     ) -> None:
-        # head_args naming HierarchicalBCELoss parameters configure HBCE; the rest go to SphereMulti
-        # (an unknown key fails there with a TypeError that build_head reports as a config error).
-        hbce_keys = set(inspect.signature(HierarchicalBCELoss).parameters) - {"taxonomy", "base", *ASL_KEYS}
-        hbce_args = {k: head_args.pop(k) for k in list(head_args) if k in hbce_keys}
-        super().__init__(in_features, num_classes, label_smoothing, taxonomy=taxonomy, **head_args)
-        self.hbce = HierarchicalBCELoss(self.taxonomy, base=self.loss_name, **hbce_args, **self.asl)
+        SphereMultiHierArgs.from_init("sphere_multi_hier", locals())
+        super().__init__(
+            in_features, num_classes, label_smoothing, taxonomy, scale, margin, margin_on, loss,
+            gamma_neg, gamma_pos, clip, embedding, dropout, embed_final_act,
+        )  # fmt: skip
+        self.hbce = HierarchicalBCELoss(
+            self.taxonomy,
+            base=self.loss_name,
+            level_weights=level_weights,
+            penalty_mode=penalty_mode,
+            penalties=penalties,
+            hier_penalty=hier_penalty,
+            penalty_scale=penalty_scale,
+            class_counts=class_counts,
+            distance_weight=distance_weight,
+            threshold=threshold,
+            soft_violation=soft_violation,
+            **self.asl,
+        )
 
     def loss(self, output: HeadOutput, batch: Batch) -> dict[str, torch.Tensor]:
         targets = batch.soft_targets if batch.soft_targets is not None else batch.targets
-        return self.hbce(output.logits, targets)
+        return self.hbce(loss_logits(output), targets)

@@ -1,0 +1,292 @@
+"""imgcls vs its peers on the same model, data and machine, one after another in one process (issue 11).
+
+Rows (img/s of training, timm ``resnet18`` on 1×28×28 Fashion-MNIST at batch 256 by default):
+- **ceiling, per format**: forward + backward + optimiser step on a ready normalised tensor, for every
+  precision × memory-format candidate (the best is "the best-format compute ceiling");
+- **imgcls**: a real training epoch through the trainer with ``train.precision: auto`` and
+  ``train.channels_last: auto`` (the format chosen by measurement, ``engine/autotune.py``);
+- **plain PyTorch**: DataLoader + per-sample torchvision v2 transforms (``peer_loop.py``), fp32, 2 workers;
+- **timm train.py** (optional, ``--timm-train PATH``): timm's training script is not in the timm wheel;
+  take ``train.py`` from the timm repository (github.com/huggingface/pytorch-image-models, same version as
+  the installed wheel) and pass its path. It runs on torchvision's FashionMNIST files, which this script
+  lays out from the local Debian copy, with the best CPU setting found among ``--timm-settings``.
+Ratios, not absolute numbers, are what to quote: the machine is shared and drifts between runs.
+
+    .venv/bin/python benchmarks/peers.py [--backbone timm:resnet18] [--timm-train /path/to/train.py]
+    .venv/bin/python benchmarks/peers.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import time_steps, write_results
+
+from imgcls.config import load_config
+from imgcls.data.augment import build_train_augment
+from imgcls.data.prepare import make_loader, prepare_data
+from imgcls.engine.autotune import Execution, candidate_grid
+from imgcls.engine.trainer import Trainer
+from imgcls.models.classifier import build_model
+from imgcls.runtime.batch import Batch
+from imgcls.runtime.precision import configure_backends, resolve_device
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def make_trainer(overrides: list[str], batch: int, images: int):
+    cfg = load_config(
+        None,
+        [
+            *overrides,
+            f"train.batch_size={batch}",
+            "train.progress=false",
+            "output.tensorboard=false",
+            f"data.train_subset={images}",
+            "data.val_fraction=0",
+            "augment.crop_padding=2",
+            "augment.hflip=0.5",
+            "train.autotune_max_share=1.0",
+        ],
+    )
+    device = resolve_device(cfg.train.device)
+    configure_backends(cfg.train, device)
+    data = prepare_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(data.class_names), data.channels)
+    loader = make_loader(data.train, data, cfg, train=True, batch_size=batch, device=device)
+    trainer = Trainer(
+        cfg,
+        model,
+        loader,
+        None,
+        device=device,
+        preprocess_meta=data.preprocess,
+        class_names=data.class_names,
+        augment=build_train_augment(cfg.augment, 10),
+    )
+    return cfg, data, trainer
+
+
+def ceilings(overrides: list[str], batch: int, steps: int) -> list[dict]:
+    cfg, data, trainer = make_trainer(overrides, batch, batch * 2)
+    out = []
+    for precision, channels_last in candidate_grid(cfg.train, trainer.device):
+        _, _, t = make_trainer(
+            [*overrides, f"train.precision={precision}", f"train.channels_last={channels_last}"],
+            batch,
+            batch * 2,
+        )
+        t._setup_stage()
+        t._set_train_mode()
+        x = t.prep.normalize(torch.randn(batch, data.channels, data.image_size, data.image_size))
+        raw = Batch(images=x, targets=torch.randint(0, 10, (batch,)))
+
+        def step(t=t, raw=raw):
+            t._forward_backward(raw, sync=True)
+            t._optimizer_step()
+
+        ips = batch / time_steps(step, warmup=3, steps=steps)
+        out.append({"precision": precision, "channels_last": channels_last, "img_per_s": ips})
+        print(f"ceiling {precision} channels_last={channels_last}: {ips:,.0f} img/s", flush=True)
+    return out
+
+
+def imgcls_pipeline(overrides: list[str], batch: int, steps: int) -> dict:
+    _, _, trainer = make_trainer(overrides, batch, batch * steps)
+    start = time.perf_counter()
+    trainer._tune_execution()
+    tune_s = time.perf_counter() - start
+    trainer._setup_stage()
+    trainer.train_epoch()  # warm-up epoch (allocator, oneDNN kernels)
+    start = time.perf_counter()
+    metrics = trainer.train_epoch()
+    ips = metrics["train_images"] / (time.perf_counter() - start)
+    ex: Execution = trainer.execution
+    print(f"imgcls (auto -> {ex.precision}, channels_last={ex.channels_last}): {ips:,.0f} img/s", flush=True)
+    return {
+        "img_per_s": ips,
+        "precision": ex.precision,
+        "channels_last": ex.channels_last,
+        "tune_s": tune_s,
+        "candidates": ex.candidates,
+    }
+
+
+def plain_pytorch(overrides: list[str], batch: int, steps: int, workers: int) -> dict:
+    from peer_loop import loader, train_plain
+
+    cfg = load_config(None, [*overrides, f"data.train_subset={batch * steps}", "data.val_fraction=0"])
+    data = prepare_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(data.class_names), data.channels)
+    dl = loader(data.train.images, data.train.labels, data.mean, data.std, batch, True, workers=workers)
+    train_plain(model, dl, 1, 1e-3, 0.05, max_steps=3)  # warm-up
+    r = train_plain(model, dl, 1, 1e-3, 0.05)
+    ips = r["images"] / r["seconds"]
+    print(f"plain PyTorch loop (fp32, {workers} workers): {ips:,.0f} img/s", flush=True)
+    return {"img_per_s": ips, "workers": workers}
+
+
+def timm_train(script: Path, model: str, batch: int, steps: int, settings: list[str]) -> dict:
+    """Run timm's train.py for ``steps`` batches per setting; its own log gives samples/s (running average)."""
+    root = Path(tempfile.mkdtemp(prefix="timm_fmnist_"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        with gzip.open(FMNIST / f"{name}.gz", "rb") as src, open(raw / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    rows = []
+    for setting in settings:
+        cmd = [
+            sys.executable,
+            str(script),
+            "--data-dir",
+            str(root),
+            "--dataset",
+            "torch/fashion_mnist",
+            "--val-split",
+            "test",
+            "--model",
+            model.removeprefix("timm:"),
+            "--num-classes",
+            "10",
+            "--in-chans",
+            "1",
+            "--input-size",
+            "1",
+            "28",
+            "28",
+            "--mean",
+            "0.2860",
+            "--std",
+            "0.3530",
+            "--batch-size",
+            str(batch),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+            "--log-interval",
+            "5",
+            "--opt",
+            "adamw",
+            "--lr",
+            "1e-3",
+            "--hflip",
+            "0.5",
+            "--scale",
+            "1.0",
+            "1.0",
+            "--ratio",
+            "1.0",
+            "1.0",
+            "--output",
+            str(root / "out"),
+            *setting.split(),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        rates, lines = [], []
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.findall(r"([\d.]+)/s", line)
+            if m and "Train:" in line:
+                rates.append(float(m[-1]))  # running average samples/s
+                if len(rates) * 5 >= steps:
+                    proc.kill()
+                    break
+        proc.wait()
+        if not rates:
+            rows.append({"setting": setting, "error": "".join(lines[-5:]).strip()[-500:]})
+            print(f"timm train.py [{setting}]: failed", flush=True)
+            continue
+        rows.append({"setting": setting, "img_per_s": statistics.median(rates[len(rates) // 2 :])})
+        print(f"timm train.py [{setting}]: {rows[-1]['img_per_s']:,.0f} img/s", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    return {"settings": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="timm:resnet18")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument(
+        "--timm-train", type=Path, default=None, help="path to timm's train.py (not in the wheel)"
+    )
+    ap.add_argument(
+        "--timm-settings",
+        default="|--amp --amp-dtype bfloat16|--channels-last",
+        help="'|'-separated extra argument sets for timm's train.py; the best is reported",
+    )
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--name", default="peers")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.batch = 4, 64
+    overrides = [f"model.backbone={args.backbone}", "model.head=linear"]
+    result = {"backbone": args.backbone, "batch": args.batch, "steps": args.steps}
+    result["ceilings"] = ceilings(overrides, args.batch, args.steps)
+    result["imgcls"] = imgcls_pipeline(overrides, args.batch, args.steps)
+    result["plain_pytorch"] = plain_pytorch(overrides, args.batch, args.steps, workers=2)
+    if args.timm_train is not None:
+        result["timm_train"] = timm_train(
+            args.timm_train, args.backbone, args.batch, args.steps, args.timm_settings.split("|")
+        )
+    best_ceiling = max(c["img_per_s"] for c in result["ceilings"])
+    lines = ["| what | img/s | × best-format ceiling |", "|---|---|---|"]
+    for c in result["ceilings"]:
+        lines.append(
+            f"| ceiling {c['precision']}{' + channels_last' if c['channels_last'] else ''} | "
+            f"{c['img_per_s']:,.0f} | {c['img_per_s'] / best_ceiling:.2f} |"
+        )
+    im = result["imgcls"]
+    lines.append(
+        f"| **imgcls** (auto → {im['precision']}{' + channels_last' if im['channels_last'] else ''}) | "
+        f"{im['img_per_s']:,.0f} | {im['img_per_s'] / best_ceiling:.2f} |"
+    )
+    pp = result["plain_pytorch"]
+    lines.append(
+        f"| plain PyTorch DataLoader + torchvision (fp32) | {pp['img_per_s']:,.0f} | "
+        f"{pp['img_per_s'] / best_ceiling:.2f} |"
+    )
+    timm_rows = [r for r in result.get("timm_train", {}).get("settings", []) if "img_per_s" in r]
+    for r in timm_rows:
+        lines.append(
+            f"| timm train.py `{r['setting'] or 'fp32'}` | {r['img_per_s']:,.0f} | "
+            f"{r['img_per_s'] / best_ceiling:.2f} |"
+        )
+    result["ratio_to_best_ceiling"] = im["img_per_s"] / best_ceiling
+    result["ratio_to_plain"] = im["img_per_s"] / pp["img_per_s"]
+    lines.append(
+        f"\nimgcls / best-format ceiling: **{result['ratio_to_best_ceiling']:.2f}**; imgcls / plain loop: "
+        f"**{result['ratio_to_plain']:.2f}**"
+    )
+    if timm_rows:
+        best_timm = max(r["img_per_s"] for r in timm_rows)
+        result["ratio_to_timm_best"] = im["img_per_s"] / best_timm
+        lines.append(f"; imgcls / timm train.py's best CPU setting: **{result['ratio_to_timm_best']:.2f}**")
+    write_results(args.name + ("_quick" if args.quick else ""), result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Issue 12: untuned vs tuned — the FCH table's and the hierarchical table's key rows, every method given
+the same Optuna budget on the validation split (``imgcls sweep``), then 3 final seeds on the test set.
+
+Rows: from the FCH table (benchmarks/fch_table.py) linear, RBF p=1, attention p=1, class-label p=1; from
+the hierarchical table (benchmarks/hier_table.py) linear, arcface, sphere_hier. Each row is swept over
+lr, weight decay and its own main knob (configs/sweeps/{linear,fch,arcface,sphere}.yaml) with the same
+number of trials, sampler seed and median pruner, at the table's epochs; the best config is re-trained
+with seeds 0..S-1 and only those runs are evaluated on the test set.
+
+Untuned numbers come from benchmarks/results/{fch,hier}_table.json when the settings match the tables
+(full training set, the tables' epochs); a reduced run (--train-subset / --epochs / --quick) re-trains
+the untuned configs with the same settings and seeds, so both columns are always measured alike.
+
+Also measured: sweep overhead (wall time of a sweep of N trials without pruning vs N plain ``api.train``
+runs of the same trial configs, in the same process) and pruning's saving in trial-epochs.
+
+    .venv/bin/python benchmarks/sweep_table.py                       # full: 7 rows × 16 trials (many CPU hours)
+    .venv/bin/python benchmarks/sweep_table.py --rows linear fch_rbf_p1 --trials 6 --epochs 2 --train-subset 6000
+    .venv/bin/python benchmarks/sweep_table.py --quick               # smoke run: 2 rows, 4 trials, 1 epoch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, device_label, mean_std, write_results
+
+ROOT = Path(__file__).parent.parent
+FCH, HIER, SPACES = (
+    ROOT / "configs" / "fashion_mnist",
+    ROOT / "configs" / "fashion_mnist_hier",
+    ROOT / "configs" / "sweeps",
+)
+HIER_TAXONOMY = (
+    f"data.taxonomy={ROOT / 'configs' / 'taxonomies' / 'fashion_mnist.yaml'}"  # as hier_table.json was run
+)
+
+#: name → (table, row name in that table's results, config, overrides, search space)
+ROWS = {
+    "linear": (
+        "fch_table",
+        "linear",
+        FCH / "fch_rbf.yaml",
+        ["model.head=linear", "model.head_args={}"],
+        "linear",
+    ),
+    "fch_rbf_p1": ("fch_table", "fch_rbf_p1", FCH / "fch_rbf.yaml", ["model.head_args.order=1"], "fch"),
+    "fch_att_p1": ("fch_table", "fch_att_p1", FCH / "fch_att.yaml", ["model.head_args.order=1"], "fch"),
+    "fch_cl_p1": ("fch_table", "fch_cl_p1", FCH / "fch_cl.yaml", ["model.head_args.order=1"], "fch"),
+    "hier_linear": ("hier_table", "linear", HIER / "linear.yaml", [HIER_TAXONOMY], "linear"),
+    "arcface": ("hier_table", "arcface", HIER / "arcface.yaml", [HIER_TAXONOMY], "arcface"),
+    "sphere_hier": ("hier_table", "sphere_hier", HIER / "sphere_hier.yaml", [HIER_TAXONOMY], "sphere"),
+}
+TABLE_EPOCHS = {"fch_table": 4, "hier_table": 6}
+QUIET = [
+    "train.progress=false",
+    "output.tensorboard=false",
+    "eval.plots=false",
+    "eval.embeddings_plot=false",
+    "eval.gradcam=false",
+]
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", nargs="*", choices=list(ROWS), help="rows to run (default: all seven)")
+    ap.add_argument(
+        "--trials", type=int, default=16, help="trials per row (the same budget for every method)"
+    )
+    ap.add_argument(
+        "--epochs", type=int, help="epochs per trial and final run (default: the table's, 4 FCH / 6 hier)"
+    )
+    ap.add_argument("--train-subset", type=int, help="training images (stratified; default: all 60,000)")
+    ap.add_argument("--test-subset", type=int, help="test images for the final runs (default: all 10,000)")
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="final seeds (0..S-1), for tuned and re-trained untuned runs"
+    )
+    ap.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    ap.add_argument("--overhead-trials", type=int, default=4, help="N of the overhead measurement (0: skip)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run")
+    ap.add_argument("--name", default="sweep_table")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: rows linear + fch_rbf_p1, 4 trials, 1 epoch, "
+        "2,000 train / 1,000 test images, 2 seeds",
+    )
+    args = ap.parse_args()
+    if args.quick:
+        args.rows = args.rows or ["linear", "fch_rbf_p1"]
+        args.trials, args.epochs, args.seeds, args.overhead_trials = (
+            min(args.trials, 4),
+            1,
+            2,
+            min(args.overhead_trials, 2),
+        )
+        args.train_subset, args.test_subset = args.train_subset or 2000, args.test_subset or 1000
+    args.rows = args.rows or list(ROWS)
+    return args
+
+
+def reduced(args, table: str) -> bool:
+    """Whether this run's settings differ from the table's (then the untuned row is re-trained here)."""
+    return bool(
+        args.train_subset
+        or args.test_subset
+        or args.extra
+        or (args.epochs and args.epochs != TABLE_EPOCHS[table])
+    )
+
+
+def common_overrides(args, table: str, out: Path) -> list[str]:
+    over = [f"train.epochs={args.epochs or TABLE_EPOCHS[table]}", f"output.dir={out}", *QUIET]
+    if args.train_subset:
+        over.append(f"data.train_subset={args.train_subset}")
+    if args.test_subset:
+        over.append(f"data.test_subset={args.test_subset}")
+    return [*over, *args.extra]
+
+
+def untuned(args, name: str, out: Path) -> dict:
+    from imgcls import api
+
+    table, table_row, config, overrides, _ = ROWS[name]
+    if not reduced(args, table):
+        r = json.loads((RESULTS / f"{table}.json").read_text())["results"][table_row]
+        return {
+            "accuracy": r["accuracy"],
+            "seeds": r["seeds"],
+            "source": f"benchmarks/results/{table}.json",
+            "device": r.get("device", "?"),
+        }
+    accs = []
+    for seed in range(args.seeds):
+        res = api.train(
+            config,
+            [
+                *overrides,
+                *common_overrides(args, table, out / "untuned"),
+                f"train.seed={seed}",
+                f"output.name={name}-untuned",
+            ],
+        )
+        accs.append(res.metrics["accuracy"])
+        print(name, "untuned seed", seed, round(accs[-1], 4), flush=True)
+    return {
+        "accuracy": mean_std(accs),
+        "seeds": list(range(args.seeds)),
+        "source": "re-trained here",
+        "device": device_label(),
+    }
+
+
+def tuned(args, name: str, out: Path) -> dict:
+    from imgcls import api
+
+    table, _, config, overrides, space = ROWS[name]
+    start = time.perf_counter()
+    result = api.sweep(
+        config,
+        SPACES / f"{space}.yaml",
+        [*overrides, *common_overrides(args, table, out / "runs")],
+        trials=args.trials,
+        study=name,
+        out=out / "sweep",
+        final_seeds=args.seeds,
+        pruner=args.pruner,
+    )
+    summary = json.loads((result.out_dir / "sweep.json").read_text())
+    acc = result.final["metrics"]["accuracy"]
+    return {
+        "accuracy": [acc["mean"], acc["std"] or 0.0],
+        "per_seed": acc["values"],
+        "best_trial": result.best["number"],
+        "best_val": result.best["value"],
+        "best_params": result.best["params"],
+        "trials_counted": summary["trials_counted"],
+        "pruning": summary["pruning"],
+        "importance": summary["importance"],
+        "sweep_dir": str(result.out_dir),
+        "wall_s": time.perf_counter() - start,
+        "device": device_label(),
+    }
+
+
+def overhead(args, out: Path) -> dict:
+    """A sweep of N trials (no pruning, no final runs) vs N plain runs of the very same trial configs, in this
+    process, wall and CPU time (CPU time is the steadier measure on a shared machine)."""
+    from imgcls import api
+    from imgcls.config import load_config
+
+    table, _, config, overrides, space = ROWS["linear"]
+    # warm-up (not counted): the first run in a process pays one-off imports and allocator growth
+    api.train(config, [*overrides, *common_overrides(args, table, out / "warmup")], evaluate_after=False)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = api.sweep(
+        config,
+        SPACES / f"{space}.yaml",
+        [*overrides, *common_overrides(args, table, out / "runs")],
+        trials=args.overhead_trials,
+        study="overhead",
+        out=out / "sweep",
+        pruner="none",
+        baseline=False,
+    )
+    sweep_s, sweep_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    trial_s = sum(r["duration_s"] for r in result.trials)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for r in result.trials:
+        cfg = load_config(Path(r["run_dir"]) / "config.yaml", [f"output.dir={out / 'plain'}"])
+        api.train(cfg, evaluate_after=False)
+    plain_s, plain_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "trials": args.overhead_trials,
+        "sweep_s": sweep_s,
+        "trials_inside_sweep_s": trial_s,
+        "plain_s": plain_s,
+        "ratio": sweep_s / plain_s,
+        "sweep_cpu_s": sweep_cpu,
+        "plain_cpu_s": plain_cpu,
+        "cpu_ratio": sweep_cpu / plain_cpu,
+        "device": device_label(),
+    }
+
+
+def render(args, results: dict, over: dict | None) -> str:
+    epochs = {t: args.epochs or e for t, e in TABLE_EPOCHS.items()}
+    label = "REDUCED RUN (not the tables' protocol): " if any(reduced(args, t) for t in TABLE_EPOCHS) else ""
+    subset = f"{args.train_subset:,} training images" if args.train_subset else "the full training set"
+    md = [
+        f"{label}Fashion-MNIST, AdaptiveCNN, {subset}, epochs {epochs['fch_table']} (FCH rows) / {epochs['hier_table']} "
+        f"(hierarchical rows); {args.trials} Optuna trials per row (TPE, {args.pruner} pruner) on the validation split, "
+        f"then the best config re-trained with seeds 0..{args.seeds - 1} and evaluated once on the test set"
+        + (f" ({args.test_subset:,} images)" if args.test_subset else "")
+        + ".",
+        "",
+        "| row | untuned test acc % | tuned test acc % | Δ (points) | best val acc % | best parameters | "
+        "trial-epochs run / without pruning | untuned from |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        u, t = r["untuned"]["accuracy"], r["tuned"]["accuracy"]
+        params = ", ".join(
+            f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+            for k, v in r["tuned"]["best_params"].items()
+        )
+        p = r["tuned"]["pruning"]
+        md.append(
+            f"| {name} | {100 * u[0]:.2f} ± {100 * u[1]:.2f} | {100 * t[0]:.2f} ± {100 * t[1]:.2f} | "
+            f"{100 * (t[0] - u[0]):+.2f} | {100 * r['tuned']['best_val']:.2f} | {params} | "
+            f"{p['trial_epochs_run']} / {p['trial_epochs_without_pruning']} | {r['untuned']['source']} |"
+        )
+    md += ["", *verdicts(results)]
+    runs = sum(r["tuned"]["pruning"]["trial_epochs_run"] for r in results.values())
+    budget = sum(r["tuned"]["pruning"]["trial_epochs_without_pruning"] for r in results.values())
+    if budget:
+        md.append(
+            f"Pruning saved {100 * (1 - runs / budget):.0f} % of the trial-epochs ({runs} run of {budget})."
+        )
+    if over:
+        md.append(
+            f"Sweep overhead: {over['trials']} trials in a sweep (no pruning) used {over['sweep_cpu_s']:.1f} s of CPU "
+            f"vs {over['plain_cpu_s']:.1f} s for {over['trials']} plain runs of the same configs: ×{over['cpu_ratio']:.2f} "
+            f"(wall {over['sweep_s']:.1f} s vs {over['plain_s']:.1f} s, ×{over['ratio']:.2f}, on a shared machine; "
+            f"the trials themselves took {over['trials_inside_sweep_s']:.1f} s of the sweep's wall time, the rest is "
+            "opening the study, the report and its plots)."
+        )
+    md.append(f"Measured on {device_label()}.")
+    return "\n".join(md)
+
+
+def verdicts(results: dict) -> list[str]:
+    """Plain statements: within each table, does the best non-linear row beat the linear row, untuned and tuned?"""
+    lines = []
+    for table, base in (("fch_table", "linear"), ("hier_table", "hier_linear")):
+        others = [n for n in results if ROWS[n][0] == table and n != base]
+        if base not in results or not others:
+            continue
+        said, beats = [], []
+        for kind in ("untuned", "tuned"):
+            b = results[base][kind]["accuracy"]
+            best = max(others, key=lambda n: results[n][kind]["accuracy"][0])
+            o = results[best][kind]["accuracy"]
+            beats.append(o[0] > b[0] + b[1])
+            said.append(
+                f"{kind}: the best other row, {best} ({100 * o[0]:.2f} %), {'beats' if beats[-1] else 'does not beat'} "
+                f"{base} ({100 * b[0]:.2f} ± {100 * b[1]:.2f} %) beyond one standard deviation"
+            )
+        verdict = "CHANGES" if beats[0] != beats[1] else "does not change"
+        lines.append(f"{table}: " + "; ".join(said) + f" — the conclusion {verdict} with tuning.")
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+    base = ROOT / "runs" / f"bench_{args.name}"
+    tag = f"t{args.trials}-e{args.epochs or 'table'}-n{args.train_subset or 'all'}-{args.pruner}"
+    results: dict[str, dict] = {}
+    partial = RESULTS / f"{args.name}.partial.json"
+    for name in args.rows:
+        out = base / tag / name
+        row = {
+            "config": str(ROWS[name][2].relative_to(ROOT)),
+            "overrides": ROWS[name][3],
+            "space": f"configs/sweeps/{ROWS[name][4]}.yaml",
+        }
+        row["tuned"] = tuned(args, name, out)
+        row["untuned"] = untuned(args, name, out)
+        results[name] = row
+        partial.write_text(json.dumps({"results": results}, indent=1, default=str))
+        print(name, "untuned", row["untuned"]["accuracy"], "tuned", row["tuned"]["accuracy"], flush=True)
+    over = None
+    if args.overhead_trials:
+        out = base / tag / "overhead"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh study: the measurement must run its trials
+        over = overhead(args, out)
+    payload = {
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "train_subset": args.train_subset,
+        "test_subset": args.test_subset,
+        "seeds": list(range(args.seeds)),
+        "pruner": args.pruner,
+        "quick": args.quick,
+        "reduced": any(reduced(args, t) for t in TABLE_EPOCHS),
+        "extra": args.extra,
+        "results": results,
+        "overhead": over,
+    }
+    write_results(args.name, payload, render(args, results, over))
+    partial.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Time to accuracy on Fashion-MNIST, airbench-style (issue 11): each recipe is fixed in advance (tuned on
+the validation split only), run with several seeds, and reported as training wall-clock seconds and the
+mean ± std of each run's **final** test accuracy (the test set is evaluated once per run).
+
+Training seconds are ``train_summary.json``'s ``train_time_s`` (the trainer's fit: every epoch's training
+and validation, precision autotuning included); data loading (decoding Fashion-MNIST into memory) and the
+final test evaluation are timed and reported separately. Rows: our fastest recipe for ≥ 92 %
+(``configs/fashion_mnist/fast92.yaml``), our best within 30 min (``best30min.yaml``), the quickstart, and
+the peer loop (``peer_loop.py``: DataLoader + per-sample torchvision transforms, fp32) on the quickstart's
+model and recipe at the same epochs.
+
+    .venv/bin/python benchmarks/time_to_accuracy.py --rows fast92,quickstart,peer --seeds 0,1,2,3,4
+    .venv/bin/python benchmarks/time_to_accuracy.py --quick        # CI-sized smoke run, no accuracy claim
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import mean_std, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {
+    "fast92": ROOT / "configs/fashion_mnist/fast92.yaml",
+    "best30min": ROOT / "configs/fashion_mnist/best30min.yaml",
+    "quickstart": ROOT / "configs/quickstart.yaml",
+}
+
+
+def run_imgcls(config: Path, seed: int, out: Path, extra: list[str]) -> dict:
+    from imgcls import api
+
+    start = time.perf_counter()
+    res = api.train(
+        config,
+        [
+            f"train.seed={seed}",
+            f"output.dir={out}",
+            "train.progress=false",
+            "output.tensorboard=false",
+            "eval.plots=false",
+            *extra,
+        ],
+        evaluate_after=False,
+    )
+    total_train_call = time.perf_counter() - start
+    summary = json.loads((res.run_dir / "train_summary.json").read_text())
+    start = time.perf_counter()
+    metrics = api.evaluate(res.run_dir)
+    eval_s = time.perf_counter() - start
+    return {
+        "seed": seed,
+        "train_s": summary["train_time_s"],
+        "setup_s": total_train_call - summary["train_time_s"],
+        "eval_s": eval_s,
+        "test_acc": metrics["accuracy"],
+        "epochs": summary["epochs"],
+    }
+
+
+def run_peer(seed: int, extra: list[str], quick: bool) -> dict:
+    """The quickstart's model and recipe (epochs, lr, wd, label smoothing, warm-up) through the plain loop."""
+    from peer_loop import accuracy, loader, train_plain
+
+    from imgcls.config import load_config
+    from imgcls.data.prepare import prepare_data
+    from imgcls.models.classifier import build_model
+
+    cfg = load_config(RECIPES["quickstart"], [f"train.seed={seed}", *extra])
+    start = time.perf_counter()
+    data = prepare_data(cfg)
+    setup_s = time.perf_counter() - start
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(data.class_names), data.channels, cfg.train.label_smoothing)
+    train = loader(
+        data.train.images, data.train.labels, data.mean, data.std, cfg.train.batch_size, True, seed=seed
+    )
+    test = loader(data.test.images, data.test.labels, data.mean, data.std, 1024, False)
+    r = train_plain(
+        model,
+        train,
+        cfg.train.epochs,
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        cfg.train.label_smoothing,
+        cfg.schedule.warmup_epochs,
+    )
+    start = time.perf_counter()
+    acc = accuracy(model, test)
+    return {
+        "seed": seed,
+        "train_s": r["seconds"],
+        "setup_s": setup_s,
+        "eval_s": time.perf_counter() - start,
+        "test_acc": acc,
+        "epochs": cfg.train.epochs,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="fast92,best30min,quickstart,peer")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch on 2,000 images")
+    ap.add_argument("--name", default="time_to_accuracy")
+    args = ap.parse_args()
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    extra = ["train.epochs=1", "data.train_subset=2000", "data.test_subset=500"] if args.quick else []
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in args.rows.split(","):
+            runs = []
+            for seed in seeds:
+                if row == "peer":
+                    r = run_peer(seed, extra, args.quick)
+                else:
+                    r = run_imgcls(RECIPES[row], seed, Path(tmp), extra)
+                print(f"{row} seed {seed}: {r['test_acc']:.4f} in {r['train_s']:.1f} s", flush=True)
+                runs.append(r)
+            acc_m, acc_s = mean_std([r["test_acc"] for r in runs])
+            t_m, t_s = mean_std([r["train_s"] for r in runs])
+            rows[row] = {
+                "runs": runs,
+                "test_acc_mean": acc_m,
+                "test_acc_std": acc_s,
+                "train_s_mean": t_m,
+                "train_s_std": t_s,
+                "eval_s_mean": mean_std([r["eval_s"] for r in runs])[0],
+                "setup_s_mean": mean_std([r["setup_s"] for r in runs])[0],
+            }
+    lines = [
+        "| recipe | seeds | test accuracy % (final, mean ± std) | training s (mean ± std) | data loading s | "
+        "test evaluation s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, r in rows.items():
+        lines.append(
+            f"| {row} | {len(r['runs'])} | {100 * r['test_acc_mean']:.2f} ± {100 * r['test_acc_std']:.2f} | "
+            f"{r['train_s_mean']:.1f} ± {r['train_s_std']:.1f} | {r['setup_s_mean']:.1f} | "
+            f"{r['eval_s_mean']:.1f} |"
+        )
+    if args.quick:
+        lines.append("\n(--quick smoke run: 1 epoch on 2,000 images; no accuracy claim)")
+    write_results(
+        args.name + ("_quick" if args.quick else ""), {"quick": args.quick, "rows": rows}, "\n".join(lines)
+    )
+
+
+if __name__ == "__main__":
+    main()
