@@ -86,9 +86,11 @@ def build_taxonomy_for(cfg: ExperimentConfig, data: PreparedData):
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     from imgcls.engine.attractor_init import class_mean_init_callbacks
     from imgcls.engine.averaging import averaging_callbacks
+    from imgcls.engine.confusion_sampling import sampling_callbacks
 
     # head initialisation first: weight averaging copies the model at stage start
-    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), StopAtValAcc(), PlateauFeed()]
+    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), *sampling_callbacks(cfg), StopAtValAcc(),
+                 PlateauFeed()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row

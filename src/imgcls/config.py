@@ -41,8 +41,18 @@ class DataConfig(Section):
     test_subset: int | None = Field(None, gt=0, description="use only this many test images (stratified)")
     in_memory: Literal["auto", "yes", "no"] = "auto"
     num_workers: int = Field(2, ge=0)
-    sampler: Literal["random", "balanced", "m_per_class"] = "random"
+    sampler: Literal["random", "balanced", "m_per_class", "confusion"] = "random"
     samples_per_class: int | None = Field(None, gt=0, description="balanced: images per class per epoch; m_per_class: m")
+    confusion_floor: float = Field(
+        0.25, ge=0.0, le=1.0, description="confusion sampler: share of draws spread evenly over classes (1: balanced)"
+    )
+    train_dir: str | None = Field(None, description="imagefolder: training folder (relative to data.root), else found")
+    test_dir: str | None = Field(
+        None, description="imagefolder: test folder, a class tree or flat files named <class>_*.jpg; else found or carved"
+    )
+    holdout_per_class: int | None = Field(
+        None, gt=0, description="set aside this many unused training images per class, evaluated once beside the test set"
+    )
     taxonomy: str | None = Field(None, description="'wordnet', or a path to a parent-map YAML/JSON or label-path CSV")
     taxonomy_rule: Literal["first_path", "shortest_path"] = "first_path"
     invert: Literal["none", "auto", "always"] = Field(
@@ -198,6 +208,7 @@ class EvalConfig(Section):
     gradcam: bool = True
     max_plot_samples: int = Field(2000, gt=0)
     hier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="confidence threshold τ for hierarchical prediction")
+    image_projection: bool = Field(False, description="t-SNE and UMAP of PCA-compressed training images (seed 001's Fig. 3)")
 
 
 class OutputConfig(Section):

@@ -353,4 +353,8 @@ def cached_source(cfg: DataConfig) -> DataSource:
             len(train),
         )
         train, test = train.subset(keep), train.subset(held)
-    return DataSource(train, test, mean=[], std=[])
+        notes = [
+            f"no test split in the cache '{root}': the test set is {len(held)} of its {len(keep) + len(held)} images, "
+            f"carved out by a stratified split (data.test_fraction={cfg.test_fraction}, seed {cfg.split_seed})"
+        ]
+    return DataSource(train, test, mean=[], std=[], notes=notes if test_dir is None else [])

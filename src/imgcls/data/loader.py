@@ -45,17 +45,22 @@ class _Loader:
         self.seed, self.sampler, self.samples_per_class = seed, sampler, samples_per_class
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self.start_batch = 0
+        self.class_probs: torch.Tensor | None = None  # confusion sampler: class draw probabilities
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Iterate epoch ``epoch``'s order, from its batch ``start_batch`` on: a run resumed mid-epoch
         skips the batches it already trained on (same order, nothing re-drawn, nothing decoded)."""
         self.epoch, self.start_batch = epoch, start_batch
 
+    def set_class_probs(self, probs: torch.Tensor | None) -> None:
+        """Class draw probabilities of the ``confusion`` sampler from the next epoch on (None: uniform)."""
+        self.class_probs = None if probs is None else torch.as_tensor(probs, dtype=torch.float64).cpu()
+
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.data))
         gen = epoch_generator(self.seed, self.epoch, salt=1)
-        return epoch_order(self.data.labels, gen, self.sampler, self.samples_per_class, self.batch_size)
+        return epoch_order(self.data.labels, gen, self.sampler, self.samples_per_class, self.batch_size, self.class_probs)
 
     def _rank_batches(self) -> list[torch.Tensor]:
         order = self._order()

@@ -16,7 +16,7 @@ from imgcls.data.decode import decode_image, load_files_into_memory, probe_chann
 from imgcls.data.images import ImageData, convert_channels, resize_uint8
 from imgcls.data.loader import FileLoader, InMemoryLoader
 from imgcls.data.sources import DataSource
-from imgcls.data.splits import stratified_split, stratified_subset
+from imgcls.data.splits import per_class_holdout, stratified_split, stratified_subset
 from imgcls.errors import DataError
 from imgcls.registry import DATASETS
 
@@ -38,6 +38,10 @@ class PreparedData:
     std: list[float]
     synsets: dict[str, str] = field(default_factory=dict)
     invert: str = "none"
+    #: ``data.holdout_per_class`` unused training images per class, evaluated once beside the test set
+    holdout: ImageData | None = None
+    #: lines for the run report about the data (layout, carved test set, hold-out)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def preprocess(self) -> dict:
@@ -47,7 +51,8 @@ class PreparedData:
 
     @property
     def skipped_files(self) -> list[str]:
-        return sorted(set(self.train.skipped) | set(self.test.skipped))
+        holdout = self.holdout.skipped if self.holdout is not None else []
+        return sorted(set(self.train.skipped) | set(self.test.skipped) | set(holdout))
 
 
 def _adapt_stats(values: list[float], channels: int) -> list[float]:
@@ -84,6 +89,15 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         train, test = apply_exclude_manifest(train, test, d.exclude_manifest)
     if len(test) == 0:
         raise DataError(f"the {d.name} test set is empty")
+
+    holdout, notes = None, list(source.notes)
+    if d.holdout_per_class:  # after any exclusion (dedup) and before subsets and the validation split (SPEC §2.7)
+        keep, held = per_class_holdout(train.labels, d.holdout_per_class, d.split_seed)
+        holdout, train = train.subset(held), train.subset(keep)
+        notes.append(
+            f"hold-out set: {len(holdout)} unused training images ({d.holdout_per_class} per class, seed {d.split_seed}), "
+            "never trained on or used for selection, evaluated once beside the test set"
+        )
     if d.train_subset:
         train = train.subset(stratified_subset(train.labels, d.train_subset, d.split_seed))
     if d.test_subset:
@@ -98,11 +112,13 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     else:
         channels = d.channels or int(train.images.shape[1])
         size = d.image_size or int(train.images.shape[-1])
-    n_bytes = (len(train) + len(test)) * channels * size * size
+    n_bytes = (len(train) + len(test) + len(holdout or ())) * channels * size * size
     in_memory = d.in_memory == "yes" or (d.in_memory == "auto" and (not file_backed or n_bytes <= IN_MEMORY_LIMIT))
     if in_memory:
         train = _materialise(train, size, channels, d.num_workers) if need_train or not file_backed else train
         test = _materialise(test, size, channels, d.num_workers)
+        if holdout is not None:
+            holdout = _materialise(holdout, size, channels, d.num_workers)
 
     keep, held = stratified_split(train.labels, d.val_fraction, d.split_seed)
     val = train.subset(held)
@@ -116,7 +132,10 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         mean, std = _estimate_stats(train, size, channels)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/std need {channels} values (one per channel), got {len(mean)}/{len(std)}")
-    return PreparedData(train, val, test, list(train.class_names), size, channels, mean, std, dict(source.synsets), d.invert)
+    return PreparedData(
+        train, val, test, list(train.class_names), size, channels, mean, std, dict(source.synsets), d.invert, holdout,
+        notes,
+    )
 
 
 def _estimate_stats(train: ImageData, size: int, channels: int, n: int = 2000) -> tuple[list[float], list[float]]:

@@ -4,8 +4,8 @@
   ``data.root``, ``$IMGCLS_DATA``, ``~/.cache/imgcls`` and ``/usr/share/datasets`` (the Debian
   package ``dataset-fashion-mnist``), else downloaded from the official mirrors (md5-checked).
 - CIFAR-10/100 and STL-10 through torchvision (downloaded only with ``data.download: true``).
-- ImageFolder trees (``root/train/<class>/*``, ``root/test/<class>/*`` or ``root/val/...``);
-  unreadable images are skipped and listed, never a crash.
+- ImageFolder trees in the layouts of :mod:`imgcls.data.layouts` (``train/``/``Train/``, explicit
+  folders, flat test folders, train-only trees); unreadable images are skipped and listed, never a crash.
 - tiny-ImageNet (``tiny-imagenet-200``), class names are WordNet ids.
 
 Every source returns in-memory uint8 tensors; the file-backed path (for trees too large for
@@ -26,6 +26,7 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.idx import read_idx
 from imgcls.data.images import ImageData
+from imgcls.data.layouts import IMAGE_EXTENSIONS, carve_test, resolve_layout, scan_flat, scan_folder
 from imgcls.errors import DataError
 from imgcls.registry import DATASETS
 
@@ -49,6 +50,8 @@ class DataSource:
     #: optional class name → WordNet synset name map (for taxonomies built from WordNet; Fashion-MNIST's
     #: built-in map lives in imgcls.taxonomy and is recognised from the class names)
     synsets: dict[str, str] = field(default_factory=dict)
+    #: lines for the run report about how the data was laid out (e.g. a test set carved from train)
+    notes: list[str] = field(default_factory=list)
 
 
 def cache_dir() -> Path:
@@ -210,58 +213,49 @@ def stl10(cfg: DataConfig) -> DataSource:
     return DataSource(train, test, mean=[0.4467, 0.4398, 0.4066], std=[0.2603, 0.2566, 0.2713])
 
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
-    """List ``root/<class>/**/<image>`` files; returns (files, labels, class_names) in sorted order."""
-    if class_names is None:
-        class_names = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not class_names:
-        raise DataError(f"no class sub-folders in '{root}'; expected {root}/<class name>/<images>")
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(str(path))
-                labels.append(label)
-    return files, labels, class_names
-
-
 def _folder_split(files: list[str], labels: list[int], names: list[str]) -> ImageData:
     return ImageData(labels=torch.as_tensor(labels, dtype=torch.long), class_names=names, files=files)
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> DataSource:
-    if not cfg.root:
-        raise DataError("data.name=imagefolder needs data.root=<folder with train/ and test/ (or val/) class sub-folders>")
-    root = Path(cfg.root)
-    train_dir = root / "train"
-    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise DataError(f"'{root}' must contain train/ and test/ (or val/) folders, each with one sub-folder per class")
-    files, labels, names = scan_folder(train_dir)
-    test_files, test_labels, _ = scan_folder(test_dir, names)
+    """An image tree in any layout of :mod:`imgcls.data.layouts` (train/Train, explicit folders, a flat
+    test folder with classes in file names, or a train-only tree whose test set is carved out)."""
+    layout = resolve_layout(cfg.root, cfg.train_dir, cfg.test_dir)
+    files, labels, names = scan_folder(layout.train_dir)
     if not files:
-        raise DataError(f"no images found under '{train_dir}' (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"no images found under '{layout.train_dir}' (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
     if empty:
         raise DataError(
-            f"class folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} under '{train_dir}' hold no images "
-            f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder(s)"
+            f"class folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} under '{layout.train_dir}' hold "
+            f"no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}); add images or remove the folder(s)"
         )
-    extra = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and d.name not in names)
-    if extra:
-        log.warning(
-            "warning: class folder(s) %s in '%s' are not in '%s'; their images are left out of the test set",
-            ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""), test_dir, train_dir,
+    train = _folder_split(files, labels, names)
+    notes = []
+    if layout.test_dir is None:
+        keep, held = carve_test(train.labels, cfg.test_fraction, cfg.split_seed)
+        train, test = train.subset(keep), train.subset(held)
+        notes.append(
+            f"no test folder under '{layout.train_dir.parent if cfg.root is None else cfg.root}': the test set is "
+            f"{len(test)} training images carved out by a stratified split (data.test_fraction={cfg.test_fraction}, "
+            f"seed {cfg.split_seed}) from '{layout.train_dir}'"
         )
-    return DataSource(_folder_split(files, labels, names), _folder_split(test_files, test_labels, names), mean=[], std=[])
+    elif layout.test_flat:
+        test = _folder_split(*scan_flat(layout.test_dir, names), names)
+        notes.append(f"test set: flat folder '{layout.test_dir}', classes read from the file names ({len(test)} images)")
+    else:
+        test_files, test_labels, _ = scan_folder(layout.test_dir, names)
+        test = _folder_split(test_files, test_labels, names)
+        known = {n.lower() for n in names}
+        extra = sorted(d.name for d in layout.test_dir.iterdir() if d.is_dir() and d.name.lower() not in known)
+        if extra:
+            log.warning(
+                "warning: class folder(s) %s in '%s' are not in '%s'; their images are left out of the test set",
+                ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""), layout.test_dir, layout.train_dir,
+            )
+    return DataSource(train, test, mean=[], std=[], notes=notes)
 
 
 @DATASETS.register("tiny_imagenet")

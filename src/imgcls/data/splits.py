@@ -1,4 +1,5 @@
-"""Stratified splits: validation from the training data (never the test set), and stratified subsets."""
+"""Stratified splits: validation from the training data (never the test set), stratified subsets, and a
+fixed number of held-out training images per class (seed 001's unused-training evaluation set, SPEC §2.5, §2.7)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,25 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
         return torch.arange(n)
     _, chosen = stratified_split(labels, size / n, seed)
     return chosen
+
+
+def per_class_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (keep, held_out) with exactly ``per_class`` random images of every class held out
+    (seeded; seed 001's "200 unused training images per class"). A class needs more than ``per_class``
+    images, so that some remain to train on."""
+    counts = torch.bincount(labels)
+    small = [int(c) for c in torch.nonzero((counts > 0) & (counts <= per_class)).flatten()]
+    if small:
+        raise DataError(
+            f"data.holdout_per_class={per_class} would leave class #{small[0]} ({int(counts[small[0]])} images) "
+            "nothing to train on; lower data.holdout_per_class"
+        )
+    gen = torch.Generator().manual_seed(seed * 7_919 + 104_729)
+    held = []
+    for c in torch.nonzero(counts > 0).flatten():
+        members = torch.nonzero(labels == c).flatten()
+        held.append(members[torch.randperm(members.numel(), generator=gen)[:per_class]])
+    held_idx = torch.cat(held).sort().values
+    mask = torch.ones(labels.numel(), dtype=torch.bool)
+    mask[held_idx] = False
+    return torch.nonzero(mask).flatten(), held_idx

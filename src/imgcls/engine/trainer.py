@@ -161,6 +161,8 @@ class Trainer:
         self._bad_group = False  # the current accumulation group met a non-finite loss (skip_step)
         self._bad_in_row = 0
         self.interrupt_checkpoint: Path | None = None  # where a callback saved the state on SIGTERM/SIGINT
+        #: per-class validation error (1 − recall) of the last epoch, for callbacks (e.g. confusion sampling)
+        self.val_class_error: list[float] | None = None
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -400,7 +402,8 @@ class Trainer:
         start = time.perf_counter()
         self.objective.on_epoch_start(self.state.global_epoch, self.total_epochs)
         train_metrics = self.train_epoch()
-        val_metrics = self.validate(self.model, self.val_loader)
+        val_metrics = self.validate(self.model, self.val_loader, per_class=True)
+        self.val_class_error = val_metrics.pop("class_error", None)
         if self.val_loader is not None and len(self.val_loader) and not math.isfinite(val_metrics["loss"]):
             raise TrainingError(
                 f"validation loss became {val_metrics['loss']} after {self.where()} (the epoch's last steps diverged); "
@@ -595,9 +598,10 @@ class Trainer:
         return True
 
     @torch.no_grad()
-    def validate(self, model: nn.Module, loader) -> dict[str, float]:
+    def validate(self, model: nn.Module, loader, per_class: bool = False) -> dict[str, float]:
         """Mean loss (weighted sum), each named loss term and accuracy of ``model`` on ``loader``,
-        through the same objective as training, reduced over ranks."""
+        through the same objective as training, reduced over ranks (with ``per_class``, also
+        ``class_error``: 1 − recall per class, NaN for classes absent)."""
         if loader is None or len(loader) == 0:
             return {"loss": float("nan"), "acc": float("nan")}
         was_training, objective_training = model.training, self.objective.training
@@ -606,6 +610,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
         count = 0
+        class_hits = torch.zeros(2, len(self.class_names), device=self.device)  # per class: correct, total
         for batch in loader:
             batch = batch.to(self.device)
             unit = self.prep.to_unit(batch.images)
@@ -617,6 +622,10 @@ class Trainer:
                 sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
             correct += (model.head.predict(result.output).argmax(-1) == batch.targets).sum()
             count += len(batch)
+            if per_class:
+                hit = (model.head.predict(result.output).argmax(-1) == batch.targets).float()
+                class_hits[0].index_add_(0, batch.targets, hit)
+                class_hits[1].index_add_(0, batch.targets, torch.ones_like(hit))
         model.train(was_training)
         self.objective.train(objective_training)
         keys = sorted(sums)
@@ -629,6 +638,9 @@ class Trainer:
         n = max(float(totals[-1]), 1.0)
         out = {k: float(totals[j]) / n for j, k in enumerate(keys)}
         out["acc"] = float(totals[-2]) / n
+        if per_class:
+            hits = all_reduce_sum(class_hits, self.dist).cpu()
+            out["class_error"] = (1 - hits[0] / hits[1]).tolist()  # NaN where a class has no images
         return out
 
 

@@ -22,9 +22,11 @@ from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
 from imgcls.evaluation import figures as run_figures
+from imgcls.evaluation import image_projection
 from imgcls.evaluation.calibration import calibration_extension, fit_on_loader, save_temperature
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
+from imgcls.evaluation.holdout import holdout_extension
 from imgcls.evaluation.metrics import classification_metrics
 from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
 from imgcls.evaluation.predict import Predictions, predict_loader
@@ -87,6 +89,8 @@ FIGURES: list[tuple[str, FigureFn]] = [
     ("Most confident mistakes", run_figures.fig_misclassified),
     ("t-SNE of embeddings", run_figures.fig_tsne),
     ("UMAP of embeddings", run_figures.fig_umap),
+    ("t-SNE of PCA-compressed training images", image_projection.fig_image_tsne),
+    ("UMAP of PCA-compressed training images", image_projection.fig_image_umap),
     ("Grad-CAM", run_figures.fig_gradcam),
     ("Feature maps of the first convolution", run_figures.fig_feature_maps),
     ("Risk–coverage of thresholded hierarchical prediction", fig_risk_coverage),
@@ -200,4 +204,5 @@ METRIC_EXTENSIONS: list[Callable[[EvalContext], None]] = [
     distillation_extension,
     complexity_extension,
     embedding_metrics_extension,
+    holdout_extension,
 ]

@@ -322,9 +322,11 @@ def plot_misclassified(
 
 # ------------------------------------------------------------------------------------------------ embeddings
 def plot_embeddings(
-    panels: Sequence[tuple[str, np.ndarray]], labels, class_names: Sequence[str], path: Path, method: str
+    panels: Sequence[tuple[str, np.ndarray]], labels, class_names: Sequence[str], path: Path, method: str,
+    suptitle: str | None = None,
 ) -> Path:
-    """Side-by-side 2-D scatter plots (one per ``(title, coords (N, 2))`` panel), coloured by true class."""
+    """Side-by-side 2-D scatter plots (one per ``(title, coords (N, 2))`` panel), coloured by true class
+    (``suptitle``: the figure's title, by default "<method> of test embeddings")."""
     y = _np(labels).astype(int)
     n_cls = len(class_names)
     cmap = class_colors(n_cls)
@@ -346,7 +348,7 @@ def plot_embeddings(
         ax.set_xticks([])
         ax.set_yticks([])
     label = {"tsne": "t-SNE", "umap": "UMAP"}.get(method, method)
-    fig.suptitle(f"{label} of test embeddings ({len(y)} images, coloured by true class)")
+    fig.suptitle(suptitle or f"{label} of test embeddings ({len(y)} images, coloured by true class)")
     if n_cls <= MAX_LEGEND_CLASSES:
         handles = [
             plt.Line2D([], [], ls="", marker="o", color=cmap(c), label=class_names[c]) for c in range(n_cls)

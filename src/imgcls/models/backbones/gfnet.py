@@ -8,7 +8,9 @@ half-precision FFTs need power-of-two sizes) + MLP] → LayerNorm → mean over 
 ``x = x + DropPath(GF(LN(x))); x = x + DropPath(MLP(LN(x)))``; ``original`` uses the paper's one,
 ``x = x + DropPath(MLP(LN(GF(LN(x)))))``. Filter init: ``randn/sqrt(dim)`` (seed) or ``randn·0.02``
 (paper), via ``filter_init``. The seed's ASL model: ``img_size=96, patch_size=8, in_chans=1,
-embed_dim=256, depth=8, drop_rate=0.2, drop_path_rate=0.1`` (≈ 4.6 M parameters with a 28-way head).
+embed_dim=256, depth=8, drop_rate=0.2, drop_path_rate=0.1`` (4,618,012 parameters with a 28-way head).
+The complex filter is stored as two real 3-D parameters (see :class:`GlobalFilter`), so channels_last
+conversion of the model cannot break it (issue 14).
 """
 
 from __future__ import annotations
@@ -45,11 +47,32 @@ class GFNetArgs(ComponentArgs):
 
 
 class GlobalFilter(nn.Module):
+    """``irfft2(rfft2(x) · K)`` over the token grid, with a learnable complex filter ``K`` of logical
+    shape ``h × (w//2+1) × dim`` (the rfft2 half-spectrum along the width).
+
+    ``K`` is stored as two real 3-D parameters, ``weight_real`` and ``weight_imag``: a 4-D
+    ``(h, w//2+1, dim, 2)`` parameter (the seed's and the paper's layout) is given channels-last
+    strides by ``model.to(memory_format=torch.channels_last)``, after which ``view_as_complex``
+    refuses it; no memory-format conversion touches 3-D tensors, and real parameters keep every
+    optimiser, EMA, grad-clip and safetensors path real-valued. Checkpoints holding the old
+    ``complex_weight`` load unchanged (converted in ``_load_from_state_dict``).
+    """
+
     def __init__(self, dim: int, h: int, w: int, init: str = "seed") -> None:
         super().__init__()
         scale = 1.0 / math.sqrt(dim) if init == "seed" else 0.02
         self.h, self.w = h, w
-        self.complex_weight = nn.Parameter(torch.randn(h, w // 2 + 1, dim, 2) * scale)
+        weight = torch.randn(h, w // 2 + 1, dim, 2) * scale
+        self.weight_real = nn.Parameter(weight[..., 0].clone())
+        self.weight_imag = nn.Parameter(weight[..., 1].clone())
+
+    @property
+    def filter_shape(self) -> tuple[int, int, int]:
+        """The logical (complex) filter shape ``h × (w//2+1) × dim``."""
+        return tuple(self.weight_real.shape)  # type: ignore[return-value]
+
+    def complex_filter(self) -> torch.Tensor:
+        return torch.complex(self.weight_real.float(), self.weight_imag.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -57,22 +80,36 @@ class GlobalFilter(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             grid = x.float().reshape(b, self.h, self.w, c)
             freq = torch.fft.rfft2(grid, dim=(1, 2), norm="ortho")
-            freq = freq * torch.view_as_complex(self.complex_weight.float())
+            freq = freq * self.complex_filter()
             out = torch.fft.irfft2(freq, s=(self.h, self.w), dim=(1, 2), norm="ortho")
         return out.reshape(b, n, c).to(dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        old = state_dict.pop(prefix + "complex_weight", None)
+        if old is not None:  # checkpoints written before the real/imag split
+            state_dict[prefix + "weight_real"] = old[..., 0].contiguous()
+            state_dict[prefix + "weight_imag"] = old[..., 1].contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(drop)
+        self.fc1, self.act, self.fc2, self.drop = (
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, dim),
+            nn.Dropout(drop),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class GFBlock(nn.Module):
-    def __init__(self, dim: int, mlp_ratio: float, drop: float, drop_path: float, h: int, w: int, style: str, init: str) -> None:
+    def __init__(
+        self, dim: int, mlp_ratio: float, drop: float, drop_path: float, h: int, w: int, style: str, init: str
+    ) -> None:
         super().__init__()
         self.style = style
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -90,8 +127,16 @@ class GFBlock(nn.Module):
 
 class GFNet(nn.Module):
     def __init__(
-        self, img_size: int = 96, patch_size: int = 8, in_chans: int = 1, embed_dim: int = 256, depth: int = 8,
-        mlp_ratio: float = 4.0, drop_rate: float = 0.2, drop_path_rate: float = 0.1, block_style: str = "seed",
+        self,
+        img_size: int = 96,
+        patch_size: int = 8,
+        in_chans: int = 1,
+        embed_dim: int = 256,
+        depth: int = 8,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.1,
+        block_style: str = "seed",
         filter_init: str = "seed",
     ) -> None:
         super().__init__()
@@ -102,7 +147,10 @@ class GFNet(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(
-            *[GFBlock(embed_dim, mlp_ratio, drop_rate, r, self.grid, self.grid, block_style, filter_init) for r in rates]
+            *[
+                GFBlock(embed_dim, mlp_ratio, drop_rate, r, self.grid, self.grid, block_style, filter_init)
+                for r in rates
+            ]
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = embed_dim
@@ -130,7 +178,9 @@ class GFNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.grid * self.patch_embed.stride[0]:
-            raise ValueError(f"gfnet expects {self.grid * self.patch_embed.stride[0]}-px inputs, got {x.shape[-1]}")
+            raise ValueError(
+                f"gfnet expects {self.grid * self.patch_embed.stride[0]}-px inputs, got {x.shape[-1]}"
+            )
         tokens = self.forward_tokens(x, [len(self.blocks) - 1])[len(self.blocks) - 1]
         return self.norm(tokens).mean(dim=1)
 

@@ -1,0 +1,226 @@
+"""Image-folder layouts (issue 14; seed 001's Kaggle ASL data, SPEC §2.1): where the training and
+test images of a ``data.name: imagefolder`` tree are, and how their classes are read.
+
+Recognised, in this order:
+
+1. explicit ``data.train_dir`` / ``data.test_dir`` (relative to ``data.root`` unless absolute);
+2. ``train``/``Train``/``training`` (or a folder named ``*_train``) and ``test``/``Test``/``testing``
+   (or ``*_test``), else ``val``/``valid``/``validation``, matched case-insensitively — also one
+   wrapper level down (``archive/ASL_Dataset/Train``) and through a folder repeated inside itself
+   (``asl_alphabet_train/asl_alphabet_train/A``, as Kaggle zips ship it);
+3. a **flat test folder** whose file names carry the class (``A_test.jpg``, ``space_test.jpg``,
+   ``nothing_test.jpg``): the class is the longest class name that starts the file name, compared
+   case-insensitively and followed by a non-letter or the end of the name;
+4. a **train-only tree** (``root/train/<class>`` without a test folder, or ``root/<class>`` itself):
+   the test set is carved out of the training images by a stratified, seeded split of
+   ``data.test_fraction`` (``data.split_seed``), and the run's report says so.
+
+Class sub-folders of a test tree are matched to the training classes case-insensitively. Anything
+else is a :class:`~imgcls.errors.DataError` with one line saying what was found and what is expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imgcls.data.splits import stratified_split
+from imgcls.errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+TRAIN_NAMES = ("train", "training")
+TEST_NAMES = ("test", "testing")
+VAL_NAMES = ("val", "valid", "validation")
+
+
+@dataclass
+class FolderLayout:
+    """Resolved folders of an image tree; ``test_dir`` is None for a train-only tree."""
+
+    train_dir: Path
+    test_dir: Path | None
+    test_flat: bool = False
+
+    def describe(self) -> str:
+        if self.test_dir is None:
+            return f"train-only tree '{self.train_dir}' (test set carved out of it)"
+        kind = "flat folder, classes from file names" if self.test_flat else "class tree"
+        return f"train '{self.train_dir}', test '{self.test_dir}' ({kind})"
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _has_images(folder: Path) -> bool:
+    return any(is_image(p) for p in folder.iterdir())
+
+
+def find_child(folder: Path, names: tuple[str, ...], suffix: str | None = None) -> Path | None:
+    """The sub-folder of ``folder`` named one of ``names`` (case-insensitive; earlier names win), else one
+    whose name ends with ``_<suffix>``/``-<suffix>``; two different matches of one name are an error."""
+    dirs = _subdirs(folder)
+    for name in names:
+        hits = [d for d in dirs if d.name.lower() == name]
+        if len(hits) > 1:
+            raise DataError(
+                f"'{folder}' has both {' and '.join(h.name for h in hits)}; keep one or set data.train_dir/test_dir"
+            )
+        if hits:
+            return hits[0]
+    if suffix:
+        hits = [d for d in dirs if d.name.lower().endswith((f"_{suffix}", f"-{suffix}"))]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def unwrap(folder: Path) -> Path:
+    """Descend through a folder repeated inside itself (``x/x/...``, as Kaggle archives unpack)."""
+    while not _has_images(folder):
+        dirs = _subdirs(folder)
+        if len(dirs) == 1 and dirs[0].name.lower() == folder.name.lower():
+            folder = dirs[0]
+        else:
+            break
+    return folder
+
+
+def _resolve(base: Path | None, value: str, what: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.is_dir():
+        raise DataError(f"data.{what}='{value}' is not a folder (looked at '{path}')")
+    return unwrap(path)
+
+
+def _find_train(root: Path) -> Path | None:
+    found = find_child(root, TRAIN_NAMES, "train")
+    return unwrap(found) if found is not None else None
+
+
+def _find_test(root: Path) -> Path | None:
+    found = find_child(root, TEST_NAMES, "test") or find_child(root, VAL_NAMES)
+    return unwrap(found) if found is not None else None
+
+
+def _is_flat(folder: Path) -> bool:
+    subdirs = [d for d in _subdirs(folder) if any(is_image(p) for p in d.rglob("*"))]
+    if subdirs:
+        return False
+    if not _has_images(folder):
+        raise DataError(f"test folder '{folder}' has no images and no class sub-folders with images")
+    return True
+
+
+def resolve_layout(
+    root: str | None, train_dir: str | None = None, test_dir: str | None = None
+) -> FolderLayout:
+    """Find the training and test folders of an image tree (see the module docstring for the rules)."""
+    base = Path(root).expanduser() if root else None
+    if base is not None and not base.is_dir():
+        raise DataError(f"data.root='{root}' is not a folder")
+    if base is None and train_dir is None:
+        raise DataError(
+            "data.name=imagefolder needs data.root=<folder with train/ and test/ (or val/) class sub-folders> "
+            "or data.train_dir=<folder>"
+        )
+    if train_dir is not None:
+        train = _resolve(base, train_dir, "train_dir")
+    else:
+        train = _find_train(base)
+        if train is None and len(dirs := _subdirs(base)) == 1 and _find_train(dirs[0]) is not None:
+            base = dirs[0]  # one wrapper folder: archive/ASL_Dataset/{Train,Test}
+            train = _find_train(base)
+    if test_dir is not None:
+        test = _resolve(base, test_dir, "test_dir")
+    else:  # next to the training folder: in data.root (or its wrapper), else beside an explicit train_dir
+        test = _find_test(base if base is not None else train.parent)
+    if train is None:  # no train folder: root itself may be the class tree (train-only)
+        if test is not None:
+            raise DataError(
+                f"'{base}' has a test folder '{test.name}' but no train/ folder; add one or set data.train_dir"
+            )
+        if not any(any(is_image(p) for p in d.rglob("*")) for d in _subdirs(base)):
+            raise DataError(
+                f"'{base}' holds neither train/ and test/ folders nor class sub-folders with images; expected "
+                f"{base}/train/<class>/*.jpg (+ {base}/test/<class>/*.jpg or flat {base}/test/<class>_*.jpg)"
+            )
+        train = unwrap(base)
+    if test is not None and test.absolute() == train.absolute():
+        raise DataError(
+            f"the training and test folders are the same ('{train}'); set data.test_dir to another folder"
+        )
+    return FolderLayout(train, test, test_flat=test is not None and _is_flat(test))
+
+
+def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """List ``root/<class>/**/<image>`` files; returns (files, labels, class_names) in sorted order.
+
+    With ``class_names`` (the training classes), sub-folders are matched to them case-insensitively;
+    sub-folders of no training class are left out."""
+    dirs = _subdirs(root)
+    if class_names is None:
+        class_names = [d.name for d in dirs]
+        folders = dict(zip(class_names, dirs, strict=True))
+    else:
+        index = {n.lower(): n for n in class_names}
+        folders = {}
+        for d in dirs:
+            if d.name.lower() in index:  # other folders are left out (the caller warns about them)
+                folders[index[d.name.lower()]] = d
+    if not class_names:
+        raise DataError(f"no class sub-folders in '{root}'; expected {root}/<class name>/<images>")
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = folders.get(name)
+        if folder is None:
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(str(path))
+                labels.append(label)
+    return files, labels, class_names
+
+
+def class_from_filename(stem: str, class_names: list[str]) -> int | None:
+    """The class a file name starts with (``space_test`` → ``Space``; ``A12`` → ``A``), longest match first,
+    case-insensitive, followed by a non-letter or the end of the name; None when no class fits."""
+    low = stem.lower()
+    best: tuple[int, int] | None = None
+    for i, name in enumerate(class_names):
+        n = name.lower()
+        fits = low.startswith(n) and (len(low) == len(n) or not low[len(n)].isalpha())
+        if fits and (best is None or len(n) > best[0]):
+            best = (len(n), i)
+    return None if best is None else best[1]
+
+
+def scan_flat(folder: Path, class_names: list[str]) -> tuple[list[str], list[int]]:
+    """Images directly in ``folder`` labelled by their file names (``A_test.jpg``); unknown names are an error."""
+    files, labels, unknown = [], [], []
+    for path in sorted(p for p in folder.iterdir() if is_image(p)):
+        label = class_from_filename(path.stem, class_names)
+        if label is None:
+            unknown.append(path.name)
+        else:
+            files.append(str(path))
+            labels.append(label)
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} file(s) in the flat test folder '{folder}' name no training class, e.g. '{unknown[0]}'; "
+            f"expected <class>_*.jpg with a class among {', '.join(class_names[:6])}, ..."
+        )
+    return files, labels
+
+
+def carve_test(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices of a train-only tree: a stratified, seeded ``fraction`` becomes the test set."""
+    return stratified_split(labels, fraction, seed)
