@@ -133,6 +133,19 @@ def test_recovery_every_n_steps_survives_a_crash(straight, tmp_path, monkeypatch
     assert_resumed_exactly(straight, resumed.run_dir)
 
 
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(straight, tmp_path, monkeypatch):
+    def crash(trainer):
+        raise RuntimeError("simulated kill before the first checkpoint")
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_with(monkeypatch, [*RUN, f"output.dir={tmp_path}"], AtStep(2, crash))
+    (run_dir,) = tmp_path.glob("*/*")
+    assert not list((run_dir / "checkpoints").glob("*.pt"))  # nothing saved yet, only config.yaml
+    resumed = api.train(resume=run_dir, evaluate_after=False)
+    assert resumed.run_dir == run_dir
+    assert_resumed_exactly(straight, run_dir)
+
+
 def test_sigterm_in_a_real_process_exits_143_and_resumes_exactly(straight, tmp_path):
     """The CLI as a user runs it: SIGTERM arrives during epoch 2, the process saves and exits 143."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from imgcls.runtime.precision import configure_backends, resolve_device
 from imgcls.runtime.signals import graceful_stop
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,7 +122,11 @@ def train(
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>")
         cfg = load_config(run_dir / "config.yaml", overrides)
-        resume_ckpt = ckpt_io.load_checkpoint(recovery_or_last(run_dir))
+        if recovery_or_last(run_dir).is_file():
+            resume_ckpt = ckpt_io.load_checkpoint(recovery_or_last(run_dir))
+        else:  # stopped before its first checkpoint: continuing exactly means starting over, in the same folder
+            log.warning("warning: '%s' has no checkpoint yet (it stopped before the first one); training it from the start",
+                        run_dir)
     else:
         cfg = _as_config(cfg, overrides)
         run_dir = None
@@ -148,15 +155,15 @@ def train(
     attach_feature_cache(model, cfg, augment)
     if run_dir is None:
         run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
-    trainer = Trainer(
+    trainer = Trainer(  # built (its loaders sized, its objective's teacher loaded) before anything is written
         cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
         class_names=data.class_names, callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])], augment=augment, dist=dist, taxonomy=taxonomy,
         objective=build_objective(cfg, model, device=device, data=data),
     )
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
     start = time.perf_counter()
     try:
         with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
