@@ -3,7 +3,7 @@ trained through ``api.train`` for one epoch per stage on a generated stand-in of
 class names, channels and image size, a few random images per class) and its saved model then predicts a
 handful of images. New configs are picked up by the glob.
 
-To stay fast the stand-in is tiny (2 images per class, batch 4), hub weights are off (``pretrained: false``:
+To stay fast the stand-in is tiny (3 training images per class, batch 4), hub weights are off (``pretrained: false``:
 no internet here), and heavy backbones run at reduced width/depth through their own constructor arguments
 (ResNet-18 with 1 block of 16..128 channels per stage, ViT-B/16 with 2 blocks of width 64, EfficientNetV2-S
 at a quarter of its channels and depth, GFNet with 2 blocks): the same code paths, the config's input shape. The fast suite trains a subset of configs that together cover
@@ -56,7 +56,7 @@ REDUCED: dict[str, dict] = {
 
 
 def stand_in(name: str, cfg) -> DataSource:
-    """Random uint8 images with the real data set's classes, channels and native size (2 per class)."""
+    """Random uint8 images with the real data set's classes, channels and native size (3 training and 1 test image per class)."""
     names, channels, size = STAND_INS.get(name, ([f"c{i}" for i in range(4)], 3, 32))
     gen = torch.Generator().manual_seed(0)
 
@@ -65,7 +65,7 @@ def stand_in(name: str, cfg) -> DataSource:
         images = torch.randint(0, 256, (len(labels), channels, size, size), dtype=torch.uint8, generator=gen)
         return ImageData(labels=labels, class_names=list(names), images=images)
 
-    return DataSource(part(2), part(1), mean=[0.5] * channels, std=[0.25] * channels)
+    return DataSource(part(3), part(1), mean=[0.5] * channels, std=[0.25] * channels)
 
 
 def quick_config(path: Path, out: Path) -> dict:
@@ -74,6 +74,8 @@ def quick_config(path: Path, out: Path) -> dict:
     data.update(download=False, train_subset=None, test_subset=None, num_workers=0, val_fraction=0.2)
     if data.get("samples_per_class"):
         data["samples_per_class"] = 2
+    if data.get("holdout_per_class"):  # the stand-in has 3 training images per class
+        data["holdout_per_class"] = 1
     if data.get("taxonomy") == "wordnet" and data.get("name", "fashion_mnist") == "fashion_mnist":
         # the file tree has the WordNet tree's shape and needs no WordNet data
         data["taxonomy"] = str(FASHION_TREE)
