@@ -265,7 +265,6 @@ def malformed(root: Path) -> None:
     folders = {
         "data root missing": root / "nowhere",
         "no train/ folder": (make_tree(root / "notrain") and shutil.rmtree(root / "notrain" / "train")) or root / "notrain",
-        "no test/ folder": (make_tree(root / "notest") and shutil.rmtree(root / "notest" / "test")) or root / "notest",
         "one class": make_tree(root / "oneclass", classes=("only",)),
         "empty class folder": (make_tree(root / "emptyclass") and (root / "emptyclass" / "train" / "zz").mkdir()) or root / "emptyclass",
         "no images at all": (root / "noimg" / "train" / "a").mkdir(parents=True) or (root / "noimg" / "test" / "a").mkdir(parents=True) or root / "noimg",
@@ -298,11 +297,15 @@ def malformed(root: Path) -> None:
     firstbad = make_tree(root / "firstbad")
     (firstbad / "train" / "a" / "00.png").write_bytes(b"junk")
     deep = make_tree(root / "deep", mode="I;16")
+    train_only = (make_tree(root / "notest") and shutil.rmtree(root / "notest" / "test")) or root / "notest"
     for name, folder, word in [("test class absent from train", stray, "left out"),
                                ("unreadable first training image", firstbad, "skipped 1 unreadable"),
-                               ("16-bit grayscale images", deep, "test accuracy")]:
-        code, out, err = run_cli(["train", *TINY, f"data.root={folder}", f"output.dir={root / 'ok'}"])
-        text = out + err
+                               ("16-bit grayscale images", deep, "test accuracy"),
+                               ("no test/ folder (test set carved from train)", train_only, "carved out")]:
+        out_dir = root / "ok" / name.split()[0]
+        code, out, err = run_cli(["train", *TINY, f"data.root={folder}", f"output.dir={out_dir}"])
+        reports = "".join(p.read_text() for p in out_dir.rglob("report.md"))
+        text = out + err + reports
         record("malformed input", name, "trains (exit 0), says so", f"exit {code}; {'mentions' if word in text else 'silent'}",
                code == 0 and word in text and "Traceback" not in text)
 
