@@ -24,7 +24,11 @@ SETTINGS = {
     "quickstart (crop + flip)": [],
     "+ RandAugment (2, 9)": ["augment.randaugment=[2, 9]"],
     "+ RandAugment (2, 9) + erasing 0.5": ["augment.randaugment=[2, 9]", "augment.erasing=0.5"],
-    "+ TrivialAugment + MixUp/CutMix": ["augment.trivialaugment=true", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
+    "+ TrivialAugment + MixUp/CutMix": [
+        "augment.trivialaugment=true",
+        "augment.mixup_alpha=0.2",
+        "augment.cutmix_alpha=1.0",
+    ],
 }
 
 
@@ -38,13 +42,23 @@ def main() -> None:
         r = measure([*quickstart_overrides(), *extra], args.batch, args.steps)
         rows.append({"setting": name, "overrides": extra, **r})
         print({k: v for k, v in rows[-1].items() if k != "overrides"}, flush=True)
-    md = ["| augmentation (quickstart model, batch 256) | step ms | data + augment ms | data + augment share | pipeline / ceiling |",
-          "|---|---|---|---|---|"]
-    md += [f"| {r['setting']} | {r['step_s_per_batch'] * 1e3:.1f} | {r['data_augment_s_per_batch'] * 1e3:.1f} | "
-           f"{r['data_augment_fraction']:.1%} | {r['ratio']:.3f} |" for r in rows]
-    md += ["", "Target: data + augmentation ≤ 10 % of the step with RandAugment on "
-           f"({'met' if all(r['data_augment_fraction'] <= 0.10 for r in rows[1:3]) else 'not met'})."]
-    write_results("augment_overhead", {"batch_size": args.batch, "rows": rows, "target_fraction": 0.10}, "\n".join(md))
+    md = [
+        "| augmentation (quickstart model, batch 256) | step ms | data + augment ms | data + augment share | pipeline / ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['setting']} | {r['step_s_per_batch'] * 1e3:.1f} | {r['data_augment_s_per_batch'] * 1e3:.1f} | "
+        f"{r['data_augment_fraction']:.1%} | {r['ratio']:.3f} |"
+        for r in rows
+    ]
+    md += [
+        "",
+        "Target: data + augmentation ≤ 10 % of the step with RandAugment on "
+        f"({'met' if all(r['data_augment_fraction'] <= 0.10 for r in rows[1:3]) else 'not met'}).",
+    ]
+    write_results(
+        "augment_overhead", {"batch_size": args.batch, "rows": rows, "target_fraction": 0.10}, "\n".join(md)
+    )
 
 
 if __name__ == "__main__":

@@ -52,21 +52,52 @@ from imgcls.runtime import checkpoint as ckpt_io  # noqa: E402
 
 ROWS: list[dict] = []
 RUN = [  # 540 images / 45 = 12 steps per epoch, 2 epochs, deterministic CPU, augmentation + dropout + EMA
-    "data.train_subset=600", "data.test_subset=100", "model.backbone_args={layout: mnist, width_mult: 0.25}",
-    "model.drop_rate=0.2", "augment.hflip=0.5", "augment.crop_padding=2", "optim.lr=0.003", "train.epochs=2",
-    "train.batch_size=45", "train.deterministic=true", "train.precision=fp32", "train.channels_last=false",
-    "train.progress=false", "train.ema_decay=0.9", "output.tensorboard=false", "eval.plots=false",
+    "data.train_subset=600",
+    "data.test_subset=100",
+    "model.backbone_args={layout: mnist, width_mult: 0.25}",
+    "model.drop_rate=0.2",
+    "augment.hflip=0.5",
+    "augment.crop_padding=2",
+    "optim.lr=0.003",
+    "train.epochs=2",
+    "train.batch_size=45",
+    "train.deterministic=true",
+    "train.precision=fp32",
+    "train.channels_last=false",
+    "train.progress=false",
+    "train.ema_decay=0.9",
+    "output.tensorboard=false",
+    "eval.plots=false",
     "train.checkpoint_every_steps=4",
 ]
 TINY = [
-    "data.name=imagefolder", "data.image_size=16", "data.channels=1", "data.num_workers=0", "data.val_fraction=0.25",
-    "model.backbone=adaptive_cnn", "model.backbone_args={layout: mnist, width_mult: 0.25}", "train.epochs=1",
-    "train.batch_size=4", "train.progress=false", "train.precision=fp32", "output.tensorboard=false", "eval.plots=false",
+    "data.name=imagefolder",
+    "data.image_size=16",
+    "data.channels=1",
+    "data.num_workers=0",
+    "data.val_fraction=0.25",
+    "model.backbone=adaptive_cnn",
+    "model.backbone_args={layout: mnist, width_mult: 0.25}",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.progress=false",
+    "train.precision=fp32",
+    "output.tensorboard=false",
+    "eval.plots=false",
 ]
 
 
 def record(group: str, case: str, expected: str, observed: str, held: bool, **extra) -> None:
-    ROWS.append({"group": group, "case": case, "expected": expected, "observed": observed, "held": bool(held), **extra})
+    ROWS.append(
+        {
+            "group": group,
+            "case": case,
+            "expected": expected,
+            "observed": observed,
+            "held": bool(held),
+            **extra,
+        }
+    )
     print(f"{'HELD' if held else 'FAIL'}  [{group}] {case}: {observed}", flush=True)
 
 
@@ -97,10 +128,15 @@ def one_line_error(code: int, err: str) -> tuple[bool, str]:
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     ok = code == 2 and "Traceback" not in err and len(errors) == 1 and lines[-1] == errors[0]
-    return ok, f"exit {code}, {len(errors)} error line(s): {(errors[0] if errors else (lines[-1] if lines else ''))[:110]}"
+    return (
+        ok,
+        f"exit {code}, {len(errors)} error line(s): {(errors[0] if errors else (lines[-1] if lines else ''))[:110]}",
+    )
 
 
-def make_tree(root: Path, classes=("a", "b", "c"), per_class: int = 6, test_per_class: int = 2, mode: str = "L") -> Path:
+def make_tree(
+    root: Path, classes=("a", "b", "c"), per_class: int = 6, test_per_class: int = 2, mode: str = "L"
+) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", per_class), ("test", test_per_class)):
         for k, name in enumerate(classes):
@@ -108,7 +144,11 @@ def make_tree(root: Path, classes=("a", "b", "c"), per_class: int = 6, test_per_
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 pixels = np.clip(rng.normal(60 + 70 * k, 20, (16, 16)), 0, 255)
-                img = Image.fromarray((pixels * 257).astype(np.uint16)) if mode == "I;16" else Image.fromarray(pixels.astype(np.uint8))
+                img = (
+                    Image.fromarray((pixels * 257).astype(np.uint16))
+                    if mode == "I;16"
+                    else Image.fromarray(pixels.astype(np.uint8))
+                )
                 img.save(folder / f"{i:02d}.png")
     return root
 
@@ -168,10 +208,22 @@ def interruptions(root: Path, n_random: int) -> None:
     ref_model, ref_ema, ref_progress = final_weights(straight)
     rng = random.Random(17)
     steps = ref_progress["step"]  # 24
-    cases = [("checkpoint_write", "SIGKILL", 3), ("checkpoint_write", "SIGTERM", 4), ("validation", "SIGKILL", 2),
-             ("validation", "SIGTERM", 3), ("mid_step", "SIGKILL", 17), ("mid_step", "SIGTERM", 7)]
+    cases = [
+        ("checkpoint_write", "SIGKILL", 3),
+        ("checkpoint_write", "SIGTERM", 4),
+        ("validation", "SIGKILL", 2),
+        ("validation", "SIGTERM", 3),
+        ("mid_step", "SIGKILL", 17),
+        ("mid_step", "SIGTERM", 7),
+    ]
     for _ in range(n_random):
-        cases.append((rng.choice(["after_step", "mid_step"]), rng.choice(["SIGKILL", "SIGTERM"]), rng.randint(1, steps - 1)))
+        cases.append(
+            (
+                rng.choice(["after_step", "mid_step"]),
+                rng.choice(["SIGKILL", "SIGTERM"]),
+                rng.randint(1, steps - 1),
+            )
+        )
     for phase, sig, k in cases:
         out = root / f"{phase}-{sig}-{k}"
         args = [sys.executable, "-c", INJECT, phase, sig, str(k), *RUN, "--no-eval", f"output.dir={out}"]
@@ -180,7 +232,13 @@ def interruptions(root: Path, n_random: int) -> None:
         expected_code = -9 if sig == "SIGKILL" else 143
         name = f"{sig} {phase.replace('_', ' ')} #{k}"
         if not runs:
-            record("interruption", name, "resume → identical weights", f"no run dir (exit {proc.returncode})", False)
+            record(
+                "interruption",
+                name,
+                "resume → identical weights",
+                f"no run dir (exit {proc.returncode})",
+                False,
+            )
             continue
         run_dir = runs[0]
         resume_from = api.recovery_or_last(run_dir)
@@ -198,10 +256,19 @@ def interruptions(root: Path, n_random: int) -> None:
         lost = None if killed_at is None else max(0, killed_at - from_step)
         code_ok = proc.returncode == expected_code and (sig != "SIGTERM" or len(interrupted_lines) >= 1)
         held = code_ok and identical and "Traceback" not in proc.stderr
-        observed = (f"exit {proc.returncode}; resumed from {resume_from.name} (step {from_step}); "
-                    f"{'bit-identical' if identical else 'DIFFERENT'}" + (f"; {lost} step(s) redone" if lost is not None else ""))
-        record("interruption", name, f"exit {expected_code}; resume → bit-identical", observed, held,
-               steps_lost=lost)
+        observed = (
+            f"exit {proc.returncode}; resumed from {resume_from.name} (step {from_step}); "
+            f"{'bit-identical' if identical else 'DIFFERENT'}"
+            + (f"; {lost} step(s) redone" if lost is not None else "")
+        )
+        record(
+            "interruption",
+            name,
+            f"exit {expected_code}; resume → bit-identical",
+            observed,
+            held,
+            steps_lost=lost,
+        )
 
 
 # ------------------------------------------------------------------------------- malformed configs and data
@@ -255,7 +322,10 @@ def malformed(root: Path) -> None:
         ("unknown loss_weights key", train("stages=[{name: a, loss_weights: {nope: 1.0}}]")),
         ("mean of wrong length", train("data.mean=[0.1, 0.2]", "data.std=[0.3, 0.3]")),
         ("missing taxonomy file", train("data.taxonomy=/no/such/tree.yaml")),
-        ("pretrained file missing", train("model.backbone=timm:resnet18", "model.pretrained_file=/no/weights.pt")),
+        (
+            "pretrained file missing",
+            train("model.backbone=timm:resnet18", "model.pretrained_file=/no/weights.pt"),
+        ),
         ("pretrained on a built-in backbone", train("model.pretrained=true")),
         ("feature cache without frozen backbone", train("model.cache_features=true")),
         ("batch not divisible by m", train("data.sampler=m_per_class", "data.samples_per_class=3")),
@@ -264,10 +334,16 @@ def malformed(root: Path) -> None:
     ]
     folders = {
         "data root missing": root / "nowhere",
-        "no train/ folder": (make_tree(root / "notrain") and shutil.rmtree(root / "notrain" / "train")) or root / "notrain",
+        "no train/ folder": (make_tree(root / "notrain") and shutil.rmtree(root / "notrain" / "train"))
+        or root / "notrain",
         "one class": make_tree(root / "oneclass", classes=("only",)),
-        "empty class folder": (make_tree(root / "emptyclass") and (root / "emptyclass" / "train" / "zz").mkdir()) or root / "emptyclass",
-        "no images at all": (root / "noimg" / "train" / "a").mkdir(parents=True) or (root / "noimg" / "test" / "a").mkdir(parents=True) or root / "noimg",
+        "empty class folder": (
+            make_tree(root / "emptyclass") and (root / "emptyclass" / "train" / "zz").mkdir()
+        )
+        or root / "emptyclass",
+        "no images at all": (root / "noimg" / "train" / "a").mkdir(parents=True)
+        or (root / "noimg" / "test" / "a").mkdir(parents=True)
+        or root / "noimg",
     }
     allbad = make_tree(root / "allbad")
     for p in (allbad / "train").rglob("*.png"):
@@ -281,16 +357,30 @@ def malformed(root: Path) -> None:
         leftovers = (root / "never").exists()
         if leftovers:
             shutil.rmtree(root / "never")
-        record("malformed input", name, "exit 2, one error line, no run dir", observed + ("; LEFT A RUN DIR" if leftovers else ""),
-               ok and not leftovers)
+        record(
+            "malformed input",
+            name,
+            "exit 2, one error line, no run dir",
+            observed + ("; LEFT A RUN DIR" if leftovers else ""),
+            ok and not leftovers,
+        )
 
     # inputs that must train, with a warning or a listed file
     warn_cases = {
-        "empty YAML (warns, defaults)": (["config", "show", yaml_file("empty.yaml", "# nothing\n")], "is empty"),
+        "empty YAML (warns, defaults)": (
+            ["config", "show", yaml_file("empty.yaml", "# nothing\n")],
+            "is empty",
+        ),
     }
     for name, (args, word) in warn_cases.items():
         code, _, err = run_cli(args)
-        record("malformed input", name, "exit 0 + a warning", f"exit {code}; {err.strip()[:100]}", code == 0 and word in err)
+        record(
+            "malformed input",
+            name,
+            "exit 0 + a warning",
+            f"exit {code}; {err.strip()[:100]}",
+            code == 0 and word in err,
+        )
     stray = make_tree(root / "stray")
     (stray / "test" / "zz").mkdir()
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(stray / "test" / "zz" / "x.png")
@@ -298,16 +388,23 @@ def malformed(root: Path) -> None:
     (firstbad / "train" / "a" / "00.png").write_bytes(b"junk")
     deep = make_tree(root / "deep", mode="I;16")
     train_only = (make_tree(root / "notest") and shutil.rmtree(root / "notest" / "test")) or root / "notest"
-    for name, folder, word in [("test class absent from train", stray, "left out"),
-                               ("unreadable first training image", firstbad, "skipped 1 unreadable"),
-                               ("16-bit grayscale images", deep, "test accuracy"),
-                               ("no test/ folder (test set carved from train)", train_only, "carved out")]:
+    for name, folder, word in [
+        ("test class absent from train", stray, "left out"),
+        ("unreadable first training image", firstbad, "skipped 1 unreadable"),
+        ("16-bit grayscale images", deep, "test accuracy"),
+        ("no test/ folder (test set carved from train)", train_only, "carved out"),
+    ]:
         out_dir = root / "ok" / name.split()[0]
         code, out, err = run_cli(["train", *TINY, f"data.root={folder}", f"output.dir={out_dir}"])
         reports = "".join(p.read_text() for p in out_dir.rglob("report.md"))
         text = out + err + reports
-        record("malformed input", name, "trains (exit 0), says so", f"exit {code}; {'mentions' if word in text else 'silent'}",
-               code == 0 and word in text and "Traceback" not in text)
+        record(
+            "malformed input",
+            name,
+            "trains (exit 0), says so",
+            f"exit {code}; {'mentions' if word in text else 'silent'}",
+            code == 0 and word in text and "Traceback" not in text,
+        )
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -321,11 +418,15 @@ class Exploit:
 
 def checkpoints(root: Path) -> None:
     tree = make_tree(root / "data")
-    base = api.train(None, [*TINY, f"data.root={tree}", f"output.dir={root / 'base'}"], evaluate_after=False).run_dir
+    base = api.train(
+        None, [*TINY, f"data.root={tree}", f"output.dir={root / 'base'}"], evaluate_after=False
+    ).run_dir
     marker = root / "pwned"
     original = (base / "checkpoints" / "last.pt").read_bytes()
     variants = {
-        "corrupt checkpoint": lambda p: p.write_bytes(bytes(random.Random(0).randrange(256) for _ in range(len(original)))),
+        "corrupt checkpoint": lambda p: p.write_bytes(
+            bytes(random.Random(0).randrange(256) for _ in range(len(original)))
+        ),
         "truncated checkpoint": lambda p: p.write_bytes(original[: len(original) // 3]),
         "empty checkpoint": lambda p: p.write_bytes(b""),
         "code-holding checkpoint": lambda p: torch.save({"format": ckpt_io.FORMAT, "x": Exploit(marker)}, p),
@@ -334,22 +435,52 @@ def checkpoints(root: Path) -> None:
         run_dir = root / name.replace(" ", "_")
         shutil.copytree(base, run_dir)
         damage(run_dir / "checkpoints" / "last.pt")
-        for command in (["evaluate", str(run_dir), "--checkpoint", "last"], ["train", "--resume", str(run_dir)]):
+        for command in (
+            ["evaluate", str(run_dir), "--checkpoint", "last"],
+            ["train", "--resume", str(run_dir)],
+        ):
             code, _, err = run_cli(command)
             ok, observed = one_line_error(code, err)
-            record("checkpoints", f"{name}: {command[0]}", "exit 2, one line, nothing executed", observed, ok and not marker.exists())
+            record(
+                "checkpoints",
+                f"{name}: {command[0]}",
+                "exit 2, one line, nothing executed",
+                observed,
+                ok and not marker.exists(),
+            )
     torch.save({"conv1.weight": Exploit(marker)}, root / "weights.pt")
-    code, _, err = run_cli(["train", *TINY, f"data.root={tree}", "model.backbone=timm:resnet18",
-                            f"model.pretrained_file={root / 'weights.pt'}", f"output.dir={root / 'never'}"])
+    code, _, err = run_cli(
+        [
+            "train",
+            *TINY,
+            f"data.root={tree}",
+            "model.backbone=timm:resnet18",
+            f"model.pretrained_file={root / 'weights.pt'}",
+            f"output.dir={root / 'never'}",
+        ]
+    )
     ok, observed = one_line_error(code, err)
-    record("checkpoints", "pickle as model.pretrained_file", "refused as unsafe, one line", observed,
-           ok and "refused" in err and not marker.exists())
-    for override, what in (("model.head=mlp", "another head"), ("model.backbone_args={layout: mnist, width_mult: 0.5}", "another width")):
+    record(
+        "checkpoints",
+        "pickle as model.pretrained_file",
+        "refused as unsafe, one line",
+        observed,
+        ok and "refused" in err and not marker.exists(),
+    )
+    for override, what in (
+        ("model.head=mlp", "another head"),
+        ("model.backbone_args={layout: mnist, width_mult: 0.5}", "another width"),
+    ):
         config = (base / "config.yaml").read_bytes()
         code, _, err = run_cli(["train", "--resume", str(base), override])
         ok, observed = one_line_error(code, err)
-        record("checkpoints", f"resume with {what}", "exit 2, config.yaml byte-identical", observed,
-               ok and (base / "config.yaml").read_bytes() == config)
+        record(
+            "checkpoints",
+            f"resume with {what}",
+            "exit 2, config.yaml byte-identical",
+            observed,
+            ok and (base / "config.yaml").read_bytes() == config,
+        )
 
 
 # ------------------------------------------------------------------------------- divergence
@@ -389,10 +520,17 @@ def divergence(root: Path) -> None:
         finite = True
         for f in (run_dir / "checkpoints").glob("*.pt"):
             ckpt = ckpt_io.load_checkpoint(f)
-            finite &= all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values() if v.is_floating_point())
+            finite &= all(
+                bool(torch.isfinite(v).all()) for v in ckpt["model"].values() if v.is_floating_point()
+            )
         best = ckpt_io.load_checkpoint(run_dir / "checkpoints" / "best.pt")["metrics"].get("val_loss", 0.0)
-        record("divergence", name, "stops with one line naming epoch/step; saved checkpoints finite",
-               f"{observed}; checkpoints {'finite' if finite else 'NON-FINITE'}", ok and finite and np.isfinite(best))
+        record(
+            "divergence",
+            name,
+            "stops with one line naming epoch/step; saved checkpoints finite",
+            f"{observed}; checkpoints {'finite' if finite else 'NON-FINITE'}",
+            ok and finite and np.isfinite(best),
+        )
     out = root / "skip"
     build = with_callbacks()
     from imgcls.engine.trainer import Trainer
@@ -408,10 +546,17 @@ def divergence(root: Path) -> None:
 
     Trainer._weighted_sum = nan_once
     try:
-        run = api.train(None, [*RUN, "train.on_nonfinite=skip_step", f"output.dir={out}"], evaluate_after=False)
+        run = api.train(
+            None, [*RUN, "train.on_nonfinite=skip_step", f"output.dir={out}"], evaluate_after=False
+        )
         progress = ckpt_io.load_checkpoint(run.run_dir / "checkpoints" / "last.pt")["progress"]
-        record("divergence", "NaN loss once with on_nonfinite=skip_step", "1 step skipped, run completes",
-               f"{progress['skipped_steps']} skipped, {progress['step']} steps", progress["skipped_steps"] == 1)
+        record(
+            "divergence",
+            "NaN loss once with on_nonfinite=skip_step",
+            "1 step skipped, run completes",
+            f"{progress['skipped_steps']} skipped, {progress['step']} steps",
+            progress["skipped_steps"] == 1,
+        )
     finally:
         Trainer._weighted_sum = weighted
         api.build_callbacks = build
@@ -422,8 +567,13 @@ def divergence(root: Path) -> None:
 def small_filesystem(path: Path, size_kb: int):
     """A real small file system: a tmpfs when we may mount (root), else None (the caller limits file sizes)."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-                                                   capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield "tmpfs" if mounted else None
     finally:
@@ -462,7 +612,9 @@ def disk_full(root: Path) -> None:
         build_inner = api.build_callbacks
         api.build_callbacks = lambda cfg, run_dir: [*build_inner(cfg, run_dir), FillAfterEpoch()]
         try:
-            code, _, err = run_cli(["train", *TINY, "train.epochs=2", f"data.root={tree}", f"output.dir={mount}"])
+            code, _, err = run_cli(
+                ["train", *TINY, "train.epochs=2", f"data.root={tree}", f"output.dir={mount}"]
+            )
         finally:
             api.build_callbacks = build
             if method != "tmpfs":
@@ -471,15 +623,29 @@ def disk_full(root: Path) -> None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         ok, observed = one_line_error(code, err)
         runs = list(mount.glob("*/*"))
-        intact = bool(runs) and ckpt_io.load_checkpoint(runs[0] / "checkpoints" / "last.pt")["progress"]["global_epoch"] == 1
+        intact = (
+            bool(runs)
+            and ckpt_io.load_checkpoint(runs[0] / "checkpoints" / "last.pt")["progress"]["global_epoch"] == 1
+        )
         temps = list(mount.rglob(".*.tmp"))
-        record("disk full", f"checkpoint write ({method})", "one line 'no space left … previous checkpoint is intact'",
-               f"{observed}; last.pt epoch 1 {'intact' if intact else 'LOST'}; {len(temps)} temp file(s)",
-               ok and "no space left on device" in err and intact and not temps, method=method)
+        record(
+            "disk full",
+            f"checkpoint write ({method})",
+            "one line 'no space left … previous checkpoint is intact'",
+            f"{observed}; last.pt epoch 1 {'intact' if intact else 'LOST'}; {len(temps)} temp file(s)",
+            ok and "no space left on device" in err and intact and not temps,
+            method=method,
+        )
         if runs and method == "tmpfs":
             code, _, err = run_cli(["evaluate", str(runs[0]), "--checkpoint", "last"])
             ok, observed = one_line_error(code, err)
-            record("disk full", "report write (tmpfs)", "one line 'no space left'", observed, ok and "no space left" in err)
+            record(
+                "disk full",
+                "report write (tmpfs)",
+                "one line 'no space left'",
+                observed,
+                ok and "no space left" in err,
+            )
 
 
 # ------------------------------------------------------------------------------- DDP
@@ -509,8 +675,20 @@ def ddp(root: Path) -> None:
     for fault, expected_code in (("raise", 2), ("sigterm", 143)):
         out = root / fault
         e = {**env(), "IMGCLS_FAULT": fault, "PYTHONPATH": f"{site}:{REPO / 'src'}"}
-        args = [sys.executable, "-m", "imgcls", "train", *TINY, "train.epochs=2", "train.batch_size=4",
-                f"data.root={tree}", "--nproc", "2", "--no-eval", f"output.dir={out}"]
+        args = [
+            sys.executable,
+            "-m",
+            "imgcls",
+            "train",
+            *TINY,
+            "train.epochs=2",
+            "train.batch_size=4",
+            f"data.root={tree}",
+            "--nproc",
+            "2",
+            "--no-eval",
+            f"output.dir={out}",
+        ]
         start = time.perf_counter()
         try:
             proc = subprocess.run(args, cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
@@ -521,37 +699,75 @@ def ddp(root: Path) -> None:
         if fault == "raise":
             held = code == expected_code and "rank 1 exited with code 2" in " ".join(err.split())
             observed = f"exit {code} in {took:.0f} s; {'names rank 1' if held else err[-150:]}"
-            record("DDP", "a rank raises at step 3", "job ends (no hang), exit 2 naming the rank", observed, held)
+            record(
+                "DDP", "a rank raises at step 3", "job ends (no hang), exit 2 naming the rank", observed, held
+            )
         else:
             runs = list(out.glob("*/*"))
             rec = runs[0] / "checkpoints" / "recovery.pt" if runs else None
-            step = ckpt_io.load_checkpoint(rec)["progress"]["step"] if rec is not None and rec.is_file() else None
+            step = (
+                ckpt_io.load_checkpoint(rec)["progress"]["step"]
+                if rec is not None and rec.is_file()
+                else None
+            )
             held = code == expected_code and step == 3
-            record("DDP", "SIGTERM on rank 1 at step 3", "both ranks stop after step 3, recovery.pt saved, exit 143",
-                   f"exit {code} in {took:.0f} s; recovery.pt at step {step}", held)
+            record(
+                "DDP",
+                "SIGTERM on rank 1 at step 3",
+                "both ranks stop after step 3, recovery.pt saved, exit 143",
+                f"exit {code} in {took:.0f} s; recovery.pt at step {step}",
+                held,
+            )
 
 
 # ------------------------------------------------------------------------------- predict
 def predict(root: Path) -> None:
     tree = make_tree(root / "data")
-    run_dir = api.train(None, [*TINY, f"data.root={tree}", f"output.dir={root / 'runs'}"], evaluate_after=False).run_dir
+    run_dir = api.train(
+        None, [*TINY, f"data.root={tree}", f"output.dir={root / 'runs'}"], evaluate_after=False
+    ).run_dir
     (root / "text.png").write_text("not an image")
     (root / "folder.png").mkdir()
     (root / "half.png").write_bytes((tree / "test" / "a" / "00.png").read_bytes()[:40])
-    good = [str(tree / "test" / "a" / "00.png"), str(tree / "test" / "b" / "01.png"), str(tree / "test" / "c" / "00.png")]
-    bad = [str(root / "missing.png"), str(root / "text.png"), str(root / "folder.png"), str(root / "half.png")]
+    good = [
+        str(tree / "test" / "a" / "00.png"),
+        str(tree / "test" / "b" / "01.png"),
+        str(tree / "test" / "c" / "00.png"),
+    ]
+    bad = [
+        str(root / "missing.png"),
+        str(root / "text.png"),
+        str(root / "folder.png"),
+        str(root / "half.png"),
+    ]
     files = [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3]]
     code, out, err = run_cli(["predict", str(run_dir), *files])
     predicted = [line.split(":")[0] for line in out.splitlines()]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    record("predict", "3 good + 4 bad files", "3 predictions, 4 error lines, exit 2",
-           f"exit {code}; {len(predicted)} predicted, {len(errors)} error lines", code == 2 and predicted == good and len(errors) == 4)
+    record(
+        "predict",
+        "3 good + 4 bad files",
+        "3 predictions, 4 error lines, exit 2",
+        f"exit {code}; {len(predicted)} predicted, {len(errors)} error lines",
+        code == 2 and predicted == good and len(errors) == 4,
+    )
     code, out, _ = run_cli(["predict", str(run_dir), *files, "--json"])
     rows = json.loads(out) if out.strip().startswith("[") else []
-    record("predict", "same with --json", "7 rows, 4 with an error entry", f"exit {code}; {sum('error' in r for r in rows)} error rows",
-           code == 2 and len(rows) == 7 and sum("error" in r for r in rows) == 4)
+    record(
+        "predict",
+        "same with --json",
+        "7 rows, 4 with an error entry",
+        f"exit {code}; {sum('error' in r for r in rows)} error rows",
+        code == 2 and len(rows) == 7 and sum("error" in r for r in rows) == 4,
+    )
     code, out, err = run_cli(["predict", str(run_dir), *good])
-    record("predict", "3 good files", "exit 0, 3 predictions", f"exit {code}; {len(out.splitlines())} lines", code == 0 and len(out.splitlines()) == 3)
+    record(
+        "predict",
+        "3 good files",
+        "exit 0, 3 predictions",
+        f"exit {code}; {len(out.splitlines())} lines",
+        code == 0 and len(out.splitlines()) == 3,
+    )
 
 
 def checkpoint_cost(root: Path) -> dict:
@@ -568,15 +784,23 @@ def checkpoint_cost(root: Path) -> dict:
 
     api.build_callbacks = capture
     try:
-        run = api.train(None, [*RUN, "train.epochs=1", "train.checkpoint_every_steps=1", f"output.dir={root}"], evaluate_after=False)
+        run = api.train(
+            None,
+            [*RUN, "train.epochs=1", "train.checkpoint_every_steps=1", f"output.dir={root}"],
+            evaluate_after=False,
+        )
     finally:
         api.build_callbacks = build
     rec = holder[0]
     row = ckpt_io.load_checkpoint(run.run_dir / "checkpoints" / "last.pt")["history"][0]
     step_s = (row["train_time_s"] - rec.write_s) / row["step"]
-    return {"writes": rec.writes, "write_ms": 1000 * rec.write_s / max(rec.writes, 1), "step_ms": 1000 * step_s,
-            "share": rec.write_s / max(rec.writes, 1) / step_s,
-            "size_kb": (run.run_dir / "checkpoints" / "last.pt").stat().st_size / 1024}
+    return {
+        "writes": rec.writes,
+        "write_ms": 1000 * rec.write_s / max(rec.writes, 1),
+        "step_ms": 1000 * step_s,
+        "share": rec.write_s / max(rec.writes, 1) / step_s,
+        "size_kb": (run.run_dir / "checkpoints" / "last.pt").stat().st_size / 1024,
+    }
 
 
 def main() -> None:
@@ -587,8 +811,13 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="imgcls-faults-") as tmp:
         root = Path(tmp)
-        groups = [("malformed", malformed), ("checkpoints", checkpoints), ("predict", predict),
-                  ("divergence", divergence), ("disk_full", disk_full)]
+        groups = [
+            ("malformed", malformed),
+            ("checkpoints", checkpoints),
+            ("predict", predict),
+            ("divergence", divergence),
+            ("disk_full", disk_full),
+        ]
         for name, fn in groups:
             (root / name).mkdir()
             fn(root / name)
@@ -605,20 +834,36 @@ def main() -> None:
         by_group.setdefault(r["group"], [0, 0])
         by_group[r["group"]][0] += 1
         by_group[r["group"]][1] += r["held"]
-    lines = [f"# Fault injection: {held} of {len(ROWS)} cases held", "",
-             f"`python benchmarks/faults.py{' --quick' if args.quick else ''}`, {time.perf_counter() - started:.0f} s on "
-             f"{os.cpu_count()} CPU cores. Steps redone after an interruption (recovery checkpoint every 4 steps): "
-             f"at most {max(lost) if lost else '-'}. A recovery write costs {cost['write_ms']:.0f} ms = "
-             f"{100 * cost['share']:.0f} % of one {cost['step_ms']:.0f} ms step of this tiny model "
-             f"({cost['size_kb']:.0f} KiB checkpoint).", "",
-             "| group | cases | held |", "|---|---:|---:|"]
+    lines = [
+        f"# Fault injection: {held} of {len(ROWS)} cases held",
+        "",
+        f"`python benchmarks/faults.py{' --quick' if args.quick else ''}`, {time.perf_counter() - started:.0f} s on "
+        f"{os.cpu_count()} CPU cores. Steps redone after an interruption (recovery checkpoint every 4 steps): "
+        f"at most {max(lost) if lost else '-'}. A recovery write costs {cost['write_ms']:.0f} ms = "
+        f"{100 * cost['share']:.0f} % of one {cost['step_ms']:.0f} ms step of this tiny model "
+        f"({cost['size_kb']:.0f} KiB checkpoint).",
+        "",
+        "| group | cases | held |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {g} | {n} | {h} |" for g, (n, h) in by_group.items()]
     lines += ["", "| group | case | expected | observed | held |", "|---|---|---|---|---|"]
-    lines += [f"| {r['group']} | {r['case']} | {r['expected']} | {r['observed'].replace('|', '/')} | {'yes' if r['held'] else '**no**'} |"
-              for r in ROWS]
-    write_results("faults" if not args.quick else "faults_quick",
-                  {"cases": len(ROWS), "held": held, "max_steps_lost": max(lost) if lost else None,
-                   "checkpoint_cost": cost, "by_group": by_group, "rows": ROWS}, "\n".join(lines))
+    lines += [
+        f"| {r['group']} | {r['case']} | {r['expected']} | {r['observed'].replace('|', '/')} | {'yes' if r['held'] else '**no**'} |"
+        for r in ROWS
+    ]
+    write_results(
+        "faults" if not args.quick else "faults_quick",
+        {
+            "cases": len(ROWS),
+            "held": held,
+            "max_steps_lost": max(lost) if lost else None,
+            "checkpoint_cost": cost,
+            "by_group": by_group,
+            "rows": ROWS,
+        },
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

@@ -93,17 +93,35 @@ def main() -> None:
         return median_time(step, args.steps, args.rounds)
 
     t_mlp = head_time(cfg.model.head, cfg.model.head_args)
-    rows = [{"head": f"{cfg.model.head} (quickstart)", "head_ms": 1e3 * t_mlp, "step_ms": 1e3 * t_step, "share": 0.0}]
+    rows = [
+        {
+            "head": f"{cfg.model.head} (quickstart)",
+            "head_ms": 1e3 * t_mlp,
+            "step_ms": 1e3 * t_step,
+            "share": 0.0,
+        }
+    ]
     for graph, seed_p in GRAPHS:
         base_args = load_config(CONFIGS / f"fch_{graph}.yaml").model.head_args
         for order in sorted({1, seed_p}):
             t = head_time("fch", {**base_args, "order": order})
             step = t_step - t_mlp + t
-            rows.append({"head": f"fch {graph} p={order}", "head_ms": 1e3 * t, "step_ms": 1e3 * step, "share": (t - t_mlp) / step})
+            rows.append(
+                {
+                    "head": f"fch {graph} p={order}",
+                    "head_ms": 1e3 * t,
+                    "step_ms": 1e3 * step,
+                    "share": (t - t_mlp) / step,
+                }
+            )
             print(rows[-1], flush=True)
-    md = [f"FCH head cost at batch {args.batch}, quickstart backbone (AdaptiveCNN, 128-d features), {amp or 'fp32'} autocast, "
-          f"this CPU, median of {args.rounds} × {args.steps} steps:", "",
-          "| head | head fwd + loss + bwd ms | training step ms | FCH share of the step |", "|---|---|---|---|"]
+    md = [
+        f"FCH head cost at batch {args.batch}, quickstart backbone (AdaptiveCNN, 128-d features), {amp or 'fp32'} autocast, "
+        f"this CPU, median of {args.rounds} × {args.steps} steps:",
+        "",
+        "| head | head fwd + loss + bwd ms | training step ms | FCH share of the step |",
+        "|---|---|---|---|",
+    ]
     md += [f"| {r['head']} | {r['head_ms']:.2f} | {r['step_ms']:.1f} | {r['share']:.1%} |" for r in rows]
     worst = max(r["share"] for r in rows[1:])
     md += ["", f"Target: FCH share ≤ 10 % — worst {worst:.1%} ({'met' if worst <= 0.10 else 'not met'})."]

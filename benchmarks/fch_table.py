@@ -24,8 +24,13 @@ def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
     b1 = next((v for k, v in dep.items() if "B=1" in k), metrics["accuracy"])
     memory = next((v for k, v in dep.items() if k.startswith("memory")), float("nan"))
     steps = sum(r["train_images"] for r in history) / metrics["eval_batch_size"]
-    return {"accuracy": metrics["accuracy"], "accuracy_b1": b1, "accuracy_memory": memory, "macro_f1": metrics["macro_f1"],
-            "step_ms": 1000 * sum(r["train_time_s"] for r in history) / max(steps, 1)}
+    return {
+        "accuracy": metrics["accuracy"],
+        "accuracy_b1": b1,
+        "accuracy_memory": memory,
+        "macro_f1": metrics["macro_f1"],
+        "step_ms": 1000 * sum(r["train_time_s"] for r in history) / max(steps, 1),
+    }
 
 
 def rows_for(args) -> list[tuple[str, str, list[str]]]:
@@ -43,16 +48,29 @@ def main() -> None:
 
 
 def render(results: dict, epochs: int, seeds: list[int]) -> str:
-    md = grid_table(f"Fashion-MNIST, AdaptiveCNN (mnist layout), batch 256, {epochs} epochs, seeds {seeds} (mean ± std).", results, [
-        ("accuracy (batch, B=256) %", "accuracy", 100, 2), ("accuracy (B=1) %", "accuracy_b1", 100, 2),
-        ("accuracy (memory) %", "accuracy_memory", 100, 2), ("macro F1 %", "macro_f1", 100, 2), ("step ms", "step_ms", 1, 1)])
+    md = grid_table(
+        f"Fashion-MNIST, AdaptiveCNN (mnist layout), batch 256, {epochs} epochs, seeds {seeds} (mean ± std).",
+        results,
+        [
+            ("accuracy (batch, B=256) %", "accuracy", 100, 2),
+            ("accuracy (B=1) %", "accuracy_b1", 100, 2),
+            ("accuracy (memory) %", "accuracy_memory", 100, 2),
+            ("macro F1 %", "macro_f1", 100, 2),
+            ("step ms", "step_ms", 1, 1),
+        ],
+    )
     if "linear" not in results:
         return "\n".join(md)
     base = results["linear"]["accuracy"][0]
     best = max((n for n in results if n != "linear"), key=lambda n: results[n]["accuracy"][0])
-    verdict = "beats" if results[best]["accuracy"][0] > base + results["linear"]["accuracy"][1] else "does not beat"
-    md += ["", f"Best FCH row: {best} ({100 * results[best]['accuracy'][0]:.2f} %) {verdict} the linear head "
-               f"({100 * base:.2f} ± {100 * results['linear']['accuracy'][1]:.2f} %) beyond one standard deviation."]
+    verdict = (
+        "beats" if results[best]["accuracy"][0] > base + results["linear"]["accuracy"][1] else "does not beat"
+    )
+    md += [
+        "",
+        f"Best FCH row: {best} ({100 * results[best]['accuracy'][0]:.2f} %) {verdict} the linear head "
+        f"({100 * base:.2f} ± {100 * results['linear']['accuracy'][1]:.2f} %) beyond one standard deviation.",
+    ]
     return "\n".join(md)
 
 

@@ -27,27 +27,43 @@ def extract(metrics: dict, history: list[dict]) -> dict[str, float]:
     value = lambda key: float("nan") if h.get(key) is None else float(h[key])  # noqa: E731
     cal = metrics.get("calibration", {}).get("test", {})
     nan = float("nan")
-    return {"accuracy": metrics["accuracy"], "hf1": value("hierarchical_f1"), "severity": value("mistake_severity"),
-            "violation_rate": value("violation_rate"),
-            # without calibration the hierarchical metrics are the T = 1 ones; with it, the report keeps both
-            "coverage_at_99": cal.get("coverage_at_99_precision_before", value("coverage_at_99_precision")),
-            "coverage_at_99_calibrated": cal.get("coverage_at_99_precision_after", nan),
-            "ece": cal.get("ece_before", metrics.get("ece", nan)), "ece_calibrated": cal.get("ece_after", nan),
-            "temperature": metrics.get("calibration", {}).get("temperature", nan)}
+    return {
+        "accuracy": metrics["accuracy"],
+        "hf1": value("hierarchical_f1"),
+        "severity": value("mistake_severity"),
+        "violation_rate": value("violation_rate"),
+        # without calibration the hierarchical metrics are the T = 1 ones; with it, the report keeps both
+        "coverage_at_99": cal.get("coverage_at_99_precision_before", value("coverage_at_99_precision")),
+        "coverage_at_99_calibrated": cal.get("coverage_at_99_precision_after", nan),
+        "ece": cal.get("ece_before", metrics.get("ece", nan)),
+        "ece_calibrated": cal.get("ece_after", nan),
+        "temperature": metrics.get("calibration", {}).get("temperature", nan),
+    }
 
 
 def render(results: dict, epochs: int, seeds: list[int]) -> str:
-    md = grid_table(f"Fashion-MNIST + WordNet tree (15 nodes, depth 4), AdaptiveCNN, {epochs} epochs, seeds {seeds} (mean ± std).",
-                    results, [("leaf accuracy %", "accuracy", 100, 2), ("hF1 %", "hf1", 100, 2),
-                              ("mistake severity (LCA height)", "severity", 1, 3), ("violation rate %", "violation_rate", 100, 2),
-                              ("coverage at 99 % precision %", "coverage_at_99", 100, 2),
-                              ("ECE % (T = 1)", "ece", 100, 2), ("ECE % (fitted T)", "ece_calibrated", 100, 2),
-                              ("coverage at 99 % precision, fitted T %", "coverage_at_99_calibrated", 100, 2),
-                              ("T", "temperature", 1, 3)])
+    md = grid_table(
+        f"Fashion-MNIST + WordNet tree (15 nodes, depth 4), AdaptiveCNN, {epochs} epochs, seeds {seeds} (mean ± std).",
+        results,
+        [
+            ("leaf accuracy %", "accuracy", 100, 2),
+            ("hF1 %", "hf1", 100, 2),
+            ("mistake severity (LCA height)", "severity", 1, 3),
+            ("violation rate %", "violation_rate", 100, 2),
+            ("coverage at 99 % precision %", "coverage_at_99", 100, 2),
+            ("ECE % (T = 1)", "ece", 100, 2),
+            ("ECE % (fitted T)", "ece_calibrated", 100, 2),
+            ("coverage at 99 % precision, fitted T %", "coverage_at_99_calibrated", 100, 2),
+            ("T", "temperature", 1, 3),
+        ],
+    )
     if "linear_flat" in results and "linear" in results:
         hier, flat = (100 * results[k]["accuracy"][0] for k in ("linear", "linear_flat"))
-        md += ["", f"Linear head through the hierarchical machinery {hier:.2f} % vs without a taxonomy {flat:.2f} %: "
-                   f"a change of {hier - flat:+.2f} points (target: no drop larger than 0.5 points)."]
+        md += [
+            "",
+            f"Linear head through the hierarchical machinery {hier:.2f} % vs without a taxonomy {flat:.2f} %: "
+            f"a change of {hier - flat:+.2f} points (target: no drop larger than 0.5 points).",
+        ]
     return "\n".join(md)
 
 
@@ -58,8 +74,19 @@ def rows_for(args) -> list[tuple[str, str, list[str]]]:
 
 
 def main() -> None:
-    grid_main("hier_table", __doc__, rows_for, extract, render, default_epochs=8, add_arguments=lambda ap: ap.add_argument(
-        "--taxonomy", default="wordnet", help="wordnet, or a parent-map file (e.g. configs/taxonomies/fashion_mnist.yaml)"))
+    grid_main(
+        "hier_table",
+        __doc__,
+        rows_for,
+        extract,
+        render,
+        default_epochs=8,
+        add_arguments=lambda ap: ap.add_argument(
+            "--taxonomy",
+            default="wordnet",
+            help="wordnet, or a parent-map file (e.g. configs/taxonomies/fashion_mnist.yaml)",
+        ),
+    )
 
 
 if __name__ == "__main__":

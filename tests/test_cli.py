@@ -121,7 +121,10 @@ def test_config_show_prints_the_resolved_config():
     loaded = load_config(QUICKSTART, ["optim.lr=0.1"])
     # head/backbone arguments are shown with every default: the same arguments, spelled out
     assert build_config(shown).resolved_component_args() == loaded.resolved_component_args()
-    shown["model"]["backbone_args"], shown["model"]["head_args"] = loaded.model.backbone_args, loaded.model.head_args
+    shown["model"]["backbone_args"], shown["model"]["head_args"] = (
+        loaded.model.backbone_args,
+        loaded.model.head_args,
+    )
     assert build_config(shown) == loaded
 
 

@@ -81,10 +81,21 @@ def quick_config(path: Path, out: Path) -> dict:
         data["taxonomy"] = str(FASHION_TREE)
     model = raw.setdefault("model", {})
     model.update(pretrained=False, pretrained_file=None)
-    model["backbone_args"] = {**model.get("backbone_args", {}), **REDUCED.get(model.get("backbone", "adaptive_cnn"), {})}
+    model["backbone_args"] = {
+        **model.get("backbone_args", {}),
+        **REDUCED.get(model.get("backbone", "adaptive_cnn"), {}),
+    }
     train = raw.setdefault("train", {})
-    train.update(epochs=1, batch_size=4, accumulate=1, progress=False, precision="fp32", compile=False,
-                 channels_last=False, threads=None)
+    train.update(
+        epochs=1,
+        batch_size=4,
+        accumulate=1,
+        progress=False,
+        precision="fp32",
+        compile=False,
+        channels_last=False,
+        threads=None,
+    )
     raw.setdefault("eval", {}).update(batch_size=4, plots=False, gradcam=False, embeddings_plot=False)
     raw["output"] = {"dir": str(out), "name": path.stem, "tensorboard": False}
     for stage in raw.get("stages") or []:
@@ -97,8 +108,10 @@ def features(path: Path) -> set[tuple]:
     taxonomy, sampler, augmentation preset, weight averaging."""
     raw = parse_yaml(path.read_text())
     model, data, train = raw.get("model", {}), raw.get("data", {}), raw.get("train", {})
-    stages = tuple((s.get("head"), bool(s.get("freeze") or s.get("train_only")), bool(s.get("stop_at_val_acc")))
-                   for s in raw.get("stages") or [])
+    stages = tuple(
+        (s.get("head"), bool(s.get("freeze") or s.get("train_only")), bool(s.get("stop_at_val_acc")))
+        for s in raw.get("stages") or []
+    )
     return {
         ("backbone", model.get("backbone", "adaptive_cnn")),
         ("head", model.get("head", "linear"), model.get("head_args", {}).get("adjacency")),
@@ -134,7 +147,10 @@ CASES = [p if p in FAST else pytest.param(p, marks=pytest.mark.slow) for p in SH
 
 def test_every_config_is_covered():
     assert len(SHIPPED) >= 30
-    missing = sorted({yaml.safe_load(p.read_text()).get("data", {}).get("name", "fashion_mnist") for p in SHIPPED} - set(STAND_INS))
+    missing = sorted(
+        {yaml.safe_load(p.read_text()).get("data", {}).get("name", "fashion_mnist") for p in SHIPPED}
+        - set(STAND_INS)
+    )
     assert not missing, f"add the class names, channels and size of {missing} to STAND_INS"
 
 
@@ -150,7 +166,9 @@ def with_stand_in_teacher(raw: dict, recipe: Path, out: Path) -> dict:
         distill.update(pretrained=False, pretrained_file=None)
         return raw
     same_folder = recipe.parent / f"{Path(teacher).name}.yaml"
-    teacher_config = same_folder if same_folder.is_file() else next(CONFIGS.rglob(f"{Path(teacher).name}.yaml"))
+    teacher_config = (
+        same_folder if same_folder.is_file() else next(CONFIGS.rglob(f"{Path(teacher).name}.yaml"))
+    )
     with single_thread():
         run = api.train(build_config(quick_config(teacher_config, out)), evaluate_after=False).run_dir
     distill["teacher"] = str(run)
@@ -159,8 +177,11 @@ def with_stand_in_teacher(raw: dict, recipe: Path, out: Path) -> dict:
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_config_trains_and_predicts(path, tmp_path, monkeypatch):
-    monkeypatch.setitem(DATASETS._items, parse_yaml(path.read_text()).get("data", {}).get("name", "fashion_mnist"),
-                        lambda cfg: stand_in(cfg.name, cfg))
+    monkeypatch.setitem(
+        DATASETS._items,
+        parse_yaml(path.read_text()).get("data", {}).get("name", "fashion_mnist"),
+        lambda cfg: stand_in(cfg.name, cfg),
+    )
     raw = with_stand_in_teacher(quick_config(path, tmp_path / "runs"), path, tmp_path / "teacher_runs")
     cfg = build_config(raw)
     with single_thread():

@@ -12,8 +12,13 @@ from imgcls import api
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 BASE = [
-    "data.train_subset=4000", "data.test_subset=1000", "train.epochs=3", "train.progress=false",
-    "output.tensorboard=false", "eval.plots=false", "train.device=cuda",
+    "data.train_subset=4000",
+    "data.test_subset=1000",
+    "train.epochs=3",
+    "train.progress=false",
+    "output.tensorboard=false",
+    "eval.plots=false",
+    "train.device=cuda",
 ]
 
 
@@ -33,6 +38,8 @@ def test_cuda_training_paths_learn(tmp_path, extra):
 
 
 def test_cuda_fch_head_trains_under_bf16(tmp_path):
-    res = api.train("configs/fashion_mnist/fch_rbf.yaml", [*BASE, f"output.dir={tmp_path}", "train.precision=bf16"])
+    res = api.train(
+        "configs/fashion_mnist/fch_rbf.yaml", [*BASE, f"output.dir={tmp_path}", "train.precision=bf16"]
+    )
     assert res.metrics["accuracy"] > 0.3
     assert "batch_dependence" in res.metrics

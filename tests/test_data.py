@@ -127,7 +127,13 @@ def test_prepare_data_with_subsets():
     assert torch.bincount(data.val.labels).tolist() == [10] * 10
     assert torch.bincount(data.train.labels).tolist() == [90] * 10
     assert torch.bincount(data.test.labels).tolist() == [50] * 10
-    assert data.preprocess == {"image_size": 28, "channels": 1, "mean": [0.2860], "std": [0.3530], "invert": "none"}
+    assert data.preprocess == {
+        "image_size": 28,
+        "channels": 1,
+        "mean": [0.2860],
+        "std": [0.3530],
+        "invert": "none",
+    }
     assert data.skipped_files == []
 
 
@@ -455,8 +461,12 @@ def test_sampler_config_errors():
         m_per_class_order(labels, gen, 1, 8)  # 8 classes per batch, only 4 exist
 
 
-@pytest.mark.parametrize(("name", "dataset_class", "num_classes"), [("cifar10", "CIFAR10", 10), ("cifar100", "CIFAR100", 100)])
-def test_cifar_sources_convert_torchvision_sets_to_chw(monkeypatch, tmp_path, name, dataset_class, num_classes):
+@pytest.mark.parametrize(
+    ("name", "dataset_class", "num_classes"), [("cifar10", "CIFAR10", 10), ("cifar100", "CIFAR100", 100)]
+)
+def test_cifar_sources_convert_torchvision_sets_to_chw(
+    monkeypatch, tmp_path, name, dataset_class, num_classes
+):
     import torchvision.datasets
 
     from imgcls.registry import DATASETS

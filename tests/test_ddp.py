@@ -27,17 +27,40 @@ from tiny_runs import requires_fashion_mnist
 pytestmark = requires_fashion_mnist
 
 OVERRIDES = [
-    "data.name=fashion_mnist", "data.train_subset=400", "data.val_fraction=0.2", "data.test_subset=200",
-    "model.backbone=adaptive_cnn", "model.backbone_args={layout: mnist, width_mult: 0.25, norm: group}", "model.head=linear",
-    "optim.name=sgd", "optim.lr=0.002", "optim.momentum=0.9", "optim.weight_decay=0.0", "schedule.name=cosine",
-    "schedule.warmup_epochs=0", "train.epochs=2", "train.batch_size=32", "train.precision=fp32",
-    "train.progress=false", "output.tensorboard=false",
+    "data.name=fashion_mnist",
+    "data.train_subset=400",
+    "data.val_fraction=0.2",
+    "data.test_subset=200",
+    "model.backbone=adaptive_cnn",
+    "model.backbone_args={layout: mnist, width_mult: 0.25, norm: group}",
+    "model.head=linear",
+    "optim.name=sgd",
+    "optim.lr=0.002",
+    "optim.momentum=0.9",
+    "optim.weight_decay=0.0",
+    "schedule.name=cosine",
+    "schedule.warmup_epochs=0",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.precision=fp32",
+    "train.progress=false",
+    "output.tensorboard=false",
 ]
 
 
 def run_train(out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "imgcls", "train", *OVERRIDES, f"output.dir={out}", "output.name=ddp", "--no-eval", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgcls",
+        "train",
+        *OVERRIDES,
+        f"output.dir={out}",
+        "output.name=ddp",
+        "--no-eval",
+        *extra,
+    ]
     if nproc > 1:
         cmd.append(f"--nproc={nproc}")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -79,7 +102,9 @@ def test_two_processes_reach_the_weights_of_one(runs):
 
 def test_validation_metrics_are_gathered_without_padding_bias(runs):
     h1, h2 = history(runs[0]), history(runs[1])
-    assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2] == ["1", "2"]  # written once per epoch, by rank 0
+    assert (
+        [r["epoch"] for r in h1] == [r["epoch"] for r in h2] == ["1", "2"]
+    )  # written once per epoch, by rank 0
     for a, b in zip(h1, h2, strict=True):
         assert float(a["val_acc"]) == pytest.approx(float(b["val_acc"]), abs=1e-6)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4)

@@ -68,8 +68,12 @@ def test_memory_bound_and_copies_start_empty():
 
 TRAIN_CONFIG = {
     "data": {"name": "fashion_mnist", "train_subset": 600, "val_fraction": 0.2, "test_subset": 100},
-    "model": {"backbone": "adaptive_cnn", "backbone_args": {"layout": "mnist", "width_mult": 0.25}, "head": "mlp",
-              "head_args": {"hidden": [32], "dropout": 0.0}},
+    "model": {
+        "backbone": "adaptive_cnn",
+        "backbone_args": {"layout": "mnist", "width_mult": 0.25},
+        "head": "mlp",
+        "head_args": {"hidden": [32], "dropout": 0.0},
+    },
     "optim": {"name": "adamw", "lr": 3.0e-3},
     "train": {"epochs": 2, "batch_size": 60, "precision": "fp32", "progress": False},
     "stages": [{"name": "head", "freeze": ["backbone"]}],
@@ -94,9 +98,14 @@ def test_cached_training_matches_uncached_and_computes_each_image_once(tmp_path,
     original = fc.attach_feature_cache
     monkeypatch.setattr(fc, "attach_feature_cache", lambda *a: caches.append(original(*a)) or caches[-1])
     with single_thread():
-        cached = api.train(write_config(tmp_path, cache_features=True), [f"output.dir={tmp_path}/runs", "output.name=c"],
-                           evaluate_after=False)
-        plain = api.train(write_config(tmp_path), [f"output.dir={tmp_path}/runs", "output.name=p"], evaluate_after=False)
+        cached = api.train(
+            write_config(tmp_path, cache_features=True),
+            [f"output.dir={tmp_path}/runs", "output.name=c"],
+            evaluate_after=False,
+        )
+        plain = api.train(
+            write_config(tmp_path), [f"output.dir={tmp_path}/runs", "output.name=p"], evaluate_after=False
+        )
     cache = caches[0]
     assert caches[1] is None
     assert cache.misses == 600  # 480 training + 120 validation images, each computed once
@@ -105,7 +114,9 @@ def test_cached_training_matches_uncached_and_computes_each_image_once(tmp_path,
     w2 = torch.load(plain.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     for key in w1:
         assert torch.allclose(w1[key].float(), w2[key].float(), atol=1e-5), key
-    assert [h["val_acc"] for h in cached.history] == pytest.approx([h["val_acc"] for h in plain.history], abs=1e-9)
+    assert [h["val_acc"] for h in cached.history] == pytest.approx(
+        [h["val_acc"] for h in plain.history], abs=1e-9
+    )
 
 
 @requires_fashion_mnist

@@ -108,7 +108,11 @@ def test_sphere_multi_margin_on_positives_or_all_and_none_at_inference(tax):
     pos = SphereMultiHead(8, 7, taxonomy=tax)
     every = SphereMultiHead(8, 7, taxonomy=tax, margin_on="all")
     every.load_state_dict(pos.state_dict())
-    plain, with_pos, with_all = pos(x).logits, pos(x, y).extras["loss_logits"], every(x, y).extras["loss_logits"]
+    plain, with_pos, with_all = (
+        pos(x).logits,
+        pos(x, y).extras["loss_logits"],
+        every(x, y).extras["loss_logits"],
+    )
     assert torch.equal(pos(x, y).logits, plain) and torch.equal(every(x, y).logits, plain)
     positive = tax.lineage_matrix()[y].bool()
     assert torch.all(with_pos[positive] < plain[positive])
@@ -147,7 +151,14 @@ def test_multihead_levels_logits_and_loss_terms(tax):
     x, y = clustered(tax, n=10)
     torch.manual_seed(1)
     out = head(x, y)
-    assert set(out.extras) == {"level_1", "level_2", "level_3", "loss_level_1", "loss_level_2", "loss_level_3"}
+    assert set(out.extras) == {
+        "level_1",
+        "level_2",
+        "level_3",
+        "loss_level_1",
+        "loss_level_2",
+        "loss_level_3",
+    }
     assert out.logits.shape == (10, 7)
     torch.manual_seed(1)  # the same dropout mask
     assert torch.equal(out.logits, head(x).logits)  # margin-free: the logits the prediction uses
@@ -240,7 +251,9 @@ def tiny_predictor(tax, head: str):
     from imgcls.models.classifier import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="adaptive_cnn", backbone_args={"layout": "mnist", "width_mult": 0.25}, head=head)
+    cfg = ModelConfig(
+        backbone="adaptive_cnn", backbone_args={"layout": "mnist", "width_mult": 0.25}, head=head
+    )
     model = build_model(cfg, tax.num_classes, 1, taxonomy=tax)
     meta = {"image_size": 28, "channels": 1, "mean": [0.5], "std": [0.5], "model_size": 28}
     return Predictor(model, meta, list(tax.class_names), tax)
@@ -268,6 +281,8 @@ def test_threshold_prediction_of_a_flat_head_sums_class_probabilities(tax):
         leaf = row["hierarchy"]["path"][-1]
         assert leaf in tax.class_names
         # a flat head's node probability is its summed class probabilities: for a leaf, the class's own
-        assert row["hierarchy"]["probability"] == pytest.approx(float(p[tax.class_names.index(leaf)]), abs=1e-6)
+        assert row["hierarchy"]["probability"] == pytest.approx(
+            float(p[tax.class_names.index(leaf)]), abs=1e-6
+        )
     top = predictor.predict(images, threshold=1.01)  # τ above every probability: the root
     assert all(r["hierarchy"]["path"] == [tax.root] for r in top)

@@ -105,7 +105,9 @@ def straight(tmp_path_factory) -> Path:
 
 def test_stop_request_mid_epoch_saves_and_resumes_bit_identical(straight, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted) as info:
-        train_with(monkeypatch, [*RUN, f"output.dir={tmp_path}"], AtStep(17, lambda t: request_stop(signal.SIGTERM)))
+        train_with(
+            monkeypatch, [*RUN, f"output.dir={tmp_path}"], AtStep(17, lambda t: request_stop(signal.SIGTERM))
+        )
     (run_dir,) = tmp_path.glob("*/*")
     message = str(info.value)
     assert info.value.exit_code == 143 and "\n" not in message
@@ -123,12 +125,16 @@ def test_recovery_every_n_steps_survives_a_crash(straight, tmp_path, monkeypatch
         raise RuntimeError("simulated crash (kill -9 would lose the same work)")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_with(monkeypatch, [*RUN, "train.checkpoint_every_steps=5", f"output.dir={tmp_path}"], AtStep(22, crash))
+        train_with(
+            monkeypatch, [*RUN, "train.checkpoint_every_steps=5", f"output.dir={tmp_path}"], AtStep(22, crash)
+        )
     (run_dir,) = tmp_path.glob("*/*")
     files = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert files == ["best.pt", "last.pt", "recovery.pt"]  # one recovery file, no temporary files
     recovery = ckpt_io.load_checkpoint(run_dir / "checkpoints" / "recovery.pt")
-    assert recovery["progress"]["step"] == 20 and recovery["mid_epoch"]["batches"] == 8  # at most 4 steps lost
+    assert (
+        recovery["progress"]["step"] == 20 and recovery["mid_epoch"]["batches"] == 8
+    )  # at most 4 steps lost
     resumed = api.train(resume=run_dir, evaluate_after=False)
     assert_resumed_exactly(straight, resumed.run_dir)
 
@@ -150,9 +156,13 @@ def test_sigterm_in_a_real_process_exits_143_and_resumes_exactly(straight, tmp_p
     """The CLI as a user runs it: SIGTERM arrives during epoch 2, the process saves and exits 143."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     args = [sys.executable, "-m", "imgcls", "train", *RUN, "--no-eval", f"output.dir={tmp_path}"]
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("*/*/history.csv")) and time.monotonic() < deadline and process.poll() is None:
+    while (
+        not list(tmp_path.glob("*/*/history.csv")) and time.monotonic() < deadline and process.poll() is None
+    ):
         time.sleep(0.05)  # epoch 1 written: the signal lands in epoch 2
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=240)
@@ -187,8 +197,14 @@ def test_divergence_inside_an_epoch_is_never_saved(tmp_path, monkeypatch):
         with torch.no_grad():
             next(trainer.model.head.parameters()).fill_(float("nan"))
 
-    with pytest.raises(TrainingError, match=r"weights became non-finite \(head.*by epoch 1, step 3; not writing recovery.pt"):
-        train_with(monkeypatch, [*RUN, "train.checkpoint_every_steps=1", f"output.dir={tmp_path}"], AtStep(3, diverge))
+    with pytest.raises(
+        TrainingError, match=r"weights became non-finite \(head.*by epoch 1, step 3; not writing recovery.pt"
+    ):
+        train_with(
+            monkeypatch,
+            [*RUN, "train.checkpoint_every_steps=1", f"output.dir={tmp_path}"],
+            AtStep(3, diverge),
+        )
     (run_dir,) = tmp_path.glob("*/*")
     recovery = ckpt_io.load_checkpoint(run_dir / "checkpoints" / "recovery.pt")
     assert recovery["progress"]["step"] == 2  # the recovery write after step 3 refused the NaN weights
@@ -211,8 +227,11 @@ def nan_loss_at(monkeypatch, steps: set[int], once: bool) -> None:
 
 def test_skip_step_drops_a_non_finite_step_and_goes_on(tmp_path, monkeypatch):
     nan_loss_at(monkeypatch, {4}, once=True)
-    result = api.train(None, [*RUN, "train.epochs=1", "train.on_nonfinite=skip_step", f"output.dir={tmp_path}"],
-                       evaluate_after=False)
+    result = api.train(
+        None,
+        [*RUN, "train.epochs=1", "train.on_nonfinite=skip_step", f"output.dir={tmp_path}"],
+        evaluate_after=False,
+    )
     ckpt = last(result.run_dir)
     assert ckpt["progress"]["skipped_steps"] == 1 and ckpt["progress"]["step"] == 11  # 12 batches, 1 dropped
     assert torch.isfinite(torch.tensor(ckpt["history"][0]["train_loss"]))
@@ -221,8 +240,11 @@ def test_skip_step_drops_a_non_finite_step_and_goes_on(tmp_path, monkeypatch):
 def test_skip_step_stops_after_k_non_finite_steps_in_a_row(tmp_path, monkeypatch):
     nan_loss_at(monkeypatch, {4}, once=False)
     with pytest.raises(TrainingError, match=r"non-finite 3 steps in a row.*epoch 1, step 4"):
-        api.train(None, [*RUN, "train.on_nonfinite=skip_step", "train.max_skipped_steps=3", f"output.dir={tmp_path}"],
-                  evaluate_after=False)
+        api.train(
+            None,
+            [*RUN, "train.on_nonfinite=skip_step", "train.max_skipped_steps=3", f"output.dir={tmp_path}"],
+            evaluate_after=False,
+        )
 
 
 def test_nan_never_counts_as_a_best_score():
@@ -234,7 +256,9 @@ def test_nan_never_counts_as_a_best_score():
 
 
 # ------------------------------------------------------------------------------- resume against the wrong weights
-@pytest.mark.parametrize("override", ["model.head=mlp", "model.backbone_args={layout: mnist, width_mult: 0.5}"])
+@pytest.mark.parametrize(
+    "override", ["model.head=mlp", "model.backbone_args={layout: mnist, width_mult: 0.5}"]
+)
 def test_resume_with_a_mismatching_model_changes_nothing(straight, tmp_path, override):
     import shutil
 
@@ -244,7 +268,11 @@ def test_resume_with_a_mismatching_model_changes_nothing(straight, tmp_path, ove
     with pytest.raises(CheckpointError) as info:
         api.train(resume=run_dir, overrides=[override], evaluate_after=False)
     message = str(info.value)
-    assert "\n" not in message and "cannot resume" in message and ("missing" in message or "wrong shape" in message)
+    assert (
+        "\n" not in message
+        and "cannot resume" in message
+        and ("missing" in message or "wrong shape" in message)
+    )
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
     assert after == before  # config.yaml byte-identical, nothing written
 

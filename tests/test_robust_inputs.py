@@ -100,7 +100,9 @@ def test_binary_yaml_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_device_is_one_line(capsys, monkeypatch):
-    code, _, err = run_cli(["config", "show", "configs/quickstart.yaml", "train.device=tpu7"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["config", "show", "configs/quickstart.yaml", "train.device=tpu7"], capsys, monkeypatch
+    )
     assert_one_line_error(code, err, "'tpu7'", "train.device", "cuda:N")
 
 
@@ -123,7 +125,9 @@ def test_empty_yaml_warns(tmp_path, caplog):
 # ------------------------------------------------------------------------------- data folders
 def test_one_class_imagefolder_is_one_line(tmp_path, capsys, monkeypatch):
     root = make_tree(tmp_path / "data", classes=("only",))
-    code, _, err = run_cli(["train", *TINY, f"data.root={root}", f"output.dir={tmp_path / 'runs'}"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["train", *TINY, f"data.root={root}", f"output.dir={tmp_path / 'runs'}"], capsys, monkeypatch
+    )
     assert_one_line_error(code, err, "1 class", "at least 2")
     assert not (tmp_path / "runs").exists()
 
@@ -161,7 +165,9 @@ def test_16_bit_grayscale_keeps_its_gray_levels(tmp_path):
     with Image.open(path) as img:
         assert img.mode.startswith("I")  # Pillow reads it as a 16-bit (I;16 or I) image
     gray = decode_image(str(path), None, 1)[0].numpy()
-    assert gray.tolist() == np.rint(values / 257.0).astype(np.uint8).tolist()  # [[0, 1, 4, 117], [128, 156, 255, 50]]
+    assert (
+        gray.tolist() == np.rint(values / 257.0).astype(np.uint8).tolist()
+    )  # [[0, 1, 4, 117], [128, 156, 255, 50]]
     rgb = decode_image(str(path), None, 3).numpy()
     assert (rgb == gray[None]).all()
     assert len(np.unique(gray)) == 8  # not binarised to {0, 255}
@@ -176,8 +182,11 @@ def streamed_run(tmp_path_factory):
     (root / "train" / "b" / "03.png").write_bytes(b"\x89PNG broken")
     (root / "test" / "c" / "01.png").write_bytes(b"")
     with single_thread():
-        result = api.train(None, [*TINY, f"data.root={root}", "data.in_memory=no", f"output.dir={tmp / 'runs'}"],
-                           evaluate_after=False)
+        result = api.train(
+            None,
+            [*TINY, f"data.root={root}", "data.in_memory=no", f"output.dir={tmp / 'runs'}"],
+            evaluate_after=False,
+        )
         metrics = api.evaluate(result.run_dir)
     return result.run_dir, root, metrics
 
@@ -200,14 +209,24 @@ def test_every_run_writes_inference_weights_with_normal_file_modes(streamed_run)
     assert (run_dir / "checkpoints" / "last.pt").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-@pytest.mark.parametrize("override, words", [
-    ("model.head_args={no_such_arg: 1}", "no_such_arg"),  # found while building the model
-    ("stages=[{name: a, freeze: [trunk]}]", "no module named ['trunk']"),  # found when the first stage starts
-], ids=["build", "stage-start"])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("model.head_args={no_such_arg: 1}", "no_such_arg"),  # found while building the model
+        (
+            "stages=[{name: a, freeze: [trunk]}]",
+            "no module named ['trunk']",
+        ),  # found when the first stage starts
+    ],
+    ids=["build", "stage-start"],
+)
 def test_config_error_leaves_no_run_directory(tmp_path, capsys, monkeypatch, override, words):
     root = make_tree(tmp_path / "data")
-    code, _, err = run_cli(["train", *TINY, f"data.root={root}", override, f"output.dir={tmp_path / 'runs'}"],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["train", *TINY, f"data.root={root}", override, f"output.dir={tmp_path / 'runs'}"],
+        capsys,
+        monkeypatch,
+    )
     assert_one_line_error(code, err, words)
     assert not (tmp_path / "runs").exists()
 
@@ -254,8 +273,16 @@ class Exploit:
 def test_pickle_as_pretrained_file_is_refused(tmp_path, capsys, monkeypatch):
     marker = tmp_path / "pwned"
     torch.save({"conv1.weight": Exploit(marker)}, tmp_path / "weights.pt")
-    code, _, err = run_cli(["train", "model.backbone=timm:resnet18", f"model.pretrained_file={tmp_path / 'weights.pt'}",
-                            f"output.dir={tmp_path / 'runs'}"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        [
+            "train",
+            "model.backbone=timm:resnet18",
+            f"model.pretrained_file={tmp_path / 'weights.pt'}",
+            f"output.dir={tmp_path / 'runs'}",
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert_one_line_error(code, err, "refused as unsafe", "not a plain-tensor checkpoint")
     assert not marker.exists() and not (tmp_path / "runs").exists()
 
@@ -312,7 +339,9 @@ def test_offline_download_names_the_data_set_url_and_fix(tmp_path, monkeypatch):
         prepare_data(cfg)
     message = str(info.value)
     assert "\n" not in message
-    assert "could not download cifar10 from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+    assert (
+        "could not download cifar10 from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+    )
     assert "cifar-10-batches-py" in message and "data.root" in message
 
 
@@ -322,8 +351,12 @@ def test_hub_weights_offline_fail_within_seconds(monkeypatch):
     from imgcls.config import ModelConfig
     from imgcls.models.classifier import build_backbone
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as with HF_HUB_OFFLINE=1, or when the probe fails
+    monkeypatch.setattr(
+        constants, "HF_HUB_OFFLINE", True
+    )  # as with HF_HUB_OFFLINE=1, or when the probe fails
     start = time.perf_counter()
-    with pytest.raises(DataError, match=r"could not fetch pretrained weights for timm:test_resnet.*pretrained_file"):
+    with pytest.raises(
+        DataError, match=r"could not fetch pretrained weights for timm:test_resnet.*pretrained_file"
+    ):
         build_backbone(ModelConfig(backbone="timm:test_resnet.r160_in1k", pretrained=True), 3)
     assert time.perf_counter() - start < 10

@@ -17,7 +17,18 @@ from imgcls.taxonomy import build_taxonomy
 CONFIGS = Path(__file__).parent.parent / "configs"
 SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("taxonomies", "sweeps"))
 FASHION_TREE = CONFIGS / "taxonomies" / "fashion_mnist.yaml"
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def test_configs_are_found():

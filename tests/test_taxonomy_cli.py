@@ -15,7 +15,12 @@ def test_taxonomy_from_config_file_map(tmp_path):
     config.write_text("data: {name: fashion_mnist, taxonomy: configs/taxonomies/fashion_mnist.yaml}\n")
     tree = api.taxonomy(config)
     assert tree.num_classes == 10 and tree.num_nodes == 15 and tree.max_depth == 4
-    assert tree.path_names(tree.class_nodes[tree.class_names.index("Sneaker")]) == ["root", "footwear", "shoe", "Sneaker"]
+    assert tree.path_names(tree.class_nodes[tree.class_names.index("Sneaker")]) == [
+        "root",
+        "footwear",
+        "shoe",
+        "Sneaker",
+    ]
     assert "Ankle boot" in tree.render()
 
 

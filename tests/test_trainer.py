@@ -68,7 +68,13 @@ def test_checkpoint_is_self_describing(shared):
     ckpt = ckpt_io.load_checkpoint(shared / "checkpoints" / "last.pt")
     assert ckpt["format"] == ckpt_io.FORMAT
     assert ckpt["class_names"][:2] == ["T-shirt/top", "Trouser"]
-    assert ckpt["preprocess"] == {"image_size": 28, "channels": 1, "mean": [0.286], "std": [0.353], "invert": "none"}
+    assert ckpt["preprocess"] == {
+        "image_size": 28,
+        "channels": 1,
+        "mean": [0.286],
+        "std": [0.353],
+        "invert": "none",
+    }
     assert ckpt["config"]["train"]["epochs"] == 2
     assert {"torch", "timm", "imgcls", "python"} <= set(ckpt["versions"])
     assert {"optimizer", "scheduler", "scaler", "callbacks"} <= set(ckpt)
@@ -225,7 +231,9 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(shared, tmp_
         raise failure
 
     monkeypatch.setattr(ckpt_io.torch, "save", broken_save)
-    with pytest.raises(CheckpointError if isinstance(failure, OSError) else type(failure)):  # disk full: one line
+    with pytest.raises(
+        CheckpointError if isinstance(failure, OSError) else type(failure)
+    ):  # disk full: one line
         ckpt_io.atomic_save({**before, "metrics": {"epoch": 99}}, path)
     monkeypatch.undo()
     after = ckpt_io.load_checkpoint(path)

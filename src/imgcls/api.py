@@ -83,7 +83,9 @@ def build_taxonomy_for(cfg: ExperimentConfig, data: PreparedData):
         return None
     from imgcls.taxonomy import build_taxonomy
 
-    return build_taxonomy(cfg.data.taxonomy, data.class_names, rule=cfg.data.taxonomy_rule, synsets=data.synsets or None)
+    return build_taxonomy(
+        cfg.data.taxonomy, data.class_names, rule=cfg.data.taxonomy_rule, synsets=data.synsets or None
+    )
 
 
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
@@ -92,14 +94,25 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     from imgcls.engine.confusion_sampling import sampling_callbacks
 
     # head initialisation first: weight averaging copies the model at stage start
-    callbacks = [*class_mean_init_callbacks(cfg), *averaging_callbacks(cfg), *sampling_callbacks(cfg), StopAtValAcc(),
-                 PlateauFeed()]
+    callbacks = [
+        *class_mean_init_callbacks(cfg),
+        *averaging_callbacks(cfg),
+        *sampling_callbacks(cfg),
+        StopAtValAcc(),
+        PlateauFeed(),
+    ]
     if cfg.train.early_stopping_patience:
-        callbacks.append(EarlyStopping(cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta))
+        callbacks.append(
+            EarlyStopping(
+                cfg.train.monitor, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta
+            )
+        )
     callbacks += [  # history first: the checkpoint written after it must already hold this epoch's row
         HistoryLogger(run_dir, cfg.output.tensorboard, cfg.train.log_every),
         Checkpointer(run_dir / "checkpoints", cfg.train.monitor, cfg.output.keep_every_epochs),
-        RecoveryCheckpointer(run_dir / "checkpoints", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes),
+        RecoveryCheckpointer(
+            run_dir / "checkpoints", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes
+        ),
         ProgressPrinter(cfg.train.progress),
     ]
     return callbacks
@@ -120,13 +133,17 @@ def train(
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>")
+            raise CheckpointError(
+                f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>"
+            )
         cfg = load_config(run_dir / "config.yaml", overrides)
         if recovery_or_last(run_dir).is_file():
             resume_ckpt = ckpt_io.load_checkpoint(recovery_or_last(run_dir))
         else:  # stopped before its first checkpoint: continuing exactly means starting over, in the same folder
-            log.warning("warning: '%s' has no checkpoint yet (it stopped before the first one); training it from the start",
-                        run_dir)
+            log.warning(
+                "warning: '%s' has no checkpoint yet (it stopped before the first one); training it from the start",
+                run_dir,
+            )
     else:
         cfg = _as_config(cfg, overrides)
         run_dir = None
@@ -142,11 +159,31 @@ def train(
     model = build_model(cfg.model, len(data.class_names), data.channels, cfg.train.label_smoothing, taxonomy)
     if resume_ckpt is not None:
         check_resume_fits(model, cfg, resume_ckpt, data.class_names, taxonomy, run_dir)
-    train_loader = make_loader(data.train, data, cfg, train=True, batch_size=cfg.train.batch_size,
-                               rank=dist.rank, world_size=dist.world_size, device=device)
+    train_loader = make_loader(
+        data.train,
+        data,
+        cfg,
+        train=True,
+        batch_size=cfg.train.batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        device=device,
+    )
     eval_bs = cfg.eval.batch_size or cfg.train.batch_size
-    val_loader = make_loader(data.val, data, cfg, train=False, batch_size=eval_bs,
-                             rank=dist.rank, world_size=dist.world_size, device=device) if len(data.val) else None
+    val_loader = (
+        make_loader(
+            data.val,
+            data,
+            cfg,
+            train=False,
+            batch_size=eval_bs,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            device=device,
+        )
+        if len(data.val)
+        else None
+    )
 
     from imgcls.data.augment import build_train_augment
     from imgcls.models.feature_cache import attach_feature_cache
@@ -156,8 +193,17 @@ def train(
     if run_dir is None:
         run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))
     trainer = Trainer(  # built (its loaders sized, its objective's teacher loaded) before anything is written
-        cfg, model, train_loader, val_loader, device=device, preprocess_meta=data.preprocess,
-        class_names=data.class_names, callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])], augment=augment, dist=dist, taxonomy=taxonomy,
+        cfg,
+        model,
+        train_loader,
+        val_loader,
+        device=device,
+        preprocess_meta=data.preprocess,
+        class_names=data.class_names,
+        callbacks=[*build_callbacks(cfg, run_dir), *(callbacks or [])],
+        augment=augment,
+        dist=dist,
+        taxonomy=taxonomy,
         objective=build_objective(cfg, model, device=device, data=data),
     )
     if dist.is_main:
@@ -175,7 +221,10 @@ def train(
         # does not produce, a sampler that cannot fill a batch): a new run that saved nothing leaves no directory
         if resume is None and dist.is_main and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)
-            for empty in (run_dir.parent, run_dir.parent.parent):  # runs/<name>/ and output.dir, when now empty
+            for empty in (
+                run_dir.parent,
+                run_dir.parent.parent,
+            ):  # runs/<name>/ and output.dir, when now empty
                 with contextlib.suppress(OSError):
                     empty.rmdir()
         raise
@@ -186,7 +235,9 @@ def train(
     if dist.is_main and skipped:
         record_skipped_files(run_dir, skipped)
     if dist.is_main:
-        (run_dir / "train_summary.json").write_text(json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch}))
+        (run_dir / "train_summary.json").write_text(
+            json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch})
+        )
     barrier(dist)
     result = RunResult(run_dir, {}, history)
     if evaluate_after:
@@ -194,7 +245,9 @@ def train(
     elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
         ckpt, which = load_run_checkpoint(run_dir)
         weights, _, _ = model_from_checkpoint(ckpt, which)
-        ckpt_io.save_safetensors(weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which})
+        ckpt_io.save_safetensors(
+            weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which}
+        )
     return result
 
 
@@ -207,24 +260,37 @@ def recovery_or_last(run_dir: Path) -> Path:
     return last
 
 
-def check_resume_fits(model: Classifier, cfg: ExperimentConfig, ckpt: dict[str, Any], class_names: list[str],
-                      taxonomy, run_dir: Path) -> None:
+def check_resume_fits(
+    model: Classifier,
+    cfg: ExperimentConfig,
+    ckpt: dict[str, Any],
+    class_names: list[str],
+    taxonomy,
+    run_dir: Path,
+) -> None:
     """Fail (one line, nothing written) when the checkpoint cannot be loaded into the model ``cfg`` describes."""
     import copy
 
     from imgcls.runs import load_weights, model_as_of_stage
 
     if list(ckpt.get("class_names", class_names)) != list(class_names):
-        raise CheckpointError(f"cannot resume {run_dir}: the data's classes differ from the checkpoint's; "
-                              "resume with the data the run was trained on")
-    with torch.random.fork_rng(devices=[]):  # building a stage head draws random numbers: keep the seed's stream
-        probe = model_as_of_stage(copy.deepcopy(model), cfg, int(ckpt.get("progress", {}).get("stage", 0)), taxonomy)
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the data's classes differ from the checkpoint's; "
+            "resume with the data the run was trained on"
+        )
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # building a stage head draws random numbers: keep the seed's stream
+        probe = model_as_of_stage(
+            copy.deepcopy(model), cfg, int(ckpt.get("progress", {}).get("stage", 0)), taxonomy
+        )
     try:
         load_weights(probe, ckpt["model"], "the checkpoint's")
     except CheckpointError as exc:
-        raise CheckpointError(f"cannot resume {run_dir} with this config: {exc}; drop the overrides that change the "
-                              "model (the run directory is unchanged)") from None
-
+        raise CheckpointError(
+            f"cannot resume {run_dir} with this config: {exc}; drop the overrides that change the "
+            "model (the run directory is unchanged)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -252,22 +318,41 @@ def evaluate(
     if data is None or data_overrides:
         data = prepare_data(cfg, need_train=False)
     if data.class_names != ckpt["class_names"]:
-        raise UserError(f"the evaluation data's classes {data.class_names[:5]}... differ from the model's {ckpt['class_names'][:5]}...")
-    detail = {"best": f"best validation {cfg.train.monitor} (epoch {ckpt.get('metrics', {}).get('epoch', '?')})",
-              "last": f"last epoch ({ckpt.get('metrics', {}).get('epoch', '?')})",
-              "ema": "exponential moving average of the weights", "swa": "stochastic weight averaging"}[which]
+        raise UserError(
+            f"the evaluation data's classes {data.class_names[:5]}... differ from the model's {ckpt['class_names'][:5]}..."
+        )
+    detail = {
+        "best": f"best validation {cfg.train.monitor} (epoch {ckpt.get('metrics', {}).get('epoch', '?')})",
+        "last": f"last epoch ({ckpt.get('metrics', {}).get('epoch', '?')})",
+        "ema": "exponential moving average of the weights",
+        "swa": "stochastic weight averaging",
+    }[which]
     summary_path = run_dir / "train_summary.json"
-    train_time = json.loads(summary_path.read_text())["train_time_s"] if summary_path.is_file() else float("nan")
+    train_time = (
+        json.loads(summary_path.read_text())["train_time_s"] if summary_path.is_file() else float("nan")
+    )
     return evaluate_model(
-        model, cfg, data, run_dir, device=device, dist=dist, taxonomy=taxonomy, checkpoint=which,
-        checkpoint_detail=detail, preprocess=ckpt["preprocess"], class_names=ckpt["class_names"], train_time_s=train_time,
+        model,
+        cfg,
+        data,
+        run_dir,
+        device=device,
+        dist=dist,
+        taxonomy=taxonomy,
+        checkpoint=which,
+        checkpoint_detail=detail,
+        preprocess=ckpt["preprocess"],
+        class_names=ckpt["class_names"],
+        train_time_s=train_time,
         checkpoint_identity=checkpoint_identity(ckpt),
     )
 
 
 # ---------------------------------------------------------------------------------- predict
 # Predictor lives in imgcls.evaluation.predict; `imgcls.api.Predictor` stays importable.
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", calibrated: bool = True) -> Predictor:
+def load(
+    run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", calibrated: bool = True
+) -> Predictor:
     """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`); with ``calibrated``
     the temperature fitted by evaluation (``eval.calibration: temperature``) for this checkpoint is applied."""
     from imgcls.evaluation.calibration import stored_temperature
@@ -278,9 +363,16 @@ def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu"
     return Predictor(model, ckpt["preprocess"], ckpt["class_names"], taxonomy, device, temperature)
 
 
-def predict(run_dir: str | Path, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
-            checkpoint: str | None = None, on_error: str = "raise",
-            explain_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def predict(
+    run_dir: str | Path,
+    images: list[Any],
+    top_k: int = 5,
+    tta: int = 1,
+    threshold: float | None = None,
+    checkpoint: str | None = None,
+    on_error: str = "raise",
+    explain_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
     """Top-k predictions per image (``on_error="report"``: an unreadable image becomes an ``error`` row and the
     others are still predicted); with ``explain_dir`` also Grad-CAM and first-conv feature maps for each readable
     image (its row gets an ``explain`` record with the files written)."""
@@ -305,13 +397,28 @@ def compare(run_dirs: list[str | Path], fmt: str = "markdown", sort_by: str | No
     return table.to_markdown() if fmt == "markdown" else table.to_csv()
 
 
-def export(run_dir: str | Path, *, onnx: bool = True, torchscript: bool = False, checkpoint: str | None = None,
-           out_dir: str | Path | None = None, atol: float = 1e-4, exporter: str = "auto") -> dict[str, Any]:
+def export(
+    run_dir: str | Path,
+    *,
+    onnx: bool = True,
+    torchscript: bool = False,
+    checkpoint: str | None = None,
+    out_dir: str | Path | None = None,
+    atol: float = 1e-4,
+    exporter: str = "auto",
+) -> dict[str, Any]:
     """Export a run to ONNX / TorchScript (input: float images in [0, 1]; output: class probabilities) and check parity."""
     from imgcls.export import export_run
 
-    return export_run(run_dir, onnx=onnx, torchscript=torchscript, checkpoint=checkpoint, out_dir=out_dir, atol=atol,
-                      exporter=exporter)
+    return export_run(
+        run_dir,
+        onnx=onnx,
+        torchscript=torchscript,
+        checkpoint=checkpoint,
+        out_dir=out_dir,
+        atol=atol,
+        exporter=exporter,
+    )
 
 
 def taxonomy(source: str | Path, overrides: list[str] | None = None):
@@ -333,8 +440,12 @@ def taxonomy(source: str | Path, overrides: list[str] | None = None):
     source_data = DATASETS.build(cfg.data.name, cfg=cfg.data)
     from imgcls.taxonomy import build_taxonomy
 
-    return build_taxonomy(cfg.data.taxonomy, source_data.train.class_names, rule=cfg.data.taxonomy_rule,
-                          synsets=source_data.synsets or None)
+    return build_taxonomy(
+        cfg.data.taxonomy,
+        source_data.train.class_names,
+        rule=cfg.data.taxonomy_rule,
+        synsets=source_data.synsets or None,
+    )
 
 
 # ---------------------------------------------------------------------------------- sweep
@@ -369,9 +480,20 @@ def sweep(
     cfg = _as_config(cfg, overrides)
     if workers < 1 or final_seeds < 0:
         raise UserError(f"--workers must be ≥ 1 and --final-seeds ≥ 0 (got {workers} and {final_seeds})")
-    plan = sw.make_plan(cfg, space, trials=trials, study=study, out=out, storage=storage, pruner=pruner,
-                        prune_startup=prune_startup, prune_warmup=prune_warmup, seed=seed, heartbeat=heartbeat,
-                        space_name=space_name)
+    plan = sw.make_plan(
+        cfg,
+        space,
+        trials=trials,
+        study=study,
+        out=out,
+        storage=storage,
+        pruner=pruner,
+        prune_startup=prune_startup,
+        prune_warmup=prune_warmup,
+        seed=seed,
+        heartbeat=heartbeat,
+        space_name=space_name,
+    )
     start = time.perf_counter()
     the_study = sw.open_study(plan, worker_index)
     if worker_index == 0:
@@ -380,11 +502,17 @@ def sweep(
     if workers > 1:
         sw.run_local_workers(plan, workers)
     else:
-        sw.run_worker(plan, the_study, lambda trial_cfg, cbs: train(trial_cfg, callbacks=cbs, evaluate_after=False),
-                      worker_index)
+        sw.run_worker(
+            plan,
+            the_study,
+            lambda trial_cfg, cbs: train(trial_cfg, callbacks=cbs, evaluate_after=False),
+            worker_index,
+        )
     if not report:
         return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
-    if not final_seeds or not sw.has_result(the_study):  # a sweep without any completed trial still gets its report
+    if not final_seeds or not sw.has_result(
+        the_study
+    ):  # a sweep without any completed trial still gets its report
         result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
     if final_seeds:
         final = _sweep_final_runs(plan, the_study, final_seeds)
@@ -399,8 +527,10 @@ def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
     from imgcls.evaluation.compare import METRIC_COLUMNS, compare_runs, find_run_dirs, load_record
 
     if not sw.has_result(study):
-        raise UserError(f"no trial of study '{plan.study_name}' completed, so there is no best config to re-train "
-                        f"(see {plan.out_dir / 'sweep.md'})")
+        raise UserError(
+            f"no trial of study '{plan.study_name}' completed, so there is no best config to re-train "
+            f"(see {plan.out_dir / 'sweep.md'})"
+        )
     number = study.best_trial.number
     folder = plan.out_dir / "final" / f"trial_{number:04d}"
     raw = sw.best_config(plan, study)
@@ -413,25 +543,68 @@ def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
         train(build_config(run_raw), evaluate_after=True)
     table = compare_runs([folder], sort_by=None)
     row = table.rows[0]
-    metrics = {key: {"mean": row.mean(key), "std": row.std(key), "values": row.values.get(key, [])} for key, _, _ in METRIC_COLUMNS}
-    return {"trial": number, "seeds": sorted(s for s in row.seeds if s is not None),
-            "run_dirs": [str(r.run_dir) for r in row.runs], "metrics": metrics, "table": table.to_markdown()}
+    metrics = {
+        key: {"mean": row.mean(key), "std": row.std(key), "values": row.values.get(key, [])}
+        for key, _, _ in METRIC_COLUMNS
+    }
+    return {
+        "trial": number,
+        "seeds": sorted(s for s in row.seeds if s is not None),
+        "run_dirs": [str(r.run_dir) for r in row.runs],
+        "metrics": metrics,
+        "table": table.to_markdown(),
+    }
 
 
-def data_cache(src: str | Path, dst: str | Path, *, size: int = 96, grayscale: bool = False, workers: int | None = None,
-               chunk_size: int = 256, exclude_manifest: str | Path | None = None, overwrite: bool = False,
-               progress: bool = False) -> dict[str, Any]:
+def data_cache(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    size: int = 96,
+    grayscale: bool = False,
+    workers: int | None = None,
+    chunk_size: int = 256,
+    exclude_manifest: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Decode an image-folder class tree once into a resized uint8 cache (resumable); returns a summary."""
     from imgcls.data.cache import build_cache
 
-    return build_cache(src, dst, size=size, grayscale=grayscale, workers=workers, chunk_size=chunk_size,
-                       exclude_manifest=exclude_manifest, overwrite=overwrite, progress=progress)
+    return build_cache(
+        src,
+        dst,
+        size=size,
+        grayscale=grayscale,
+        workers=workers,
+        chunk_size=chunk_size,
+        exclude_manifest=exclude_manifest,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
-def data_dedup(src: str | Path, *, threshold: int = 2, scope: str = "both", hash_kind: str = "phash", size: int = 96,
-               workers: int | None = None, out: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
+def data_dedup(
+    src: str | Path,
+    *,
+    threshold: int = 2,
+    scope: str = "both",
+    hash_kind: str = "phash",
+    size: int = 96,
+    workers: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Find near-duplicate images of a class tree by perceptual hash; writes and returns the manifest (files untouched)."""
     from imgcls.data.dedup import dedup_folder
 
-    return dedup_folder(src, threshold=threshold, scope=scope, kind=hash_kind, size=size, workers=workers, out=out,
-                        progress=progress)
+    return dedup_folder(
+        src,
+        threshold=threshold,
+        scope=scope,
+        kind=hash_kind,
+        size=size,
+        workers=workers,
+        out=out,
+        progress=progress,
+    )

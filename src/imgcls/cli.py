@@ -17,7 +17,9 @@ from rich.markup import escape
 
 from imgcls.errors import TrainingInterrupted, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers."
+)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
 app.add_typer(config_app, name="config")
 out = Console()
@@ -34,35 +36,58 @@ def launch_ddp(torchrun_args: list[str]) -> int:
         run(get_args_parser().parse_args(torchrun_args))
     except ChildFailedError as exc:
         # the rank that failed by itself (positive exit code), not those the launcher then stopped
-        rank, failure = min(exc.failures.items(), key=lambda item: (item[1].exitcode <= 0, item[1].timestamp, item[0]))
-        err.print(f"DDP job failed: rank {rank} exited with code {failure.exitcode} (its message is above)", highlight=False)
+        rank, failure = min(
+            exc.failures.items(), key=lambda item: (item[1].exitcode <= 0, item[1].timestamp, item[0])
+        )
+        err.print(
+            f"DDP job failed: rank {rank} exited with code {failure.exitcode} (its message is above)",
+            highlight=False,
+        )
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
 
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    config: Path | None = typer.Argument(None, help="experiment YAML, or a shipped recipe name (e.g. quickstart; see `imgcls configs`)"),
-    overrides: list[str] | None = typer.Argument(None, help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5"),
-    resume: Path | None = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    config: Path | None = typer.Argument(
+        None, help="experiment YAML, or a shipped recipe name (e.g. quickstart; see `imgcls configs`)"
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=5"
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="continue the run in this directory from its last checkpoint"
+    ),
     nproc: int = typer.Option(1, "--nproc", min=1, help="train with N DDP processes (launches torchrun)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the test-set evaluation after training"),
 ) -> None:
     """Train an experiment, evaluate it once on the test set, and write a report."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"] + ([str(config)] if config else [])
-        args += list(overrides or []) + (["--resume", str(resume)] if resume else []) + (["--no-eval"] if no_eval else [])
+        args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"] + (
+            [str(config)] if config else []
+        )
+        args += (
+            list(overrides or [])
+            + (["--resume", str(resume)] if resume else [])
+            + (["--no-eval"] if no_eval else [])
+        )
         raise typer.Exit(launch_ddp(args))
     from imgcls import api
 
-    if config is not None and "=" in str(config) and not config.exists():  # `imgcls train optim.lr=1e-3`: defaults + overrides
+    if (
+        config is not None and "=" in str(config) and not config.exists()
+    ):  # `imgcls train optim.lr=1e-3`: defaults + overrides
         overrides, config = [str(config), *(overrides or [])], None
     elif config is None and resume is None:
         raise UserError("pass a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
     result = api.train(config, overrides, resume=resume, evaluate_after=not no_eval)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.metrics:
-            out.print(f"test accuracy: {result.metrics['accuracy']:.4f} ({result.metrics['checkpoint']} checkpoint)", highlight=False, soft_wrap=True)
+            out.print(
+                f"test accuracy: {result.metrics['accuracy']:.4f} ({result.metrics['checkpoint']} checkpoint)",
+                highlight=False,
+                soft_wrap=True,
+            )
             out.print(f"report: {result.report}", highlight=False, soft_wrap=True)
         else:
             out.print(f"run: {result.run_dir}", highlight=False, soft_wrap=True)
@@ -71,8 +96,12 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory (runs/<name>/<time>)"),
-    checkpoint: str | None = typer.Option(None, "--checkpoint", help="best | last | ema | swa (default: the config's eval.checkpoint)"),
-    data: list[str] | None = typer.Option(None, "--data", help="data overrides, e.g. --data data.root=/other/folder"),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", help="best | last | ema | swa (default: the config's eval.checkpoint)"
+    ),
+    data: list[str] | None = typer.Option(
+        None, "--data", help="data overrides, e.g. --data data.root=/other/folder"
+    ),
 ) -> None:
     """Evaluate a run's checkpoint on the test set: metrics.json, figures and report.md."""
     from imgcls import api
@@ -80,7 +109,11 @@ def evaluate(
     if checkpoint not in (None, "best", "last", "ema", "swa"):
         raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
     metrics = api.evaluate(run_dir, checkpoint, data_overrides=list(data or []))
-    out.print(f"test accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['checkpoint']} checkpoint)", highlight=False, soft_wrap=True)
+    out.print(
+        f"test accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['checkpoint']} checkpoint)",
+        highlight=False,
+        soft_wrap=True,
+    )
     out.print(f"report: {Path(run_dir) / 'report.md'}", highlight=False, soft_wrap=True)
 
 
@@ -90,25 +123,41 @@ def predict(
     images: list[Path] = typer.Argument(..., help="image files"),
     top_k: int = typer.Option(5, "--top-k", min=1),
     tta: int = typer.Option(1, "--tta", min=1, max=10, help="average over N test-time views (flips, shifts)"),
-    threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help="print the deepest taxonomy node with p ≥ τ"),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="print the deepest taxonomy node with p ≥ τ"
+    ),
     checkpoint: str | None = typer.Option(None, "--checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    explain: bool = typer.Option(False, "--explain", help="also write Grad-CAM and first-conv feature maps per image"),
-    explain_dir: Path | None = typer.Option(None, "--explain-dir", help="folder for --explain figures (default: RUN/explain)"),
+    explain: bool = typer.Option(
+        False, "--explain", help="also write Grad-CAM and first-conv feature maps per image"
+    ),
+    explain_dir: Path | None = typer.Option(
+        None, "--explain-dir", help="folder for --explain figures (default: RUN/explain)"
+    ),
 ) -> None:
     """Classify images with a trained run (preprocessing is read from the checkpoint)."""
     from imgcls import api
 
     folder = (explain_dir or run_dir / "explain") if explain or explain_dir else None
-    results = api.predict(run_dir, [str(p) for p in images], top_k=top_k, tta=tta, threshold=threshold, checkpoint=checkpoint,
-                          on_error="report", explain_dir=folder)
+    results = api.predict(
+        run_dir,
+        [str(p) for p in images],
+        top_k=top_k,
+        tta=tta,
+        threshold=threshold,
+        checkpoint=checkpoint,
+        on_error="report",
+        explain_dir=folder,
+    )
     failed = [row for row in results if "error" in row]
     if as_json:
         out.print_json(json.dumps(results))
     for row in failed:  # each unreadable file on its own line; the readable ones are still predicted
         err.print(f"error: {escape(row['error'])}", highlight=False, soft_wrap=True)
     if failed:
-        err.print(f"{len(failed)} of {len(results)} image(s) could not be read", highlight=False, soft_wrap=True)
+        err.print(
+            f"{len(failed)} of {len(results)} image(s) could not be read", highlight=False, soft_wrap=True
+        )
     if not as_json:
         _print_predictions([row for row in results if "error" not in row], threshold)
     if failed:
@@ -121,12 +170,18 @@ def _print_predictions(results: list[dict], threshold: float | None) -> None:
         out.print(f"{row['image']}: {top}", highlight=False, soft_wrap=True)
         if "hierarchy" in row:
             h = row["hierarchy"]
-            out.print(f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})", highlight=False, soft_wrap=True)
+            out.print(
+                f"  deepest node with p ≥ {threshold}: {' > '.join(h['path'])} (p={h['probability']:.3f})",
+                highlight=False,
+                soft_wrap=True,
+            )
         for key in ("gradcam", "feature_maps"):
             if key in row.get("explain", {}):
                 out.print(f"  {key}: {row['explain'][key]}", highlight=False, soft_wrap=True)
             elif key in row.get("explain", {}).get("skipped", {}):
-                out.print(f"  {key} skipped: {row['explain']['skipped'][key]}", highlight=False, soft_wrap=True)
+                out.print(
+                    f"  {key} skipped: {row['explain']['skipped'][key]}", highlight=False, soft_wrap=True
+                )
 
 
 taxonomy_app = typer.Typer(no_args_is_help=True, help="Inspect class taxonomies.")
@@ -146,13 +201,20 @@ def taxonomy_show(
 
 @config_app.command("show")
 def config_show(
-    config: Path | None = typer.Argument(None, help="experiment YAML or shipped recipe name (none: the defaults)"),
+    config: Path | None = typer.Argument(
+        None, help="experiment YAML or shipped recipe name (none: the defaults)"
+    ),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides"),
 ) -> None:
     """Print the fully resolved config (defaults + file + overrides; head/backbone arguments with every default)."""
     from imgcls.config import config_to_yaml, load_config
 
-    out.print(config_to_yaml(load_config(config, overrides), component_defaults=True), highlight=False, markup=False, soft_wrap=True)
+    out.print(
+        config_to_yaml(load_config(config, overrides), component_defaults=True),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("configs")
@@ -165,15 +227,23 @@ def configs_list() -> None:
         raise UserError("no shipped recipes found (the installation has no imgcls/configs folder)")
     width = max(len(r.name) for r in recipes)
     for r in recipes:
-        out.print(f"{r.name:<{width}}  {r.description}".rstrip(), highlight=False, markup=False, soft_wrap=True)
+        out.print(
+            f"{r.name:<{width}}  {r.description}".rstrip(), highlight=False, markup=False, soft_wrap=True
+        )
 
 
 @app.command()
 def compare(
     run_dirs: list[Path] = typer.Argument(..., help="run directories, or folders holding runs (e.g. runs/*)"),
     fmt: str = typer.Option("markdown", "--format", help="markdown | csv"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="write the table to this file instead of printing it"),
-    sort: str = typer.Option("accuracy", "--sort", help="accuracy | macro_f1 | ece | params | train_time_s | inference_img_per_s | none"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="write the table to this file instead of printing it"
+    ),
+    sort: str = typer.Option(
+        "accuracy",
+        "--sort",
+        help="accuracy | macro_f1 | ece | params | train_time_s | inference_img_per_s | none",
+    ),
 ) -> None:
     """One table of evaluated runs: accuracy, macro F1, ECE, params, train time, img/s (mean ± std over seeds)."""
     from imgcls.evaluation.compare import compare_runs
@@ -194,12 +264,24 @@ def compare(
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="a run directory"),
-    onnx: bool = typer.Option(False, "--onnx", help="write model.onnx (dynamic batch) and check it with onnxruntime"),
-    torchscript: bool = typer.Option(False, "--torchscript", help="write model.torchscript.pt (traced) and check it"),
-    checkpoint: str | None = typer.Option(None, "--checkpoint", help="best | last | ema | swa (default: the config's eval.checkpoint)"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="folder for the exported files (default: the run directory)"),
-    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="largest accepted |exported − PyTorch| probability difference"),
-    exporter: str = typer.Option("auto", "--exporter", help="auto | dynamo | torchscript (the ONNX exporter)"),
+    onnx: bool = typer.Option(
+        False, "--onnx", help="write model.onnx (dynamic batch) and check it with onnxruntime"
+    ),
+    torchscript: bool = typer.Option(
+        False, "--torchscript", help="write model.torchscript.pt (traced) and check it"
+    ),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", help="best | last | ema | swa (default: the config's eval.checkpoint)"
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="folder for the exported files (default: the run directory)"
+    ),
+    atol: float = typer.Option(
+        1e-4, "--atol", min=0.0, help="largest accepted |exported − PyTorch| probability difference"
+    ),
+    exporter: str = typer.Option(
+        "auto", "--exporter", help="auto | dynamo | torchscript (the ONNX exporter)"
+    ),
 ) -> None:
     """Export a run for inference: the model takes float images in [0, 1] and returns class probabilities."""
     from imgcls import api
@@ -208,36 +290,75 @@ def export(
         raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
     if not onnx and not torchscript:
         onnx = True
-    record = api.export(run_dir, onnx=onnx, torchscript=torchscript, checkpoint=checkpoint, out_dir=output, atol=atol,
-                        exporter=exporter)
+    record = api.export(
+        run_dir,
+        onnx=onnx,
+        torchscript=torchscript,
+        checkpoint=checkpoint,
+        out_dir=output,
+        atol=atol,
+        exporter=exporter,
+    )
     folder = output or run_dir
     shape = "×".join(str(d) for d in record["input"]["shape"])
     for kind in ("onnx", "torchscript"):
         if kind in record:
-            out.print(f"{folder / record[kind]['file']}: max |Δp| vs PyTorch {record[kind]['max_abs_difference']:.2e} "
-                      f"(≤ {atol:g})", highlight=False, soft_wrap=True)
-    out.print(f"input: float32 images in [0, 1], {shape} (normalisation inside); output: class probabilities. "
-              f"Details: {folder / 'export.json'}", highlight=False, soft_wrap=True)
+            out.print(
+                f"{folder / record[kind]['file']}: max |Δp| vs PyTorch {record[kind]['max_abs_difference']:.2e} "
+                f"(≤ {atol:g})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    out.print(
+        f"input: float32 images in [0, 1], {shape} (normalisation inside); output: class probabilities. "
+        f"Details: {folder / 'export.json'}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def sweep(
     config: Path = typer.Argument(..., help="experiment YAML to tune"),
     overrides: list[str] | None = typer.Argument(None, help="dotted overrides applied to every trial"),
-    space: Path = typer.Option(..., "--space", help="search space YAML (dotted key: {log_uniform|uniform|int_uniform|choice: ...})"),
-    trials: int = typer.Option(20, "--trials", min=1, help="results the study should hold (complete + pruned + errored)"),
-    storage: str | None = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite in the sweep folder); "
-                                       "postgresql://… or mysql://… to share a study across machines"),
-    study: str | None = typer.Option(None, "--study", help="study name (default: <config>-<space>); an existing one resumes"),
-    workers: int = typer.Option(1, "--workers", min=1, help="trial processes on this machine sharing the study"),
-    final_seeds: int = typer.Option(0, "--final-seeds", min=0, help="re-train the best config with seeds 0..S-1 and test only those"),
-    out_dir: Path | None = typer.Option(None, "--out", help="sweep folder (default: <output.dir>/sweeps/<study>)"),
+    space: Path = typer.Option(
+        ..., "--space", help="search space YAML (dotted key: {log_uniform|uniform|int_uniform|choice: ...})"
+    ),
+    trials: int = typer.Option(
+        20, "--trials", min=1, help="results the study should hold (complete + pruned + errored)"
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Optuna RDB URL (default: sqlite in the sweep folder); "
+        "postgresql://… or mysql://… to share a study across machines",
+    ),
+    study: str | None = typer.Option(
+        None, "--study", help="study name (default: <config>-<space>); an existing one resumes"
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="trial processes on this machine sharing the study"
+    ),
+    final_seeds: int = typer.Option(
+        0, "--final-seeds", min=0, help="re-train the best config with seeds 0..S-1 and test only those"
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="sweep folder (default: <output.dir>/sweeps/<study>)"
+    ),
     pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none"),
-    prune_startup: int = typer.Option(3, "--prune-startup", min=0, help="median pruner: completed trials before pruning starts"),
-    prune_warmup: int = typer.Option(1, "--prune-warmup", min=0, help="earliest epoch at which a trial can be pruned"),
+    prune_startup: int = typer.Option(
+        3, "--prune-startup", min=0, help="median pruner: completed trials before pruning starts"
+    ),
+    prune_warmup: int = typer.Option(
+        1, "--prune-warmup", min=0, help="earliest epoch at which a trial can be pruned"
+    ),
     seed: int = typer.Option(0, "--seed", help="TPE sampler seed"),
-    heartbeat: int = typer.Option(10, "--heartbeat", min=1, help="seconds between trial heartbeats (dead after 2×)"),
-    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="run the config's own values as the first trial"),
+    heartbeat: int = typer.Option(
+        10, "--heartbeat", min=1, help="seconds between trial heartbeats (dead after 2×)"
+    ),
+    baseline: bool = typer.Option(
+        True, "--baseline/--no-baseline", help="run the config's own values as the first trial"
+    ),
     worker_index: int = typer.Option(0, "--worker-index", hidden=True),
     no_report: bool = typer.Option(False, "--no-report", hidden=True),
 ) -> None:
@@ -245,39 +366,76 @@ def sweep(
     from imgcls import api
 
     try:
-        result = api.sweep(config, space, list(overrides or []), trials=trials, study=study, storage=storage, out=out_dir,
-                           workers=workers, final_seeds=final_seeds, pruner=pruner, prune_startup=prune_startup,
-                           prune_warmup=prune_warmup, seed=seed, heartbeat=heartbeat, baseline=baseline,
-                           report=not no_report, worker_index=worker_index)
+        result = api.sweep(
+            config,
+            space,
+            list(overrides or []),
+            trials=trials,
+            study=study,
+            storage=storage,
+            out=out_dir,
+            workers=workers,
+            final_seeds=final_seeds,
+            pruner=pruner,
+            prune_startup=prune_startup,
+            prune_warmup=prune_warmup,
+            seed=seed,
+            heartbeat=heartbeat,
+            baseline=baseline,
+            report=not no_report,
+            worker_index=worker_index,
+        )
     except KeyboardInterrupt:
-        err.print("interrupted: run the same command again to resume the sweep (the interrupted trial is queued again)")
+        err.print(
+            "interrupted: run the same command again to resume the sweep (the interrupted trial is queued again)"
+        )
         sys.exit(130)
     if no_report:
         return
     if result.best is not None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items())
-        out.print(f"best trial {result.best['number']}: validation {result.best['value']:.4f} ({params})", highlight=False, soft_wrap=True)
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best["params"].items()
+        )
+        out.print(
+            f"best trial {result.best['number']}: validation {result.best['value']:.4f} ({params})",
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.final:
         acc = result.final["metrics"]["accuracy"]
         std = f" ± {acc['std']:.4f}" if acc["std"] is not None else ""
-        out.print(f"test accuracy of the best config over seeds {result.final['seeds']}: {acc['mean']:.4f}{std}", highlight=False, soft_wrap=True)
+        out.print(
+            f"test accuracy of the best config over seeds {result.final['seeds']}: {acc['mean']:.4f}{std}",
+            highlight=False,
+            soft_wrap=True,
+        )
     out.print(f"report: {result.report}", highlight=False, soft_wrap=True)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Prepare image folders: resize cache, near-duplicate removal.")
+data_app = typer.Typer(
+    no_args_is_help=True, help="Prepare image folders: resize cache, near-duplicate removal."
+)
 app.add_typer(data_app, name="data")
 
 
 @data_app.command("cache")
 def data_cache(
     src: Path = typer.Argument(..., help="image folder with one sub-folder per class"),
-    dst: Path = typer.Argument(..., help="new folder for the cache (train from it with data.name=cached data.root=DST)"),
+    dst: Path = typer.Argument(
+        ..., help="new folder for the cache (train from it with data.name=cached data.root=DST)"
+    ),
     size: int = typer.Option(96, "--size", min=1, help="resize every image to SIZE x SIZE (bilinear)"),
     grayscale: bool = typer.Option(False, "--grayscale", help="store 1 grayscale channel instead of RGB"),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="decoding processes (default: one per CPU)"),
-    chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="images per chunk (the unit of resumption)"),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="decoding processes (default: one per CPU)"
+    ),
+    chunk_size: int = typer.Option(
+        256, "--chunk-size", min=1, help="images per chunk (the unit of resumption)"
+    ),
     exclude: Path | None = typer.Option(None, "--exclude", help="dedup manifest: skip the files it removed"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="discard a finished or unfinished cache in DST"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="discard a finished or unfinished cache in DST"
+    ),
 ) -> None:
     """Decode an image folder once into a resized uint8 array (memory-mapped .npy) + labels + manifest.
 
@@ -285,40 +443,80 @@ def data_cache(
     from imgcls import api
 
     try:
-        s = api.data_cache(src, dst, size=size, grayscale=grayscale, workers=workers, chunk_size=chunk_size,
-                           exclude_manifest=exclude, overwrite=overwrite, progress=True)
+        s = api.data_cache(
+            src,
+            dst,
+            size=size,
+            grayscale=grayscale,
+            workers=workers,
+            chunk_size=chunk_size,
+            exclude_manifest=exclude,
+            overwrite=overwrite,
+            progress=True,
+        )
     except KeyboardInterrupt:
-        err.print("interrupted: run the same command again to resume (finished chunks are kept)", highlight=False)
+        err.print(
+            "interrupted: run the same command again to resume (finished chunks are kept)", highlight=False
+        )
         raise typer.Exit(130) from None
     rate = f", {s['images_per_s']:.0f} images/s" if s["images_per_s"] else ""
     resumed = f", {s['chunks_resumed']}/{s['chunks']} chunks resumed" if s["chunks_resumed"] else ""
-    out.print(f"cached {s['count']} images to {s['dst']} ({s['skipped']} unreadable skipped, {s['excluded']} excluded"
-              f"{resumed}{rate}); details: {Path(s['dst']) / 'manifest.json'}", highlight=False, soft_wrap=True)
+    out.print(
+        f"cached {s['count']} images to {s['dst']} ({s['skipped']} unreadable skipped, {s['excluded']} excluded"
+        f"{resumed}{rate}); details: {Path(s['dst']) / 'manifest.json'}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @data_app.command("dedup")
 def data_dedup(
-    src: Path = typer.Argument(..., help="image folder with one sub-folder per class (only read, never changed)"),
-    threshold: int = typer.Option(2, "--threshold", help="duplicates: Hamming distance < THRESHOLD (2 = the seed's rule)"),
-    scope: str = typer.Option("both", "--scope", help="within | across | both: compare images of the same class, "
-                              "of different classes, or all"),
+    src: Path = typer.Argument(
+        ..., help="image folder with one sub-folder per class (only read, never changed)"
+    ),
+    threshold: int = typer.Option(
+        2, "--threshold", help="duplicates: Hamming distance < THRESHOLD (2 = the seed's rule)"
+    ),
+    scope: str = typer.Option(
+        "both",
+        "--scope",
+        help="within | across | both: compare images of the same class, of different classes, or all",
+    ),
     hash_kind: str = typer.Option("phash", "--hash", help="phash | dhash (64-bit perceptual hash)"),
-    size: int = typer.Option(96, "--size", min=8, help="hash the SIZE x SIZE grayscale image (as cached/trained)"),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="hashing processes (default: one per CPU)"),
-    output: Path = typer.Option(Path("dedup_manifest.json"), "--out", "-o", help="manifest of kept/removed files"),
+    size: int = typer.Option(
+        96, "--size", min=8, help="hash the SIZE x SIZE grayscale image (as cached/trained)"
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="hashing processes (default: one per CPU)"
+    ),
+    output: Path = typer.Option(
+        Path("dedup_manifest.json"), "--out", "-o", help="manifest of kept/removed files"
+    ),
 ) -> None:
     """Find near-duplicate images by perceptual hash; writes a manifest (files are never deleted or moved).
 
     Use it with `imgcls data cache --exclude MANIFEST` or `data.exclude_manifest=MANIFEST`."""
     from imgcls import api
 
-    m = api.data_dedup(src, threshold=threshold, scope=scope, hash_kind=hash_kind, size=size, workers=workers,
-                       out=output, progress=True)
+    m = api.data_dedup(
+        src,
+        threshold=threshold,
+        scope=scope,
+        hash_kind=hash_kind,
+        size=size,
+        workers=workers,
+        out=output,
+        progress=True,
+    )
     c = m["counts"]
-    out.print(f"{c['files']} images, {c['unreadable']} unreadable: keep {c['kept']}, remove {c['removed']} "
-              f"({c['removed_within_class']} duplicates within a class, {c['removed_across_class']} across classes; "
-              f"scope {m['scope']}, Hamming distance < {m['threshold']}); pairs found: {c['pairs_within_class']} within, "
-              f"{c['pairs_across_class']} across classes", highlight=False, soft_wrap=True)
+    out.print(
+        f"{c['files']} images, {c['unreadable']} unreadable: keep {c['kept']}, remove {c['removed']} "
+        f"({c['removed_within_class']} duplicates within a class, {c['removed_across_class']} across classes; "
+        f"scope {m['scope']}, Hamming distance < {m['threshold']}); pairs found: {c['pairs_within_class']} within, "
+        f"{c['pairs_across_class']} across classes",
+        highlight=False,
+        soft_wrap=True,
+    )
     out.print(f"manifest: {output}", highlight=False, soft_wrap=True)
 
 
@@ -334,7 +532,9 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
+        err.print(
+            "interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)"
+        )
         sys.exit(130)
     except OSError as exc:
         from imgcls.runtime.checkpoint import is_disk_full
@@ -342,8 +542,12 @@ def main() -> None:
         if not is_disk_full(exc):
             raise
         where = f" at {exc.filename}" if exc.filename else ""
-        err.print(f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
-                  "(free some space and rerun)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
+            "(free some space and rerun)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except Exception as exc:  # click's own usage errors
         import click
@@ -354,6 +558,8 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort):  # click turns Ctrl-C outside training into Abort
-            err.print("interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)")
+            err.print(
+                "interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)"
+            )
             sys.exit(130)
         raise

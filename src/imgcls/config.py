@@ -28,41 +28,67 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: str = Field("fashion_mnist", description="registered data set name (fashion_mnist, mnist, cifar10, ...)")
+    name: str = Field(
+        "fashion_mnist", description="registered data set name (fashion_mnist, mnist, cifar10, ...)"
+    )
     root: str | None = Field(None, description="folder holding the data; default: search the standard places")
     download: bool = Field(False, description="download the data set when it is not found locally")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="stratified validation split of the training data")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="stratified validation split of the training data"
+    )
     split_seed: int = 0
     image_size: int | None = Field(None, gt=0, description="resize images to this square size (None: native)")
-    channels: int | None = Field(None, description="convert to 1 (grayscale) or 3 (RGB) channels (None: native)")
-    mean: list[float] | None = Field(None, description="normalisation mean per channel (None: data set default)")
+    channels: int | None = Field(
+        None, description="convert to 1 (grayscale) or 3 (RGB) channels (None: native)"
+    )
+    mean: list[float] | None = Field(
+        None, description="normalisation mean per channel (None: data set default)"
+    )
     std: list[float] | None = None
-    train_subset: int | None = Field(None, gt=0, description="use only this many training images (stratified)")
+    train_subset: int | None = Field(
+        None, gt=0, description="use only this many training images (stratified)"
+    )
     test_subset: int | None = Field(None, gt=0, description="use only this many test images (stratified)")
     in_memory: Literal["auto", "yes", "no"] = "auto"
     num_workers: int = Field(2, ge=0)
     sampler: Literal["random", "balanced", "m_per_class", "confusion"] = "random"
-    samples_per_class: int | None = Field(None, gt=0, description="balanced: images per class per epoch; m_per_class: m")
-    confusion_floor: float = Field(
-        0.25, ge=0.0, le=1.0, description="confusion sampler: share of draws spread evenly over classes (1: balanced)"
+    samples_per_class: int | None = Field(
+        None, gt=0, description="balanced: images per class per epoch; m_per_class: m"
     )
-    train_dir: str | None = Field(None, description="imagefolder: training folder (relative to data.root), else found")
+    confusion_floor: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="confusion sampler: share of draws spread evenly over classes (1: balanced)",
+    )
+    train_dir: str | None = Field(
+        None, description="imagefolder: training folder (relative to data.root), else found"
+    )
     test_dir: str | None = Field(
-        None, description="imagefolder: test folder, a class tree or flat files named <class>_*.jpg; else found or carved"
+        None,
+        description="imagefolder: test folder, a class tree or flat files named <class>_*.jpg; else found or carved",
     )
     holdout_per_class: int | None = Field(
-        None, gt=0, description="set aside this many unused training images per class, evaluated once beside the test set"
+        None,
+        gt=0,
+        description="set aside this many unused training images per class, evaluated once beside the test set",
     )
-    taxonomy: str | None = Field(None, description="'wordnet', or a path to a parent-map YAML/JSON or label-path CSV")
+    taxonomy: str | None = Field(
+        None, description="'wordnet', or a path to a parent-map YAML/JSON or label-path CSV"
+    )
     taxonomy_rule: Literal["first_path", "shortest_path"] = "first_path"
     invert: Literal["none", "auto", "always"] = Field(
-        "none", description="auto: invert each image whose mean is above 127/255 (dark-on-white → MNIST-like); stored for predict"
+        "none",
+        description="auto: invert each image whose mean is above 127/255 (dark-on-white → MNIST-like); stored for predict",
     )
     exclude_manifest: str | None = Field(
         None, description="dedup manifest (imgcls data dedup --out FILE): the files it removed are skipped"
     )
     test_fraction: float = Field(
-        0.1, gt=0.0, lt=1.0, description="no test split (e.g. one cache): stratified fraction carved out as the test set"
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="no test split (e.g. one cache): stratified fraction carved out as the test set",
     )
 
     @field_validator("channels")
@@ -76,7 +102,9 @@ class DataConfig(Section):
 class AugmentConfig(Section):
     """Batched training augmentation (applied to whole batches on the device)."""
 
-    preset: str | None = Field(None, description="mnist | cifar | asl: the seeds' recipes; fields below override")
+    preset: str | None = Field(
+        None, description="mnist | cifar | asl: the seeds' recipes; fields below override"
+    )
     crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels")
     random_resized_crop: bool = False
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="horizontal flip probability")
@@ -87,7 +115,9 @@ class AugmentConfig(Section):
     perspective: float = Field(0.0, ge=0.0, le=1.0, description="distortion scale (probability 0.5)")
     brightness: float = Field(0.0, ge=0.0, le=1.0)
     contrast: float = Field(0.0, ge=0.0, le=1.0)
-    saturation: float = Field(0.0, ge=0.0, le=1.0, description="colour saturation factor U(1 ± value) (RGB only)")
+    saturation: float = Field(
+        0.0, ge=0.0, le=1.0, description="colour saturation factor U(1 ± value) (RGB only)"
+    )
     hue: float = Field(0.0, ge=0.0, le=0.5, description="hue shift U(± value) in turns (RGB only)")
     grayscale: bool = False
     randaugment: tuple[int, int] | None = Field(None, description="(num_ops N, magnitude M 0..30)")
@@ -107,11 +137,15 @@ class ModelConfig(Section):
     backbone: str = Field("adaptive_cnn", description="registered backbone, or timm:<model name>")
     backbone_args: dict[str, Any] = Field(default_factory=dict)
     pretrained: bool = False
-    pretrained_file: str | None = Field(None, description="local weights (.safetensors or .pt) for the backbone")
+    pretrained_file: str | None = Field(
+        None, description="local weights (.safetensors or .pt) for the backbone"
+    )
     head: str = "linear"
     head_args: dict[str, Any] = Field(default_factory=dict)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the head")
-    cache_features: bool = Field(False, description="frozen-trunk training: compute a frozen backbone's features once per image")
+    cache_features: bool = Field(
+        False, description="frozen-trunk training: compute a frozen backbone's features once per image"
+    )
     cache_features_max_mb: float = Field(4096.0, gt=0, description="memory bound of the feature cache")
 
 
@@ -132,18 +166,33 @@ class ScheduleConfig(Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     warmup_start_factor: float = Field(0.1, ge=0.0, le=1.0, description="warm-up starts at lr × this (not 0)")
     min_lr_ratio: float = Field(
-        0.0, ge=0.0, le=1.0, description="cosine/linear end at lr × this; exponential/plateau floor; cyclic low end"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="cosine/linear end at lr × this; exponential/plateau floor; cyclic low end",
     )
-    step_epochs: list[int] = Field(default_factory=list, description="step: multiply lr by gamma at these epochs")
+    step_epochs: list[int] = Field(
+        default_factory=list, description="step: multiply lr by gamma at these epochs"
+    )
     gamma: float = 0.1
-    exp_gamma: float = Field(0.95, gt=0.0, le=1.0, description="exponential: lr multiplier per epoch after warm-up")
-    cyclic_step_epochs: float = Field(2.0, gt=0.0, description="cyclic: half-cycle length (low → high) in epochs")
-    cyclic_mode: Literal["triangular", "triangular2"] = Field("triangular", description="triangular2 halves each cycle")
-    plateau_monitor: Literal["val_loss", "val_acc"] = Field("val_loss", description="plateau: the metric watched")
+    exp_gamma: float = Field(
+        0.95, gt=0.0, le=1.0, description="exponential: lr multiplier per epoch after warm-up"
+    )
+    cyclic_step_epochs: float = Field(
+        2.0, gt=0.0, description="cyclic: half-cycle length (low → high) in epochs"
+    )
+    cyclic_mode: Literal["triangular", "triangular2"] = Field(
+        "triangular", description="triangular2 halves each cycle"
+    )
+    plateau_monitor: Literal["val_loss", "val_acc"] = Field(
+        "val_loss", description="plateau: the metric watched"
+    )
     plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: lr multiplier on a plateau")
     plateau_patience: int = Field(10, ge=0, description="plateau: epochs without improvement tolerated")
     plateau_threshold: float = Field(1e-4, ge=0.0, description="plateau: relative improvement that counts")
-    plateau_cooldown: int = Field(0, ge=0, description="plateau: epochs after a reduction before counting again")
+    plateau_cooldown: int = Field(
+        0, ge=0, description="plateau: epochs after a reduction before counting again"
+    )
 
 
 class TrainConfig(Section):
@@ -153,11 +202,17 @@ class TrainConfig(Section):
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: the fastest of fp32 / bf16 autocast, timed on a few real steps before training"
+        "auto",
+        description="auto: the fastest of fp32 / bf16 autocast, timed on a few real steps before training",
     )
-    channels_last: bool | None = Field(None, description="None (auto): measured with the precision; true/false pins it")
+    channels_last: bool | None = Field(
+        None, description="None (auto): measured with the precision; true/false pins it"
+    )
     autotune_max_share: float = Field(
-        0.03, ge=0.0, le=1.0, description="auto precision/layout: timing may cost at most this share of the run"
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="auto precision/layout: timing may cost at most this share of the run",
     )
     compile: bool = False
     seed: int = 42
@@ -166,17 +221,25 @@ class TrainConfig(Section):
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
     early_stopping_patience: int | None = Field(None, ge=1)
     early_stopping_min_delta: float = Field(0.0, ge=0.0)
-    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="keep an EMA of the weights with this decay")
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="keep an EMA of the weights with this decay"
+    )
     ema_warmup: bool = True
-    swa_start: float | None = Field(None, gt=0.0, lt=1.0, description="start SWA after this fraction of epochs")
+    swa_start: float | None = Field(
+        None, gt=0.0, lt=1.0, description="start SWA after this fraction of epochs"
+    )
     swa_lr: float | None = Field(None, gt=0.0)
     log_every: int = Field(50, ge=1, description="steps between TensorBoard scalars")
     progress: bool = True
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
-    ddp_find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradients in a step")
+    ddp_find_unused_parameters: bool = Field(
+        False, description="DDP: allow parameters without gradients in a step"
+    )
 
     checkpoint_every_steps: int | None = Field(
-        None, ge=1, description="also write checkpoints/recovery.pt (mid-epoch, exact resume) every N optimiser steps"
+        None,
+        ge=1,
+        description="also write checkpoints/recovery.pt (mid-epoch, exact resume) every N optimiser steps",
     )
     checkpoint_every_minutes: float | None = Field(
         None, gt=0.0, description="also write checkpoints/recovery.pt every T minutes of training"
@@ -184,7 +247,9 @@ class TrainConfig(Section):
     on_nonfinite: Literal["stop", "skip_step"] = Field(
         "stop", description="a NaN/inf loss: stop (one line), or skip_step: drop that step and go on"
     )
-    max_skipped_steps: int = Field(5, ge=1, description="skip_step: stop after this many non-finite steps in a row")
+    max_skipped_steps: int = Field(
+        5, ge=1, description="skip_step: stop after this many non-finite steps in a row"
+    )
 
     @field_validator("device")
     @classmethod
@@ -197,18 +262,27 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
     batch_size: int | None = Field(None, gt=0, description="None: the training batch size")
-    top_k: list[int] = Field(default_factory=lambda: [1, 3, 5], description="top-k accuracies reported (seed 004 quotes top-3)")
-    tta: int = Field(1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)")
+    top_k: list[int] = Field(
+        default_factory=lambda: [1, 3, 5], description="top-k accuracies reported (seed 004 quotes top-3)"
+    )
+    tta: int = Field(
+        1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)"
+    )
     calibration_bins: int = Field(15, ge=2)
     calibration: Literal["none", "temperature"] = Field(
-        "none", description="temperature: fit temperature scaling on the validation split; applied in evaluate and predict"
+        "none",
+        description="temperature: fit temperature scaling on the validation split; applied in evaluate and predict",
     )
     plots: bool = True
     embeddings_plot: bool = True
     gradcam: bool = True
     max_plot_samples: int = Field(2000, gt=0)
-    hier_threshold: float = Field(0.5, ge=0.0, le=1.0, description="confidence threshold τ for hierarchical prediction")
-    image_projection: bool = Field(False, description="t-SNE and UMAP of PCA-compressed training images (seed 001's Fig. 3)")
+    hier_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="confidence threshold τ for hierarchical prediction"
+    )
+    image_projection: bool = Field(
+        False, description="t-SNE and UMAP of PCA-compressed training images (seed 001's Fig. 3)"
+    )
 
 
 class OutputConfig(Section):
@@ -216,22 +290,34 @@ class OutputConfig(Section):
     name: str | None = Field(None, description="run name (default: the config file's stem)")
     tensorboard: bool = True
     keep_every_epochs: int | None = Field(
-        None, ge=1, description="also keep checkpoints/epoch_{n}.pt every N epochs (other epoch_*.pt are pruned)"
+        None,
+        ge=1,
+        description="also keep checkpoints/epoch_{n}.pt every N epochs (other epoch_*.pt are pruned)",
     )
 
 
 class DistillTokensConfig(Section):
     """CST-style token distillation (seed 004, SPEC §5.4): L_tok on projected tokens + L_rel on relations."""
 
-    student_layers: list[int] = Field([6, 11], min_length=1, description="student blocks whose patch tokens are distilled")
-    teacher_layers: list[int] = Field([6, 11], min_length=1, description="teacher layers matched to student_layers, in order")
+    student_layers: list[int] = Field(
+        [6, 11], min_length=1, description="student blocks whose patch tokens are distilled"
+    )
+    teacher_layers: list[int] = Field(
+        [6, 11], min_length=1, description="teacher layers matched to student_layers, in order"
+    )
     projector_hidden: int = Field(512, gt=0, description="hidden width of both projectors")
     projector_dim: int = Field(256, gt=0, description="output width of both projectors")
-    teacher_token_norm: bool = Field(True, description="LayerNorm the teacher tokens (DINOv2 get_intermediate_layers norm=True)")
+    teacher_token_norm: bool = Field(
+        True, description="LayerNorm the teacher tokens (DINOv2 get_intermediate_layers norm=True)"
+    )
     lambda_tok: float = Field(1.0, ge=0.0, description="weight of L_tok = 1 − cosine")
     lambda_rel: float = Field(0.1, ge=0.0, description="weight of L_rel after relation_warmup_epochs")
-    relation_temperature: float = Field(0.1, gt=0.0, description="softmax temperature of the similarity distributions")
-    relation_pooled: bool = Field(True, description="B×B relations of mean-pooled tokens (seed); false: per-image N×N")
+    relation_temperature: float = Field(
+        0.1, gt=0.0, description="softmax temperature of the similarity distributions"
+    )
+    relation_pooled: bool = Field(
+        True, description="B×B relations of mean-pooled tokens (seed); false: per-image N×N"
+    )
     relation_warmup_epochs: int = Field(10, ge=0, description="L_rel weight is 0 before this epoch")
 
     @model_validator(mode="after")
@@ -244,24 +330,41 @@ class DistillTokensConfig(Section):
 class DistillConfig(Section):
     """Knowledge distillation from a frozen teacher (docs/distillation.md); off while ``teacher`` is unset."""
 
-    teacher: str | None = Field(None, description="imgcls run directory, checkpoint file, or timm:<model name>")
+    teacher: str | None = Field(
+        None, description="imgcls run directory, checkpoint file, or timm:<model name>"
+    )
     teacher_checkpoint: Literal["best", "last", "ema", "swa"] | None = Field(
         None, description="which weights of an imgcls run (None: the run's eval.checkpoint)"
     )
-    pretrained: bool = Field(True, description="timm teacher: load its pretrained weights (hub or pretrained_file)")
-    pretrained_file: str | None = Field(None, description="timm teacher: local weights file (.safetensors/.pth)")
-    teacher_args: dict[str, Any] = Field(default_factory=dict, description="timm teacher: extra create_model arguments")
+    pretrained: bool = Field(
+        True, description="timm teacher: load its pretrained weights (hub or pretrained_file)"
+    )
+    pretrained_file: str | None = Field(
+        None, description="timm teacher: local weights file (.safetensors/.pth)"
+    )
+    teacher_args: dict[str, Any] = Field(
+        default_factory=dict, description="timm teacher: extra create_model arguments"
+    )
     teacher_num_classes: int | None = Field(
-        None, ge=0, description="timm teacher classifier size (None: the data's classes with logit KD, else 0)"
+        None,
+        ge=0,
+        description="timm teacher classifier size (None: the data's classes with logit KD, else 0)",
     )
-    teacher_input_size: int | None = Field(None, gt=0, description="resize images to this side for the teacher (None: its own)")
+    teacher_input_size: int | None = Field(
+        None, gt=0, description="resize images to this side for the teacher (None: its own)"
+    )
     teacher_normalization: Literal["own", "student"] = Field(
-        "own", description="own: teacher normalises unit-range images with its own mean/std; student: the seed's bug"
+        "own",
+        description="own: teacher normalises unit-range images with its own mean/std; student: the seed's bug",
     )
-    logits: Literal["hard", "soft", "none"] = Field("soft", description="logit distillation: teacher argmax CE, τ²·KL, or off")
+    logits: Literal["hard", "soft", "none"] = Field(
+        "soft", description="logit distillation: teacher argmax CE, τ²·KL, or off"
+    )
     temperature: float = Field(3.0, gt=0.0, description="soft distillation temperature τ")
     alpha_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="constant schedule: weight of the KD term (CE gets 1 − α)")
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="constant schedule: weight of the KD term (CE gets 1 − α)"
+    )
     alpha_start: float = Field(0.0, ge=0.0, le=1.0)
     alpha_end: float = Field(0.5, ge=0.0, le=1.0)
     warmup_epochs: int = Field(0, ge=0, description="epochs of CE only before logit distillation starts")
@@ -270,7 +373,9 @@ class DistillConfig(Section):
     @model_validator(mode="after")
     def _something(self) -> DistillConfig:
         if self.teacher is not None and self.logits == "none" and self.tokens is None:
-            raise ValueError("distill.teacher is set but distill.logits=none and no distill.tokens: nothing to distill")
+            raise ValueError(
+                "distill.teacher is set but distill.logits=none and no distill.tokens: nothing to distill"
+            )
         return self
 
 
@@ -287,7 +392,9 @@ class StageConfig(Section):
     loss_weights: dict[str, float] = Field(default_factory=dict, description="weight per named loss term")
     head: str | None = Field(None, description="switch to this head for the stage")
     head_args: dict[str, Any] = Field(default_factory=dict)
-    stop_at_val_acc: float | None = Field(None, gt=0.0, le=1.0, description="end the stage once val acc reaches it")
+    stop_at_val_acc: float | None = Field(
+        None, gt=0.0, le=1.0, description="end the stage once val acc reaches it"
+    )
 
 
 def _check_component(registry: Registry, where: str, name: str, args: dict[str, Any]) -> None:
@@ -328,7 +435,9 @@ class ExperimentConfig(Section):
             raise ValueError("eval.checkpoint=swa needs train.swa_start (e.g. 0.75)")
         self._check_components_and_stages()
         if self.eval.calibration == "temperature" and self.data.val_fraction == 0:
-            raise ValueError("eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0")
+            raise ValueError(
+                "eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0"
+            )
         return self
 
     def _check_components_and_stages(self) -> None:
@@ -362,7 +471,10 @@ class ExperimentConfig(Section):
         """The stages to run; an experiment without a `stages` list is one stage of `train.epochs`."""
         if not self.stages:
             return [StageConfig(name="main", epochs=self.train.epochs)]
-        return [s if s.epochs is not None else s.model_copy(update={"epochs": self.train.epochs}) for s in self.stages]
+        return [
+            s if s.epochs is not None else s.model_copy(update={"epochs": self.train.epochs})
+            for s in self.stages
+        ]
 
     def total_epochs(self) -> int:
         return sum(int(s.epochs or 0) for s in self.resolved_stages())
@@ -382,9 +494,13 @@ ConfigLoader.yaml_implicit_resolvers = {
     key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
 )
 
 
@@ -426,7 +542,11 @@ def _valid_keys(model: type[BaseModel], path: list[str]) -> list[str]:
             return []
         annotation = fields[part].annotation
         current = next(
-            (a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)),
+            (
+                a
+                for a in (annotation, *getattr(annotation, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
             None,
         )
         if current is None:
@@ -447,7 +567,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+                raise ConfigError(
+                    f"override '{item}': '{'.'.join(parts[: i + 1])}' is a value, not a section"
+                )
             node = nxt
         node[parts[-1]] = _parse_value(value)
     return raw
@@ -456,7 +578,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _format_error(exc: ValidationError) -> str:
     def valid(section: list[str]) -> list[str]:
         section = [p for p in section if not p.isdigit()]
-        return _valid_keys(ExperimentConfig, section) or _valid_keys(StageConfig, section[-1:] if section else [])
+        return _valid_keys(ExperimentConfig, section) or _valid_keys(
+            StageConfig, section[-1:] if section else []
+        )
 
     return describe_validation_error(exc.errors(), valid_keys=valid)
 
@@ -492,7 +616,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+            raise ConfigError(
+                f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+            ) from None
         if raw is None:
             log.warning("warning: config file '%s' is empty; training with all defaults", p)
             raw = {}

@@ -64,6 +64,8 @@ def describe_validation_error(
     if len(loc) == len(prefix):
         return f"invalid {key if prefix else 'config'}: {msg}{more}"
     return f"invalid value {shown} for '{key}': {msg}{more}"
+
+
 class TrainingInterrupted(UserError):
     """SIGTERM/SIGINT: training stopped after finishing its step and saving a checkpoint to resume from.
     ``exit_code`` is 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""

@@ -160,7 +160,9 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu().float().eval()
     channels, size = int(preprocess["channels"]), int(preprocess["image_size"])
-    wrapper = ExportableClassifier(model, preprocess["mean"], preprocess["std"], preprocess.get("invert", "none")).eval()
+    wrapper = ExportableClassifier(
+        model, preprocess["mean"], preprocess["std"], preprocess.get("invert", "none")
+    ).eval()
     inputs = sample_inputs(channels, size)
     record: dict[str, Any] = {
         "input": {
@@ -174,7 +176,10 @@ def export_model(
                 "std": preprocess["std"],
                 "applied": "inside the graph",
             },
-            "invert": {"mode": preprocess.get("invert", "none"), "applied": "inside the graph, before normalisation"},
+            "invert": {
+                "mode": preprocess.get("invert", "none"),
+                "applied": "inside the graph, before normalisation",
+            },
         },
         "output": {
             "name": "probabilities",

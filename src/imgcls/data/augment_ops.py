@@ -558,7 +558,9 @@ class ColorJitter(BatchOp):
     the most common of torchvision's orders.
     """
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0) -> None:
+    def __init__(
+        self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0
+    ) -> None:
         if not 0.0 <= hue <= 0.5:
             raise ValueError(f"hue jitter must be in [0, 0.5] turns, got {hue}")
         self.brightness, self.contrast = float(brightness), float(contrast)

@@ -127,7 +127,9 @@ def load_files_into_memory(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode every file once into a uint8 tensor; returns (images, labels, skipped files)."""
     dataset = FileImages(files, labels, size, channels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=collate_skip)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=256, num_workers=workers, collate_fn=collate_skip
+    )
     images, kept_labels, skipped = [], [], []
     for batch_images, batch_labels, _, bad in loader:
         skipped += [files[i] for i in bad]
@@ -137,7 +139,9 @@ def load_files_into_memory(
     if not images:
         from imgcls.errors import DataError
 
-        raise DataError(f"none of the {len(files)} image files could be read (first: {files[0] if files else '-'})")
+        raise DataError(
+            f"none of the {len(files)} image files could be read (first: {files[0] if files else '-'})"
+        )
     return torch.cat(images), torch.cat(kept_labels), skipped
 
 
@@ -149,5 +153,10 @@ def record_skipped_files(run_dir: Path, skipped: set[str] | list[str]) -> list[s
     new = sorted(set(skipped) - before)
     if new:
         path.write_text("\n".join(sorted(before | set(skipped))) + "\n")
-        log.warning("warning: skipped %d unreadable image file(s), e.g. %s; all are listed in %s", len(new), new[0], path)
+        log.warning(
+            "warning: skipped %d unreadable image file(s), e.g. %s; all are listed in %s",
+            len(new),
+            new[0],
+            path,
+        )
     return sorted(before | set(skipped))

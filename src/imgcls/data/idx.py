@@ -13,7 +13,14 @@ import numpy as np
 
 from imgcls.errors import DataError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -43,8 +50,14 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write an array as an IDX file (gzipped when the name ends in .gz); used by tests and caches."""
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C,
-             np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+    codes = {
+        np.dtype(np.uint8): 0x08,
+        np.dtype(np.int8): 0x09,
+        np.dtype(np.int16): 0x0B,
+        np.dtype(np.int32): 0x0C,
+        np.dtype(np.float32): 0x0D,
+        np.dtype(np.float64): 0x0E,
+    }
     code = codes[array.dtype]
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()

@@ -39,8 +39,10 @@ class _Loader:
         world_size: int = 1,
     ) -> None:
         if batch_size % world_size:
-            raise ConfigError(f"the global batch size {batch_size} is not divisible by world size {world_size}; "
-                              f"use a multiple of {world_size} (train.batch_size / eval.batch_size)")
+            raise ConfigError(
+                f"the global batch size {batch_size} is not divisible by world size {world_size}; "
+                f"use a multiple of {world_size} (train.batch_size / eval.batch_size)"
+            )
         self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
         self.seed, self.sampler, self.samples_per_class = seed, sampler, samples_per_class
         self.rank, self.world_size, self.epoch = rank, world_size, 0
@@ -60,7 +62,9 @@ class _Loader:
         if not self.shuffle:
             return torch.arange(len(self.data))
         gen = epoch_generator(self.seed, self.epoch, salt=1)
-        return epoch_order(self.data.labels, gen, self.sampler, self.samples_per_class, self.batch_size, self.class_probs)
+        return epoch_order(
+            self.data.labels, gen, self.sampler, self.samples_per_class, self.batch_size, self.class_probs
+        )
 
     def _rank_batches(self) -> list[torch.Tensor]:
         order = self._order()
@@ -82,7 +86,9 @@ class _Loader:
 class InMemoryLoader(_Loader):
     """Slices uint8 image tensors held in memory (optionally on the GPU) into batches."""
 
-    def __init__(self, data: ImageData, batch_size: int, *, device: torch.device | None = None, **kwargs) -> None:
+    def __init__(
+        self, data: ImageData, batch_size: int, *, device: torch.device | None = None, **kwargs
+    ) -> None:
         super().__init__(data, batch_size, **kwargs)
         assert data.images is not None, "InMemoryLoader needs images in memory"
         self.images = data.images if device is None else data.images.to(device)
@@ -97,7 +103,16 @@ class InMemoryLoader(_Loader):
 class FileLoader(_Loader):
     """Streams image files through DataLoader workers (decode + resize), for trees too large for memory."""
 
-    def __init__(self, data: ImageData, batch_size: int, *, image_size: int | None, channels: int, workers: int, **kwargs) -> None:
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int,
+        *,
+        image_size: int | None,
+        channels: int,
+        workers: int,
+        **kwargs,
+    ) -> None:
         super().__init__(data, batch_size, **kwargs)
         assert data.files is not None, "FileLoader needs file paths"
         self.dataset = FileImages(data.files, data.labels, image_size, channels)
@@ -107,8 +122,12 @@ class FileLoader(_Loader):
     def __iter__(self) -> Iterator[Batch]:
         batches = [b.tolist() for b in self._rank_batches()[self.start_batch :]]
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=collate_skip,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=collate_skip,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
         )
         for images, labels, index, bad in loader:
             self.skipped.update(self.data.files[i] for i in bad)

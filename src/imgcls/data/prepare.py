@@ -46,8 +46,13 @@ class PreparedData:
     @property
     def preprocess(self) -> dict:
         """What a checkpoint records so that inference prepares images the same way."""
-        return {"image_size": self.image_size, "channels": self.channels, "mean": self.mean, "std": self.std,
-                "invert": self.invert}
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": self.mean,
+            "std": self.std,
+            "invert": self.invert,
+        }
 
     @property
     def skipped_files(self) -> list[str]:
@@ -91,7 +96,9 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         raise DataError(f"the {d.name} test set is empty")
 
     holdout, notes = None, list(source.notes)
-    if d.holdout_per_class:  # after any exclusion (dedup) and before subsets and the validation split (SPEC §2.7)
+    if (
+        d.holdout_per_class
+    ):  # after any exclusion (dedup) and before subsets and the validation split (SPEC §2.7)
         keep, held = per_class_holdout(train.labels, d.holdout_per_class, d.split_seed)
         holdout, train = train.subset(held), train.subset(keep)
         notes.append(
@@ -113,7 +120,9 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         channels = d.channels or int(train.images.shape[1])
         size = d.image_size or int(train.images.shape[-1])
     n_bytes = (len(train) + len(test) + len(holdout or ())) * channels * size * size
-    in_memory = d.in_memory == "yes" or (d.in_memory == "auto" and (not file_backed or n_bytes <= IN_MEMORY_LIMIT))
+    in_memory = d.in_memory == "yes" or (
+        d.in_memory == "auto" and (not file_backed or n_bytes <= IN_MEMORY_LIMIT)
+    )
     if in_memory:
         train = _materialise(train, size, channels, d.num_workers) if need_train or not file_backed else train
         test = _materialise(test, size, channels, d.num_workers)
@@ -133,12 +142,24 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/std need {channels} values (one per channel), got {len(mean)}/{len(std)}")
     return PreparedData(
-        train, val, test, list(train.class_names), size, channels, mean, std, dict(source.synsets), d.invert, holdout,
+        train,
+        val,
+        test,
+        list(train.class_names),
+        size,
+        channels,
+        mean,
+        std,
+        dict(source.synsets),
+        d.invert,
+        holdout,
         notes,
     )
 
 
-def _estimate_stats(train: ImageData, size: int, channels: int, n: int = 2000) -> tuple[list[float], list[float]]:
+def _estimate_stats(
+    train: ImageData, size: int, channels: int, n: int = 2000
+) -> tuple[list[float], list[float]]:
     """Per-channel mean/std of (a sample of) the training images, in [0, 1] units."""
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
     if train.images is not None:
@@ -155,17 +176,33 @@ def _estimate_stats(train: ImageData, size: int, channels: int, n: int = 2000) -
 
 
 def make_loader(
-    data: ImageData, prepared: PreparedData, cfg: ExperimentConfig, *, train: bool, batch_size: int,
-    rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+    data: ImageData,
+    prepared: PreparedData,
+    cfg: ExperimentConfig,
+    *,
+    train: bool,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
 ):
     common = dict(
-        shuffle=train, drop_last=train and len(data) >= batch_size, seed=cfg.train.seed,
-        sampler=cfg.data.sampler if train else "random", samples_per_class=cfg.data.samples_per_class,
-        rank=rank, world_size=world_size,
+        shuffle=train,
+        drop_last=train and len(data) >= batch_size,
+        seed=cfg.train.seed,
+        sampler=cfg.data.sampler if train else "random",
+        samples_per_class=cfg.data.samples_per_class,
+        rank=rank,
+        world_size=world_size,
     )
     if data.images is not None:
         keep_on_device = device is not None and device.type == "cuda"
         return InMemoryLoader(data, batch_size, device=device if keep_on_device else None, **common)
     return FileLoader(
-        data, batch_size, image_size=prepared.image_size, channels=prepared.channels, workers=cfg.data.num_workers, **common
+        data,
+        batch_size,
+        image_size=prepared.image_size,
+        channels=prepared.channels,
+        workers=cfg.data.num_workers,
+        **common,
     )

@@ -33,7 +33,12 @@ def invert_images(x: torch.Tensor, mode: str) -> torch.Tensor:
 
 class Preprocess:
     def __init__(
-        self, mean: list[float], std: list[float], device: torch.device, channels_last: bool = False, image_size: int | None = None,
+        self,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        channels_last: bool = False,
+        image_size: int | None = None,
         invert: str = "none",
     ) -> None:
         if invert not in INVERT_MODES:
@@ -48,7 +53,13 @@ class Preprocess:
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         x = invert_images(x, self.invert)
         if self.image_size is not None and x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
             x = x.clamp_(0.0, 1.0)
         return x
 
@@ -62,4 +73,11 @@ class Preprocess:
     @classmethod
     def from_meta(cls, meta: dict, device: torch.device, channels_last: bool = False) -> Preprocess:
         """From a checkpoint's ``preprocess`` record (image_size, channels, mean, std, invert)."""
-        return cls(meta["mean"], meta["std"], device, channels_last, int(meta["image_size"]), meta.get("invert", "none"))
+        return cls(
+            meta["mean"],
+            meta["std"],
+            device,
+            channels_last,
+            int(meta["image_size"]),
+            meta.get("invert", "none"),
+        )

@@ -37,10 +37,14 @@ def balanced_order(labels: torch.Tensor, generator: torch.Generator, per_class: 
     return order[torch.randperm(order.numel(), generator=generator)]
 
 
-def m_per_class_order(labels: torch.Tensor, generator: torch.Generator, m: int, batch_size: int) -> torch.Tensor:
+def m_per_class_order(
+    labels: torch.Tensor, generator: torch.Generator, m: int, batch_size: int
+) -> torch.Tensor:
     """An order whose consecutive ``batch_size`` blocks each hold ``m`` images of ``batch_size // m`` classes."""
     if batch_size % m:
-        raise ConfigError(f"data.samples_per_class={m} must divide train.batch_size={batch_size} for m_per_class")
+        raise ConfigError(
+            f"data.samples_per_class={m} must divide train.batch_size={batch_size} for m_per_class"
+        )
     classes = torch.unique(labels)
     per_batch = batch_size // m
     if per_batch > classes.numel():
@@ -95,7 +99,9 @@ def weighted_class_order(
         probs[absent] = 0.0  # classes without training images cannot be drawn
         if float(probs.sum()) <= 0:
             probs[classes] = 1.0
-    counts = torch.bincount(torch.multinomial(probs, n_samples, replacement=True, generator=generator), minlength=k)
+    counts = torch.bincount(
+        torch.multinomial(probs, n_samples, replacement=True, generator=generator), minlength=k
+    )
     chosen = []
     for c in classes.tolist():
         need = int(counts[c])
@@ -110,17 +116,25 @@ def weighted_class_order(
 
 
 def epoch_order(
-    labels: torch.Tensor, generator: torch.Generator, sampler: str, samples_per_class: int | None, batch_size: int,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    sampler: str,
+    samples_per_class: int | None,
+    batch_size: int,
     class_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     if sampler == "random":
         return random_order(labels, generator)
-    if sampler == "confusion":  # samples_per_class × classes draws per epoch (default: the training set's size)
+    if (
+        sampler == "confusion"
+    ):  # samples_per_class × classes draws per epoch (default: the training set's size)
         n_classes = int(torch.unique(labels).numel())
         n = samples_per_class * n_classes if samples_per_class else int(labels.numel())
         return weighted_class_order(labels, generator, class_probs, n)
     if samples_per_class is None:
-        raise ConfigError(f"data.sampler={sampler} needs data.samples_per_class (e.g. 300 for balanced, 4 for m_per_class)")
+        raise ConfigError(
+            f"data.sampler={sampler} needs data.samples_per_class (e.g. 300 for balanced, 4 for m_per_class)"
+        )
     if sampler == "balanced":
         return balanced_order(labels, generator, samples_per_class)
     return m_per_class_order(labels, generator, samples_per_class, batch_size)

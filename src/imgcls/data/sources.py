@@ -32,7 +32,18 @@ from imgcls.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -72,7 +83,11 @@ def search_dirs(cfg: DataConfig, folder: str) -> list[Path]:
 
 def _find_idx(dirs: list[Path]) -> Path | None:
     for d in dirs:
-        if all(any((d / (name + ext)).is_file() for ext in (".gz", "")) for pair in IDX_FILES.values() for name in pair):
+        if all(
+            any((d / (name + ext)).is_file() for ext in (".gz", ""))
+            for pair in IDX_FILES.values()
+            for name in pair
+        ):
             return d
     return None
 
@@ -99,11 +114,15 @@ def _download_idx(torchvision_cls: type, target: Path) -> None:
             raise DataError(f"download failed ({errors[-1]})")
 
 
-def _load_idx_dataset(cfg: DataConfig, folder: str, torchvision_cls: type, how_to_get: str) -> tuple[ImageData, ImageData]:
+def _load_idx_dataset(
+    cfg: DataConfig, folder: str, torchvision_cls: type, how_to_get: str
+) -> tuple[ImageData, ImageData]:
     found = _find_idx(search_dirs(cfg, folder))
     if found is None:
         if cfg.download is False:
-            raise DataError(f"{folder} not found in {', '.join(map(str, search_dirs(cfg, folder)))}; {how_to_get}")
+            raise DataError(
+                f"{folder} not found in {', '.join(map(str, search_dirs(cfg, folder)))}; {how_to_get}"
+            )
         try:
             _download_idx(torchvision_cls, cache_dir() / folder)
         except DataError as exc:
@@ -115,7 +134,9 @@ def _load_idx_dataset(cfg: DataConfig, folder: str, torchvision_cls: type, how_t
         images = torch.from_numpy(read_idx(_idx_path(found, images_file)).copy())
         labels = torch.from_numpy(read_idx(_idx_path(found, labels_file)).astype(np.int64))
         if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-            raise DataError(f"{found}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
+            raise DataError(
+                f"{found}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}"
+            )
         parts.append((images.unsqueeze(1), labels))
     names = FASHION_MNIST_CLASSES if folder == "fashion-mnist" else [str(i) for i in range(10)]
     return tuple(ImageData(labels=lab, class_names=names, images=img) for img, lab in parts)  # type: ignore[return-value]
@@ -170,7 +191,9 @@ def _torchvision_source(
                 f"{url}, unpack it so that <folder>/{unpacked}/ exists and set data.root=<folder>"
             ) from None
         raise
-    as_data = lambda x, y: ImageData(labels=torch.as_tensor(np.asarray(y), dtype=torch.long), class_names=names, images=x)  # noqa: E731
+    def as_data(x, y) -> ImageData:
+        return ImageData(labels=torch.as_tensor(np.asarray(y), dtype=torch.long), class_names=names, images=x)
+
     return as_data(x_tr, y_tr), as_data(x_te, y_te)
 
 
@@ -178,7 +201,9 @@ def _hwc(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
 
 
-def _cifar(name: str, dataset_class: str, mean: list[float], std: list[float]) -> Callable[[DataConfig], DataSource]:
+def _cifar(
+    name: str, dataset_class: str, mean: list[float], std: list[float]
+) -> Callable[[DataConfig], DataSource]:
     """CIFAR-10 / CIFAR-100 through torchvision (same files layout, different class)."""
 
     def source(cfg: DataConfig) -> DataSource:
@@ -197,8 +222,12 @@ def _cifar(name: str, dataset_class: str, mean: list[float], std: list[float]) -
     return source
 
 
-cifar10 = DATASETS.register("cifar10")(_cifar("cifar10", "CIFAR10", [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]))
-cifar100 = DATASETS.register("cifar100")(_cifar("cifar100", "CIFAR100", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]))
+cifar10 = DATASETS.register("cifar10")(
+    _cifar("cifar10", "CIFAR10", [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+)
+cifar100 = DATASETS.register("cifar100")(
+    _cifar("cifar100", "CIFAR100", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762])
+)
 
 
 @DATASETS.register("stl10")
@@ -224,7 +253,9 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     layout = resolve_layout(cfg.root, cfg.train_dir, cfg.test_dir)
     files, labels, names = scan_folder(layout.train_dir)
     if not files:
-        raise DataError(f"no images found under '{layout.train_dir}' (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(
+            f"no images found under '{layout.train_dir}' (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     empty = [n for n, c in zip(names, counts, strict=True) if c == 0]
     if empty:
@@ -244,16 +275,22 @@ def imagefolder(cfg: DataConfig) -> DataSource:
         )
     elif layout.test_flat:
         test = _folder_split(*scan_flat(layout.test_dir, names), names)
-        notes.append(f"test set: flat folder '{layout.test_dir}', classes read from the file names ({len(test)} images)")
+        notes.append(
+            f"test set: flat folder '{layout.test_dir}', classes read from the file names ({len(test)} images)"
+        )
     else:
         test_files, test_labels, _ = scan_folder(layout.test_dir, names)
         test = _folder_split(test_files, test_labels, names)
         known = {n.lower() for n in names}
-        extra = sorted(d.name for d in layout.test_dir.iterdir() if d.is_dir() and d.name.lower() not in known)
+        extra = sorted(
+            d.name for d in layout.test_dir.iterdir() if d.is_dir() and d.name.lower() not in known
+        )
         if extra:
             log.warning(
                 "warning: class folder(s) %s in '%s' are not in '%s'; their images are left out of the test set",
-                ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""), layout.test_dir, layout.train_dir,
+                ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""),
+                layout.test_dir,
+                layout.train_dir,
             )
     return DataSource(train, test, mean=[], std=[], notes=notes)
 
@@ -279,4 +316,6 @@ def tiny_imagenet(cfg: DataConfig) -> DataSource:
         if len(parts) >= 2 and parts[1] in index:
             test_files.append(str(root / "val" / "images" / parts[0]))
             test_labels.append(index[parts[1]])
-    return DataSource(_folder_split(files, labels, names), _folder_split(test_files, test_labels, names), mean=[], std=[])
+    return DataSource(
+        _folder_split(files, labels, names), _folder_split(test_files, test_labels, names), mean=[], std=[]
+    )

@@ -17,10 +17,14 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         return indices, indices[:0]
     counts = torch.bincount(labels)
     if int(counts[counts > 0].min()) < 2:
-        raise DataError("a class has fewer than 2 images, so a stratified split is impossible; set data.val_fraction=0")
+        raise DataError(
+            "a class has fewer than 2 images, so a stratified split is impossible; set data.val_fraction=0"
+        )
     n_held = max(round(fraction * n), int((counts > 0).sum()))
     try:
-        keep, held = train_test_split(indices.numpy(), test_size=n_held, stratify=labels.numpy(), random_state=seed)
+        keep, held = train_test_split(
+            indices.numpy(), test_size=n_held, stratify=labels.numpy(), random_state=seed
+        )
     except ValueError as exc:
         raise DataError(f"cannot split {n} images with fraction {fraction}: {exc}") from None
     return torch.as_tensor(sorted(keep)), torch.as_tensor(sorted(held))

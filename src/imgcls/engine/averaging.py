@@ -54,7 +54,11 @@ class EMACallback(Callback):
         metrics.update({f"ema_val_{k}": v for k, v in result.items()})
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor] | None:
-        return None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
+        return (
+            None
+            if self.ema is None
+            else {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
+        )
 
     def load_averaged(self, trainer: Trainer, weights: dict[str, torch.Tensor]) -> None:
         self._ensure(trainer).module.load_state_dict(weights)
@@ -97,7 +101,11 @@ class SWACallback(Callback):
         metrics.update({f"swa_val_{k}": v for k, v in result.items()})
 
     def averaged_state_dict(self) -> dict[str, torch.Tensor] | None:
-        return None if self.swa is None else {k: v.detach().cpu() for k, v in self.swa.module.state_dict().items()}
+        return (
+            None
+            if self.swa is None
+            else {k: v.detach().cpu() for k, v in self.swa.module.state_dict().items()}
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"n_averaged": None if self.swa is None else int(self.swa.n_averaged)}

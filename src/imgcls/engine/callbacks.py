@@ -81,7 +81,9 @@ class EarlyStopping(Callback):
         else:
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
-                trainer.stop_stage(f"early stopping: {self.monitor} did not improve for {self.patience} epochs")
+                trainer.stop_stage(
+                    f"early stopping: {self.monitor} did not improve for {self.patience} epochs"
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs}
@@ -154,7 +156,9 @@ class RecoveryCheckpointer(Callback):
 
     name = "recovery"
 
-    def __init__(self, directory: Path, every_steps: int | None = None, every_minutes: float | None = None) -> None:
+    def __init__(
+        self, directory: Path, every_steps: int | None = None, every_minutes: float | None = None
+    ) -> None:
         self.directory, self.every_steps, self.every_minutes = directory, every_steps, every_minutes
         self.path = directory / "recovery.pt"
         self.last_write = time.monotonic()
@@ -175,7 +179,9 @@ class RecoveryCheckpointer(Callback):
         if trainer.state.batch_in_epoch >= trainer.batches_per_epoch:
             return  # the epoch's end writes last.pt
         due_steps = self.every_steps is not None and trainer.state.step % self.every_steps == 0
-        due_time = self.every_minutes is not None and time.monotonic() - self.last_write >= 60 * self.every_minutes
+        due_time = (
+            self.every_minutes is not None and time.monotonic() - self.last_write >= 60 * self.every_minutes
+        )
         if due_steps or due_time:
             self.save(trainer)
 
@@ -215,7 +221,9 @@ class HistoryLogger(Callback):
         if self.tensorboard and trainer.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=trainer.state.step or None)
+            self.writer = SummaryWriter(
+                str(self.run_dir / "tensorboard"), purge_step=trainer.state.step or None
+            )
 
     def on_train_step_end(self, trainer: Trainer) -> None:
         if self.writer is not None and trainer.state.step % self.log_every == 0:
@@ -262,21 +270,30 @@ class ProgressPrinter(Callback):
         if not (self.live and trainer.dist.is_main):
             return
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-            TimeRemainingColumn(), console=console, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task(
             f"{trainer.stage.name} epoch {trainer.state.epoch_in_stage + 1}/{trainer.stage.epochs}",
-            total=trainer.batches_per_epoch, loss=float("nan"), ips=0.0,
+            total=trainer.batches_per_epoch,
+            loss=float("nan"),
+            ips=0.0,
         )
 
     def on_train_step_end(self, trainer: Trainer) -> None:
         if self.progress is not None and trainer.state.batch_in_epoch % 5 == 0:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
             self.progress.update(
-                self.task, completed=trainer.state.batch_in_epoch, loss=trainer.last_loss(),
+                self.task,
+                completed=trainer.state.batch_in_epoch,
+                loss=trainer.last_loss(),
                 ips=trainer.state.images_in_epoch / elapsed,
             )
 
@@ -285,13 +302,17 @@ class ProgressPrinter(Callback):
             self.progress.stop()
             self.progress = None
         if trainer.dist.is_main:
-            extra = "".join(f" {k} {metrics[k]:.4f}" for k in metrics if k.startswith(("ema_val_acc", "swa_val_acc")))
+            extra = "".join(
+                f" {k} {metrics[k]:.4f}" for k in metrics if k.startswith(("ema_val_acc", "swa_val_acc"))
+            )
             console.print(
                 f"[{metrics['stage']}] epoch {metrics['epoch']}/{trainer.total_epochs}  "
                 f"train_loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.4f}  "
                 f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}{extra}  "
                 f"lr {metrics['lr']:.2e}  {metrics['img_per_s']:.0f} img/s  {metrics['epoch_time_s']:.1f}s",
-                highlight=False, markup=False, soft_wrap=True,
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
 
     def on_fit_end(self, trainer: Trainer) -> None:

@@ -50,15 +50,21 @@ def build_optimizer(
     groups = param_groups(model, cfg)
     extra_params = [p for p in extra.parameters() if p.requires_grad] if extra is not None else []
     if extra_params:
-        groups.append({"params": extra_params, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "objective"})
+        groups.append(
+            {"params": extra_params, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "objective"}
+        )
     if not groups:
         from imgcls.errors import ConfigError
 
-        raise ConfigError("no trainable parameters: the stage freezes everything; adjust stages[].freeze/train_only")
+        raise ConfigError(
+            "no trainable parameters: the stage freezes everything; adjust stages[].freeze/train_only"
+        )
     fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
     extra = {"fused": True} if fused else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **extra)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **extra
+        )
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **extra)
     if cfg.name == "adam":
@@ -66,7 +72,9 @@ def build_optimizer(
     return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig, steps_per_epoch: int) -> float:
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig, steps_per_epoch: int
+) -> float:
     """Multiplier of the base lr at optimiser step ``step`` (0-based), before any plateau reduction.
 
     Every schedule starts after the warm-up (``step - warmup_steps``), except ``step``, whose milestones
@@ -90,7 +98,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfi
         return max(cfg.exp_gamma**epochs_done, floor)
     if cfg.name == "cyclic":
         half = max(1, round(cfg.cyclic_step_epochs * steps_per_epoch))
-        it = step - warmup_steps + (half if warmup_steps > 0 else 0)  # after a warm-up: from the top, going down
+        it = (
+            step - warmup_steps + (half if warmup_steps > 0 else 0)
+        )  # after a warm-up: from the top, going down
         cycle = math.floor(1 + it / (2 * half))
         x = abs(it / half - 2 * cycle + 1)
         amplitude = 1.0 if cfg.cyclic_mode == "triangular" else 1.0 / 2 ** (cycle - 1)
@@ -111,7 +121,11 @@ class PlateauTracker:
         self.monitor = cfg.plateau_monitor
         self.mode = "min" if self.monitor.endswith("loss") else "max"
         self.factor, self.patience = cfg.plateau_factor, cfg.plateau_patience
-        self.threshold, self.cooldown, self.min_scale = cfg.plateau_threshold, cfg.plateau_cooldown, cfg.min_lr_ratio
+        self.threshold, self.cooldown, self.min_scale = (
+            cfg.plateau_threshold,
+            cfg.plateau_cooldown,
+            cfg.min_lr_ratio,
+        )
         self.scale = 1.0
         self.best: float | None = None
         self.bad_epochs = 0
@@ -151,14 +165,18 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
     holds a :class:`PlateauTracker` and takes the epoch's validation metrics through :meth:`observe`
     (fed by the ``PlateauFeed`` callback)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int
+    ) -> None:
         total = max(1, epochs * steps_per_epoch)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         self.plateau = PlateauTracker(cfg) if cfg.name == "plateau" else None
         plateau = self.plateau
         super().__init__(
             optimizer,
-            lambda step: lr_factor(step, total, warmup, cfg, steps_per_epoch) * (plateau.scale if plateau else 1.0),
+            lambda step: (
+                lr_factor(step, total, warmup, cfg, steps_per_epoch) * (plateau.scale if plateau else 1.0)
+            ),
         )
 
     @property
@@ -188,5 +206,7 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
             self.plateau.load_state_dict(plateau_state)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int) -> Schedule:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int
+) -> Schedule:
     return Schedule(optimizer, cfg, epochs, steps_per_epoch)

@@ -78,8 +78,12 @@ def rng_states(augment: torch.Generator) -> dict[str, Any]:
     states: dict[str, Any] = {
         "augment": augment.get_state(),
         "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -111,9 +115,15 @@ class EpochProgress:
     elapsed_s: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches": self.batches, "seen": self.seen, "elapsed_s": self.elapsed_s,
-                "sums": {k: v.detach().cpu() for k, v in self.sums.items()}, "correct": self.correct.detach().cpu(),
-                "rng": rng_states(self.augment_rng)}
+        return {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "seen": self.seen,
+            "elapsed_s": self.elapsed_s,
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "correct": self.correct.detach().cpu(),
+            "rng": rng_states(self.augment_rng),
+        }
 
 
 class Trainer:
@@ -436,7 +446,9 @@ class Trainer:
         """SIGTERM/SIGINT: every rank stops after the same step; a callback saves the state to resume from."""
         signum = stop_requested()
         if self.dist.enabled:  # ranks agree: all stop after this step when any rank was asked to
-            totals = all_reduce_sum(torch.tensor([1.0 if signum else 0.0, float(signum or 0)], device=self.device), self.dist)
+            totals = all_reduce_sum(
+                torch.tensor([1.0 if signum else 0.0, float(signum or 0)], device=self.device), self.dist
+            )
             if float(totals[0]) > 0:
                 signum = signum or round(float(totals[1]) / float(totals[0]))
         if not signum:
@@ -446,7 +458,11 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_interrupt(self)
             where = f"epoch {self.state.global_epoch + 1}, after step {self.state.step}"
-            saved = f"saved {self.interrupt_checkpoint}" if self.interrupt_checkpoint else "no checkpoint callback saved it"
+            saved = (
+                f"saved {self.interrupt_checkpoint}"
+                if self.interrupt_checkpoint
+                else "no checkpoint callback saved it"
+            )
         else:
             where, saved = f"the end of epoch {self.state.global_epoch}", "saved checkpoints/last.pt"
         try:
@@ -454,7 +470,8 @@ class Trainer:
         except ValueError:
             name = f"signal {signum}"
         raise TrainingInterrupted(
-            f"stopped by {name} at {where}; {saved}; resume with `imgcls train --resume RUN_DIR`", 128 + signum
+            f"stopped by {name} at {where}; {saved}; resume with `imgcls train --resume RUN_DIR`",
+            128 + signum,
         )
 
     def _set_train_mode(self) -> None:
@@ -471,7 +488,9 @@ class Trainer:
         torch.manual_seed(epoch_generator(cfg.seed, epoch, salt=3).initial_seed())  # dropout, drop-path
         progress = EpochProgress(epoch, aug_gen, {}, torch.zeros((), device=self.device))
         resume, self._resume_epoch = self._resume_epoch, None
-        if resume is not None and int(resume["epoch"]) == epoch:  # mid-epoch checkpoint: continue where it stopped
+        if (
+            resume is not None and int(resume["epoch"]) == epoch
+        ):  # mid-epoch checkpoint: continue where it stopped
             set_rng_states(resume["rng"], aug_gen)
             progress.sums = {k: v.to(self.device) for k, v in resume["sums"].items()}
             progress.correct = resume["correct"].to(self.device)
@@ -498,7 +517,9 @@ class Trainer:
             stepped = self._optimizer_step() if boundary else False
             if loss is not None:  # a skipped non-finite batch adds nothing to the epoch's metrics
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(batch)
+                    sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v.detach().float() * len(
+                        batch
+                    )
                 sums["loss"] = sums.get(
                     "loss", torch.zeros((), device=self.device)
                 ) + loss.detach().float() * len(batch)

@@ -75,7 +75,9 @@ def fig_risk_coverage(ctx: EvalContext) -> Path | None:
     from imgcls.evaluation.hierarchical import plot_risk_coverage
 
     name = ctx.cfg.output.name or ctx.run_dir.parent.name
-    return plot_risk_coverage(ctx.metrics["hierarchical"]["risk_coverage"], ctx.run_dir / "risk_coverage.png", title=name)
+    return plot_risk_coverage(
+        ctx.metrics["hierarchical"]["risk_coverage"], ctx.run_dir / "risk_coverage.png", title=name
+    )
 
 
 #: (caption, function); functions run in order when ``eval.plots`` is on
@@ -98,8 +100,15 @@ FIGURES: list[tuple[str, FigureFn]] = [
 
 
 @torch.no_grad()
-def inference_throughput(model: Classifier, prep: Preprocess, device: torch.device, image_shape: tuple[int, int, int],
-                         batch_size: int, autocast_fn, seconds: float = 1.5) -> float:
+def inference_throughput(
+    model: Classifier,
+    prep: Preprocess,
+    device: torch.device,
+    image_shape: tuple[int, int, int],
+    batch_size: int,
+    autocast_fn,
+    seconds: float = 1.5,
+) -> float:
     """Images per second of ``model`` in eval mode on random uint8 inputs at ``batch_size``."""
     model.eval()
     images = torch.randint(0, 256, (batch_size, *image_shape), dtype=torch.uint8, device=device)
@@ -116,31 +125,70 @@ def inference_throughput(model: Classifier, prep: Preprocess, device: torch.devi
 
 
 def evaluate_model(
-    model: Classifier, cfg: ExperimentConfig, data: PreparedData, run_dir: Path, *, device: torch.device,
-    dist: DistInfo, taxonomy, checkpoint: str, checkpoint_detail: str, preprocess: dict[str, Any],
-    class_names: list[str], train_time_s: float, checkpoint_identity: dict[str, int] | None = None,
+    model: Classifier,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    dist: DistInfo,
+    taxonomy,
+    checkpoint: str,
+    checkpoint_detail: str,
+    preprocess: dict[str, Any],
+    class_names: list[str],
+    train_time_s: float,
+    checkpoint_identity: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     model = model.to(device).eval()
     prep = Preprocess.from_meta(preprocess, device)
     batch_size = cfg.eval.batch_size or cfg.train.batch_size
-    loader = make_loader(data.test, data, cfg, train=False, batch_size=batch_size, rank=dist.rank, world_size=dist.world_size, device=device)
+    loader = make_loader(
+        data.test,
+        data,
+        cfg,
+        train=False,
+        batch_size=batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        device=device,
+    )
     amp = lambda: autocast(device, resolve_precision(cfg.train, device))  # noqa: E731
     start = time.perf_counter()
     fit = None
-    if cfg.eval.calibration == "temperature" and len(data.val):  # fitted on validation, applied to the test set
-        val_loader = make_loader(data.val, data, cfg, train=False, batch_size=batch_size, rank=dist.rank,
-                                 world_size=dist.world_size, device=device)
+    if cfg.eval.calibration == "temperature" and len(
+        data.val
+    ):  # fitted on validation, applied to the test set
+        val_loader = make_loader(
+            data.val,
+            data,
+            cfg,
+            train=False,
+            batch_size=batch_size,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            device=device,
+        )
         fit = fit_on_loader(model, val_loader, prep, device, amp, dist)
     temperature = fit.temperature if fit is not None else 1.0
-    preds = predict_loader(model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True, temperature=temperature)
-    metrics = classification_metrics(preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins)
+    preds = predict_loader(
+        model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True, temperature=temperature
+    )
+    metrics = classification_metrics(
+        preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins
+    )
     if fit is not None:
         metrics["calibration"] = asdict(fit)
     metrics.update(
-        checkpoint=checkpoint, checkpoint_detail=checkpoint_detail, train_time_s=train_time_s,
-        eval_time_s=time.perf_counter() - start, params=count_parameters(model),
-        trainable_params=count_parameters(model, trainable_only=True), eval_batch_size=batch_size,
-        head_inference_mode=model.head.inference_mode, tta_views=cfg.eval.tta,
+        checkpoint=checkpoint,
+        checkpoint_detail=checkpoint_detail,
+        train_time_s=train_time_s,
+        eval_time_s=time.perf_counter() - start,
+        params=count_parameters(model),
+        trainable_params=count_parameters(model, trainable_only=True),
+        eval_batch_size=batch_size,
+        head_inference_mode=model.head.inference_mode,
+        tta_views=cfg.eval.tta,
     )
     if not dist.is_main:
         return metrics
@@ -148,12 +196,26 @@ def evaluate_model(
     skipped = record_skipped_files(run_dir, set(data.skipped_files) | set(getattr(loader, "skipped", set())))
     if skipped:
         metrics["skipped_files"] = len(skipped)
-        ctx_notes.append(f"{len(skipped)} unreadable image file(s) were skipped (training and test data), e.g. "
-                         f"`{skipped[0]}`; all are listed in skipped_files.txt.")
+        ctx_notes.append(
+            f"{len(skipped)} unreadable image file(s) were skipped (training and test data), e.g. "
+            f"`{skipped[0]}`; all are listed in skipped_files.txt."
+        )
     shape = (int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["image_size"]))
     metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, batch_size, amp)
-    ctx = EvalContext(model, cfg, data, run_dir, device, prep, preds, class_names, metrics, taxonomy, notes=ctx_notes,
-                      preprocess_meta=preprocess)
+    ctx = EvalContext(
+        model,
+        cfg,
+        data,
+        run_dir,
+        device,
+        prep,
+        preds,
+        class_names,
+        metrics,
+        taxonomy,
+        notes=ctx_notes,
+        preprocess_meta=preprocess,
+    )
     for extend in METRIC_EXTENSIONS:
         extend(ctx)
     figures: dict[str, str] = {}
@@ -180,7 +242,11 @@ def hierarchical_extension(ctx: EvalContext) -> None:
     from imgcls.evaluation.hierarchical import hierarchical_metrics
 
     ctx.metrics["hierarchical"] = hierarchical_metrics(
-        ctx.preds.probs, ctx.preds.targets, ctx.taxonomy, node_probs=ctx.preds.node_probs, threshold=ctx.cfg.eval.hier_threshold
+        ctx.preds.probs,
+        ctx.preds.targets,
+        ctx.taxonomy,
+        node_probs=ctx.preds.node_probs,
+        threshold=ctx.cfg.eval.hier_threshold,
     )
 
 

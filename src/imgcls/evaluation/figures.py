@@ -69,7 +69,9 @@ SPLITS = ("train", "val", "test")
 
 def split_class_counts(labels: dict[str, torch.Tensor], num_classes: int) -> dict[str, list[int]]:
     """Images per class of each split (``{split: labels (N,)}`` → ``{split: [count per class]}``)."""
-    return {split: torch.bincount(y.cpu().long(), minlength=num_classes).tolist() for split, y in labels.items()}
+    return {
+        split: torch.bincount(y.cpu().long(), minlength=num_classes).tolist() for split, y in labels.items()
+    }
 
 
 def fig_class_distribution(ctx: EvalContext) -> Path:

@@ -29,11 +29,17 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
     """ECE (L1): Σ_b (n_b / N) · |accuracy_b − confidence_b| over ``bins`` equal-width confidence bins."""
     probs = torch.as_tensor(probs).float()
     targets = torch.as_tensor(targets).long()
-    return float(multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=bins, norm="l1"))
+    return float(
+        multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=bins, norm="l1")
+    )
 
 
 def classification_metrics(
-    probs: torch.Tensor, targets: torch.Tensor, class_names: list[str], top_k: list[int] = (1, 3, 5), calibration_bins: int = 15
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    class_names: list[str],
+    top_k: list[int] = (1, 3, 5),
+    calibration_bins: int = 15,
 ) -> dict:
     """All flat-classification metrics as a JSON-serialisable dict."""
     probs = probs.float()
@@ -57,7 +63,12 @@ def classification_metrics(
         "ece": expected_calibration_error(probs, targets, calibration_bins),
         "ece_bins": calibration_bins,
         "per_class": {
-            name: {"precision": float(per_p[i]), "recall": float(per_r[i]), "f1": float(per_f[i]), "support": int(support[i])}
+            name: {
+                "precision": float(per_p[i]),
+                "recall": float(per_r[i]),
+                "f1": float(per_f[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": multiclass_confusion_matrix(probs, targets, **kw).tolist(),

@@ -152,7 +152,9 @@ def plot_class_distribution(counts: dict[str, list[int]], class_names: Sequence[
         ax.bar(x + offset, counts[split], width, label=label, color=colors.get(split))
     if n <= 40:
         ax.set_xticks(x)
-        ax.set_xticklabels(class_names, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center", fontsize=8)
+        ax.set_xticklabels(
+            class_names, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center", fontsize=8
+        )
     else:
         ax.set_xlabel("class index")
     ax.set_ylabel("images")
@@ -322,7 +324,11 @@ def plot_misclassified(
 
 # ------------------------------------------------------------------------------------------------ embeddings
 def plot_embeddings(
-    panels: Sequence[tuple[str, np.ndarray]], labels, class_names: Sequence[str], path: Path, method: str,
+    panels: Sequence[tuple[str, np.ndarray]],
+    labels,
+    class_names: Sequence[str],
+    path: Path,
+    method: str,
     suptitle: str | None = None,
 ) -> Path:
     """Side-by-side 2-D scatter plots (one per ``(title, coords (N, 2))`` panel), coloured by true class

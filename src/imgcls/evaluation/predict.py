@@ -61,8 +61,13 @@ class ViewPrediction:
 
 @torch.no_grad()
 def predict_views(
-    model: nn.Module, images: torch.Tensor, prep: Preprocess, autocast: Callable, tta: int = 1,
-    transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None, with_features: bool = False,
+    model: nn.Module,
+    images: torch.Tensor,
+    prep: Preprocess,
+    autocast: Callable,
+    tta: int = 1,
+    transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    with_features: bool = False,
     temperature: float = 1.0,
 ) -> ViewPrediction:
     """Class (and, for node-space heads, taxonomy-node) probabilities of one batch of uint8 images,
@@ -72,7 +77,11 @@ def predict_views(
     views = [t(unit) for t in transforms] if transforms is not None else tta_views(unit, tta)
     node_head = hasattr(model.head, "predict_nodes")
     captured: list[torch.Tensor] = []
-    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) if with_features else None
+    hook = (
+        model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        if with_features
+        else None
+    )
     scaled = temperature != 1.0
     probs = nodes = raw_probs = raw_nodes = first = None
     add = lambda total, x: x if total is None else total + x  # noqa: E731
@@ -93,11 +102,17 @@ def predict_views(
         if hook is not None:
             hook.remove()
     mean = lambda total: None if total is None else total / len(views)  # noqa: E731
-    return ViewPrediction(mean(probs), first, mean(nodes), captured[0] if captured else None, mean(raw_probs), mean(raw_nodes))
+    return ViewPrediction(
+        mean(probs), first, mean(nodes), captured[0] if captured else None, mean(raw_probs), mean(raw_nodes)
+    )
 
 
 def predict_tensor(
-    model: nn.Module, images: torch.Tensor, prep: Preprocess, autocast: Callable, tta: int = 1,
+    model: nn.Module,
+    images: torch.Tensor,
+    prep: Preprocess,
+    autocast: Callable,
+    tta: int = 1,
     transforms: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, object]:
     """Class probabilities of one batch of uint8 images, averaged over TTA views; also the plain output."""
@@ -107,16 +122,35 @@ def predict_tensor(
 
 @torch.no_grad()
 def predict_loader(
-    model: nn.Module, loader, prep: Preprocess, device: torch.device, autocast: Callable,
-    dist: DistInfo = DistInfo(), tta: int = 1, with_features: bool = False, temperature: float = 1.0,
+    model: nn.Module,
+    loader,
+    prep: Preprocess,
+    device: torch.device,
+    autocast: Callable,
+    dist: DistInfo = DistInfo(),
+    tta: int = 1,
+    with_features: bool = False,
+    temperature: float = 1.0,
 ) -> Predictions:
     model.eval()
-    keys = ("probs", "logits", "embeddings", "targets", "index", "nodes", "features", "raw_probs", "raw_nodes")
+    keys = (
+        "probs",
+        "logits",
+        "embeddings",
+        "targets",
+        "index",
+        "nodes",
+        "features",
+        "raw_probs",
+        "raw_nodes",
+    )
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     features_name = "backbone features"
     for batch in loader:
         batch = batch.to(device)
-        pred = predict_views(model, batch.images, prep, autocast, tta, with_features=with_features, temperature=temperature)
+        pred = predict_views(
+            model, batch.images, prep, autocast, tta, with_features=with_features, temperature=temperature
+        )
         out = pred.output
         parts["probs"].append(pred.probs.cpu())
         if pred.uncalibrated_probs is not None:
@@ -140,9 +174,16 @@ def predict_loader(
     order = torch.argsort(cat["index"])
     pick = lambda t: None if t is None else t[order]  # noqa: E731
     return Predictions(
-        probs=pick(cat["probs"]), logits=pick(cat["logits"]), embeddings=pick(cat["embeddings"]),
-        targets=pick(cat["targets"]), index=pick(cat["index"]), node_probs=pick(cat["nodes"]), features=pick(cat["features"]),
-        features_name=features_name, temperature=float(temperature), uncalibrated_probs=pick(cat["raw_probs"]),
+        probs=pick(cat["probs"]),
+        logits=pick(cat["logits"]),
+        embeddings=pick(cat["embeddings"]),
+        targets=pick(cat["targets"]),
+        index=pick(cat["index"]),
+        node_probs=pick(cat["nodes"]),
+        features=pick(cat["features"]),
+        features_name=features_name,
+        temperature=float(temperature),
+        uncalibrated_probs=pick(cat["raw_probs"]),
         uncalibrated_node_probs=pick(cat["raw_nodes"]),
     )
 
@@ -150,8 +191,15 @@ def predict_loader(
 class Predictor:
     """A trained model ready for inference on image files, PIL images or uint8 tensors."""
 
-    def __init__(self, model: nn.Module, preprocess: dict[str, Any], class_names: list[str], taxonomy=None, device: str = "cpu",
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: dict[str, Any],
+        class_names: list[str],
+        taxonomy=None,
+        device: str = "cpu",
+        temperature: float = 1.0,
+    ) -> None:
         self.temperature = float(temperature)  # temperature scaling of the head's logits (1: none)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -181,16 +229,30 @@ class Predictor:
             raise DataError(f"cannot read image '{item}': {' '.join(str(exc).split())}") from None
 
     @torch.no_grad()
-    def _predict_views(self, images: list[Any] | torch.Tensor, tta: int, loaded: bool = False) -> ViewPrediction:
+    def _predict_views(
+        self, images: list[Any] | torch.Tensor, tta: int, loaded: bool = False
+    ) -> ViewPrediction:
         batch = (images if loaded else self.load_images(images)).to(self.device)
-        return predict_views(self.model, batch, self.prep, lambda: device_autocast(self.device, None), tta,
-                             temperature=self.temperature)
+        return predict_views(
+            self.model,
+            batch,
+            self.prep,
+            lambda: device_autocast(self.device, None),
+            tta,
+            temperature=self.temperature,
+        )
 
     def predict_proba(self, images: list[Any], tta: int = 1) -> torch.Tensor:
         return self._predict_views(images, tta).probs.cpu()
 
-    def predict(self, images: list[Any], top_k: int = 5, tta: int = 1, threshold: float | None = None,
-                on_error: str = "raise") -> list[dict[str, Any]]:
+    def predict(
+        self,
+        images: list[Any],
+        top_k: int = 5,
+        tta: int = 1,
+        threshold: float | None = None,
+        on_error: str = "raise",
+    ) -> list[dict[str, Any]]:
         """Top-k classes per image; with ``threshold`` τ also the deepest taxonomy node on a consistent
         root path whose probability ≥ τ. Node probabilities come from the head itself for node-space
         heads (``predict_nodes``: SphereMulti, SphereMultiHier, per-level heads), else the class
@@ -220,9 +282,14 @@ class Predictor:
         for j, (i, p) in enumerate(zip(good, probs, strict=True)):
             values, idx = p.topk(k)
             row = rows[i]
-            row["top_k"] = [{"class": self.class_names[c], "probability": float(v)} for v, c in zip(values, idx.tolist(), strict=True)]
+            row["top_k"] = [
+                {"class": self.class_names[c], "probability": float(v)}
+                for v, c in zip(values, idx.tolist(), strict=True)
+            ]
             if threshold is not None:
-                row["hierarchy"] = self.hierarchical_path(p[None], threshold, None if node_probs is None else node_probs[j : j + 1])[0]
+                row["hierarchy"] = self.hierarchical_path(
+                    p[None], threshold, None if node_probs is None else node_probs[j : j + 1]
+                )[0]
         return rows
 
     def explain(self, images: list[Any], out_dir: str | Path) -> list[dict[str, Any]]:
@@ -231,16 +298,27 @@ class Predictor:
         from imgcls.evaluation.explain import explain_image, safe_stem
 
         batch = self.load_images(images)
-        stems = [safe_stem(str(item)) if isinstance(item, (str, Path)) else f"image_{i}" for i, item in enumerate(images)]
-        return [explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, Path(out_dir), stem)
-                for i, stem in enumerate(stems)]
+        stems = [
+            safe_stem(str(item)) if isinstance(item, (str, Path)) else f"image_{i}"
+            for i, item in enumerate(images)
+        ]
+        return [
+            explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, Path(out_dir), stem)
+            for i, stem in enumerate(stems)
+        ]
 
-    def hierarchical_path(self, class_probs: torch.Tensor, threshold: float,
-                          node_probs: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    def hierarchical_path(
+        self, class_probs: torch.Tensor, threshold: float, node_probs: torch.Tensor | None = None
+    ) -> list[dict[str, Any]]:
         if self.taxonomy is None:
             raise UserError("--threshold needs a model trained with a taxonomy (data.taxonomy)")
         if node_probs is None:
             node_probs = self.taxonomy.class_to_node_probs(class_probs)
         nodes = threshold_decode(node_probs, self.taxonomy, threshold)
-        return [{"path": self.taxonomy.path_names(int(n)), "probability": float(node_probs[i, int(n)]) if int(n) >= 0 else 1.0}
-                for i, n in enumerate(nodes)]
+        return [
+            {
+                "path": self.taxonomy.path_names(int(n)),
+                "probability": float(node_probs[i, int(n)]) if int(n) >= 0 else 1.0,
+            }
+            for i, n in enumerate(nodes)
+        ]

@@ -158,7 +158,10 @@ def write_report(
 
     geometry = m.get("embedding_geometry")
     if geometry:
-        names = {"features": str(geometry.get("features", {}).get("name", "backbone features")), "head_embeddings": "head embeddings"}
+        names = {
+            "features": str(geometry.get("features", {}).get("name", "backbone features")),
+            "head_embeddings": "head embeddings",
+        }
         if "features" not in geometry:
             names["head_embeddings"] = "head embeddings (= backbone features)"
         lines += [

@@ -60,8 +60,14 @@ def build_head(
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         unknown = [k for k in args if k not in params and not accepts_any]
         if unknown:
-            valid = [p for p in params if p not in ("self", "in_features", "num_classes", "label_smoothing", "taxonomy")]
-            raise ConfigError(f"unknown {where} key(s) {unknown} for head '{name}'; valid: {', '.join(valid) or 'none'}")
+            valid = [
+                p
+                for p in params
+                if p not in ("self", "in_features", "num_classes", "label_smoothing", "taxonomy")
+            ]
+            raise ConfigError(
+                f"unknown {where} key(s) {unknown} for head '{name}'; valid: {', '.join(valid) or 'none'}"
+            )
     if "taxonomy" in params:
         if taxonomy is None:
             raise ConfigError(f"head '{name}' needs a taxonomy: set data.taxonomy (wordnet or a file)")
@@ -87,7 +93,9 @@ def build_backbone(cfg: ModelConfig, in_chans: int) -> nn.Module:
         raise ConfigError(f"bad model.backbone_args for '{cfg.backbone}': {exc}") from None
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, label_smoothing: float = 0.0, taxonomy=None) -> Classifier:
+def build_model(
+    cfg: ModelConfig, num_classes: int, in_chans: int, label_smoothing: float = 0.0, taxonomy=None
+) -> Classifier:
     backbone = build_backbone(cfg, in_chans)
     head = build_head(cfg.head, cfg.head_args, backbone.num_features, num_classes, label_smoothing, taxonomy)
     # token features side by side (DeiT [CLS, DIST]) need a head that splits them, and vice versa

@@ -77,13 +77,21 @@ def attach_feature_cache(model: nn.Module, cfg, augment) -> FeatureCache | None:
     help: some stage must freeze the whole backbone and no random augmentation may change inputs."""
     if not cfg.model.cache_features:
         return None
-    frozen = [s.name for s in cfg.resolved_stages()
-              if "backbone" in s.freeze or (s.train_only and not any(p.split(".")[0] == "backbone" for p in s.train_only))]
+    frozen = [
+        s.name
+        for s in cfg.resolved_stages()
+        if "backbone" in s.freeze
+        or (s.train_only and not any(p.split(".")[0] == "backbone" for p in s.train_only))
+    ]
     if not frozen:
-        raise ConfigError("model.cache_features needs a frozen backbone: add a stage with freeze: [backbone] "
-                          "(or train_only: [head])")
+        raise ConfigError(
+            "model.cache_features needs a frozen backbone: add a stage with freeze: [backbone] "
+            "(or train_only: [head])"
+        )
     if augment is not None and not augment.is_identity:
-        raise ConfigError("model.cache_features needs deterministic inputs: switch the augment section off "
-                          f"(it enables {augment!r})")
+        raise ConfigError(
+            "model.cache_features needs deterministic inputs: switch the augment section off "
+            f"(it enables {augment!r})"
+        )
     model.feature_cache = FeatureCache(cfg.model.cache_features_max_mb)
     return model.feature_cache

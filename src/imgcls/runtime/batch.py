@@ -32,7 +32,11 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(
-            move(self.images), move(self.targets), move(self.soft_targets), move(self.index), move(self.unit_images)
+            move(self.images),
+            move(self.targets),
+            move(self.soft_targets),
+            move(self.index),
+            move(self.unit_images),
         )
 
     def with_images(self, images: torch.Tensor) -> Batch:

@@ -32,7 +32,12 @@ def versions() -> dict[str, str]:
 
     import imgcls
 
-    return {"imgcls": imgcls.__version__, "torch": str(torch.__version__), "timm": str(timm.__version__), "python": platform.python_version()}
+    return {
+        "imgcls": imgcls.__version__,
+        "torch": str(torch.__version__),
+        "timm": str(timm.__version__),
+        "python": platform.python_version(),
+    }
 
 
 #: errno values meaning "the disk (or the user's quota) is full"
@@ -52,7 +57,9 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True
     text = str(exc).lower()
-    return isinstance(exc, Exception) and ("no space left" in text or "file write failed" in text or "quota exceeded" in text)
+    return isinstance(exc, Exception) and (
+        "no space left" in text or "file write failed" in text or "quota exceeded" in text
+    )
 
 
 def disk_full_error(path: Path) -> CheckpointError:
@@ -104,7 +111,9 @@ def check_plain_tensor_file(path: str | Path, what: str) -> None:
             with safe_open(str(path), "pt") as fh:
                 fh.keys()
         except Exception as exc:
-            raise CheckpointError(f"{what} '{path}' is not a readable safetensors file ({type(exc).__name__})") from None
+            raise CheckpointError(
+                f"{what} '{path}' is not a readable safetensors file ({type(exc).__name__})"
+            ) from None
         return
     try:
         torch.load(path, map_location="cpu", weights_only=True)
@@ -114,7 +123,9 @@ def check_plain_tensor_file(path: str | Path, what: str) -> None:
                 f"{what} '{path}' refused as unsafe: not a plain-tensor checkpoint (its pickle holds Python objects "
                 "that could run code when loaded); convert it to .safetensors where you trust it"
             ) from None
-        raise CheckpointError(f"{what} '{path}' is unreadable ({type(exc).__name__}); it may be truncated") from None
+        raise CheckpointError(
+            f"{what} '{path}' is unreadable ({type(exc).__name__}); it may be truncated"
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -129,13 +140,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"checkpoint '{path}' refused: not a plain-tensor checkpoint (it holds Python objects that could run "
                 "code when loaded); only imgcls checkpoints are loaded"
             ) from None
-        raise CheckpointError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}); it may be truncated or not an imgcls checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is unreadable ({type(exc).__name__}); it may be truncated or not an imgcls checkpoint"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not an imgcls checkpoint (format {FORMAT})")
     return ckpt
 
 
-def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
     """Inference weights as safetensors (shared tensors are cloned, as the format requires)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     path = Path(path)

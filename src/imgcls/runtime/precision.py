@@ -33,7 +33,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"train.device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0..")
+        raise ConfigError(
+            f"train.device={name} but only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0.."
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device={name} but MPS is not available here; use train.device=cpu or auto")
     return device

@@ -41,7 +41,9 @@ def build_taxonomy(
             f"data.taxonomy '{spec}' must be 'wordnet' or a .yaml/.yml/.json parent map or a .csv of label paths"
         )
     if not p.is_file():
-        p = resolve_taxonomy(spec) or p  # a shipped taxonomy (configs/taxonomies/...) when installed from a wheel
+        p = (
+            resolve_taxonomy(spec) or p
+        )  # a shipped taxonomy (configs/taxonomies/...) when installed from a wheel
     if not p.is_file():
         raise DataError(f"taxonomy file '{p}' not found; set data.taxonomy to an existing file or 'wordnet'")
     if suffix == ".csv":

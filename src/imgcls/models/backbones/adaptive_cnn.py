@@ -29,7 +29,10 @@ class SEBlock(nn.Module):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.fc = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False), nn.Sigmoid()
+            nn.Linear(channels, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=False),
+            nn.Sigmoid(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +53,9 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
 class ResidualBlock(nn.Module):
     """conv3×3(stride) → BN → ReLU → conv3×3 → BN → SE → + shortcut → ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, use_se: bool = True, norm: str = "batch") -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int = 1, use_se: bool = True, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = norm_layer(norm, c_out)
@@ -59,7 +64,9 @@ class ResidualBlock(nn.Module):
         self.se = SEBlock(c_out) if use_se else nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out)
+            )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +78,23 @@ class ResidualBlock(nn.Module):
 #: (stem channels, stem max-pool, [(out channels, stride), ...]) per layout, as in the seed's code.
 LAYOUTS = {
     "mnist": (32, True, [(32, 1), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)]),
-    "cifar": (64, False, [(64, 1), (64, 1), (128, 2), (128, 1), (128, 1), (256, 2), (256, 1), (256, 1), (512, 2), (512, 1), (512, 1)]),
+    "cifar": (
+        64,
+        False,
+        [
+            (64, 1),
+            (64, 1),
+            (128, 2),
+            (128, 1),
+            (128, 1),
+            (256, 2),
+            (256, 1),
+            (256, 1),
+            (512, 2),
+            (512, 1),
+            (512, 1),
+        ],
+    ),
 }
 #: the seed's classifier hidden width per layout (use with the ``mlp`` head)
 CLASSIFIER_HIDDEN = {"mnist": 64, "cifar": 256}
@@ -80,20 +103,34 @@ CLASSIFIER_HIDDEN = {"mnist": 64, "cifar": 256}
 class AdaptiveCNNArgs(ComponentArgs):
     """``model.backbone_args`` of ``adaptive_cnn``."""
 
-    layout: Literal["mnist", "cifar"] = Field("mnist", description="mnist: 1x28x28, 6 blocks; cifar: 3x32x32, 11 blocks")
+    layout: Literal["mnist", "cifar"] = Field(
+        "mnist", description="mnist: 1x28x28, 6 blocks; cifar: 3x32x32, 11 blocks"
+    )
     use_se: bool = Field(True, description="squeeze-and-excitation in every residual block")
     width_mult: float = Field(1.0, gt=0.0, description="multiplier of every width (at least 8 channels)")
-    norm: Literal["batch", "group"] = Field("batch", description="BatchNorm, or GroupNorm (batch-independent)")
+    norm: Literal["batch", "group"] = Field(
+        "batch", description="BatchNorm, or GroupNorm (batch-independent)"
+    )
 
 
 class AdaptiveCNN(nn.Module):
-    def __init__(self, layout: str = "mnist", in_chans: int = 1, use_se: bool = True, width_mult: float = 1.0,
-                 norm: str = "batch") -> None:
+    def __init__(
+        self,
+        layout: str = "mnist",
+        in_chans: int = 1,
+        use_se: bool = True,
+        width_mult: float = 1.0,
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
         AdaptiveCNNArgs.from_init("adaptive_cnn", locals())
         stem, pool, blocks = LAYOUTS[layout]
         w = lambda c: max(8, round(c * width_mult))  # noqa: E731
-        layers: list[nn.Module] = [nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False), norm_layer(norm, w(stem)), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False),
+            norm_layer(norm, w(stem)),
+            nn.ReLU(inplace=True),
+        ]
         if pool:
             layers.append(nn.MaxPool2d(2))
         c = w(stem)
@@ -117,7 +154,9 @@ class AdaptiveCNN(nn.Module):
         wanted = {}
         for layer in layers:
             if not -len(blocks) <= layer < len(blocks):
-                raise ConfigError(f"adaptive_cnn has residual blocks 0..{len(blocks) - 1}; layer {layer} does not exist")
+                raise ConfigError(
+                    f"adaptive_cnn has residual blocks 0..{len(blocks) - 1}; layer {layer} does not exist"
+                )
             wanted[blocks[layer]] = layer
         out: dict[int, torch.Tensor] = {}
         for i, module in enumerate(self.features[: max(wanted) + 1]):
@@ -131,6 +170,11 @@ class AdaptiveCNN(nn.Module):
 
 
 @BACKBONES.register("adaptive_cnn", args=AdaptiveCNNArgs)
-def adaptive_cnn(in_chans: int = 1, layout: str = "mnist", use_se: bool = True, width_mult: float = 1.0,
-                 norm: str = "batch") -> AdaptiveCNN:
+def adaptive_cnn(
+    in_chans: int = 1,
+    layout: str = "mnist",
+    use_se: bool = True,
+    width_mult: float = 1.0,
+    norm: str = "batch",
+) -> AdaptiveCNN:
     return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult, norm=norm)

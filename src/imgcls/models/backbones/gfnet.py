@@ -36,13 +36,19 @@ class GFNetArgs(ComponentArgs):
     mlp_ratio: float = Field(4.0, gt=0.0, description="MLP hidden width / embed_dim")
     drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="dropout")
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth, linear over the blocks")
-    block_style: Literal["seed", "original"] = Field("seed", description="seed: two residuals per block; original: one")
-    filter_init: Literal["seed", "original"] = Field("seed", description="filter init randn/sqrt(dim) (seed) or randn*0.02")
+    block_style: Literal["seed", "original"] = Field(
+        "seed", description="seed: two residuals per block; original: one"
+    )
+    filter_init: Literal["seed", "original"] = Field(
+        "seed", description="filter init randn/sqrt(dim) (seed) or randn*0.02"
+    )
 
     @model_validator(mode="after")
     def _patches_tile_the_image(self) -> GFNetArgs:
         if self.img_size % self.patch_size:
-            raise ValueError(f"gfnet: img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"gfnet: img_size {self.img_size} must be a multiple of patch_size {self.patch_size}"
+            )
         return self
 
 

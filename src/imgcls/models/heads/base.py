@@ -73,7 +73,9 @@ class Head(nn.Module, ABC):
     def __init__(self, in_features: int, num_classes: int, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if in_features <= 0 or num_classes <= 1:
-            raise ValueError(f"head needs in_features > 0 and num_classes > 1, got {in_features}, {num_classes}")
+            raise ValueError(
+                f"head needs in_features > 0 and num_classes > 1, got {in_features}, {num_classes}"
+            )
         self.in_features = in_features
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing

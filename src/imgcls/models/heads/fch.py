@@ -160,7 +160,8 @@ class FCHArgs(ComponentArgs):
     )
     memory_size: int = Field(1024, ge=0, description="FIFO bank size for eval_graph: memory (0: no bank)")
     global_graph: bool = Field(
-        False, description="DDP: build the training graph and structure term over the all-gathered global batch"
+        False,
+        description="DDP: build the training graph and structure term over the all-gathered global batch",
     )
 
     @model_validator(mode="after")

@@ -24,7 +24,9 @@ class LinearArgs(ComponentArgs):
 class MLPArgs(ComponentArgs):
     """``model.head_args`` of ``mlp``."""
 
-    hidden: list[PositiveInt] | PositiveInt = Field(256, description="hidden layer width(s), e.g. [64] or [512, 256]")
+    hidden: list[PositiveInt] | PositiveInt = Field(
+        256, description="hidden layer width(s), e.g. [64] or [512, 256]"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each hidden layer")
     activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="hidden-layer activation")
 

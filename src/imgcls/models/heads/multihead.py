@@ -151,7 +151,9 @@ class ArcFaceMultiHead(Head):
 
     def scale_logits(self, output: HeadOutput, temperature: float | torch.Tensor) -> HeadOutput:
         """Temperature scaling of every level's logits (``predict`` reads ``extras['level_ℓ']``)."""
-        extras = {k: v.float() / temperature if k.startswith("level_") else v for k, v in output.extras.items()}
+        extras = {
+            k: v.float() / temperature if k.startswith("level_") else v for k, v in output.extras.items()
+        }
         return replace(output, logits=output.logits.float() / temperature, extras=extras)
 
     def predict_levels(self, output: HeadOutput) -> list[torch.Tensor]:

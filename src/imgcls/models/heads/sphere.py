@@ -62,7 +62,10 @@ class SphereMultiArgs(MarginArgs):
     clip: float = Field(0.05, ge=0.0, lt=1.0, description="ASL probability margin of negatives")
     focal_gamma: float = Field(2.0, ge=0.0, description="focal loss exponent γ (torchvision's default 2)")
     focal_alpha: float | None = Field(
-        0.25, ge=0.0, le=1.0, description="focal loss positive weight α (torchvision's 0.25; null: no α-balancing)"
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="focal loss positive weight α (torchvision's 0.25; null: no α-balancing)",
     )
 
 
@@ -144,7 +147,10 @@ class SphereMultiHead(Head):
         self.scale = float(scale) if scale is not None else default_scale(self.num_nodes)
         self.margin, self.margin_on, self.loss_name = float(margin), margin_on, loss
         self.asl = dict(zip(ASL_KEYS, (gamma_neg, gamma_pos, clip), strict=True))
-        self.focal = {"gamma": float(focal_gamma), "alpha": None if focal_alpha is None else float(focal_alpha)}
+        self.focal = {
+            "gamma": float(focal_gamma),
+            "alpha": None if focal_alpha is None else float(focal_alpha),
+        }
         self.embed = EmbeddingMLP(in_features, embedding, dropout, embed_final_act)
         self.weight = nn.Parameter(torch.empty(self.num_nodes, self.embed.out_features))
         nn.init.xavier_normal_(self.weight)
