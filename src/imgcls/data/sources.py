@@ -191,6 +191,7 @@ def _torchvision_source(
                 f"{url}, unpack it so that <folder>/{unpacked}/ exists and set data.root=<folder>"
             ) from None
         raise
+
     def as_data(x, y) -> ImageData:
         return ImageData(labels=torch.as_tensor(np.asarray(y), dtype=torch.long), class_names=names, images=x)
 
