@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.config import load_config
+from imgcls.data.sources import FASHION_MNIST_CLASSES
 from imgcls.errors import ConfigError
 from imgcls.evaluation.calibration import (
     CALIBRATION_FILE,
@@ -27,18 +28,7 @@ from tiny_runs import requires_fashion_mnist, single_thread
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 FASHION_TREE = CONFIGS / "taxonomies" / "fashion_mnist.yaml"
-FASHION_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+FASHION_CLASSES = FASHION_MNIST_CLASSES
 
 
 def miscalibrated(

@@ -21,6 +21,7 @@ from imgcls.data.augment_ops import (
     rgb_to_hsv,
     uniform,
 )
+from imgcls.data.sources import FASHION_MNIST_CLASSES
 from imgcls.errors import ConfigError
 from imgcls.losses.focal import sigmoid_focal_loss
 from imgcls.losses.hierarchical import HierarchicalBCELoss
@@ -30,18 +31,7 @@ from imgcls.runtime.batch import Batch
 from imgcls.taxonomy import build_taxonomy
 
 TREE = Path(__file__).parent.parent / "configs" / "taxonomies" / "fashion_mnist.yaml"
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+CLASSES = FASHION_MNIST_CLASSES
 
 
 # ------------------------------------------------------------------------------------------------ focal

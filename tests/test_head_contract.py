@@ -10,24 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from imgcls.data.sources import FASHION_MNIST_CLASSES
 from imgcls.models.classifier import build_head
 from imgcls.registry import HEADS
 from imgcls.runtime.batch import Batch
 from imgcls.taxonomy import build_taxonomy
 
 REPO = Path(__file__).resolve().parents[1]
-FASHION_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+FASHION_CLASSES = FASHION_MNIST_CLASSES
 
 
 @pytest.fixture(scope="module")

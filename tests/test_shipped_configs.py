@@ -10,6 +10,7 @@ import pytest
 import timm
 
 from imgcls.config import load_config
+from imgcls.data.sources import FASHION_MNIST_CLASSES
 from imgcls.models.classifier import build_backbone, build_head
 from imgcls.registry import BACKBONES
 from imgcls.taxonomy import build_taxonomy
@@ -17,18 +18,7 @@ from imgcls.taxonomy import build_taxonomy
 CONFIGS = Path(__file__).parent.parent / "configs"
 SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("taxonomies", "sweeps"))
 FASHION_TREE = CONFIGS / "taxonomies" / "fashion_mnist.yaml"
-FASHION_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+FASHION_CLASSES = FASHION_MNIST_CLASSES
 
 
 def test_configs_are_found():
