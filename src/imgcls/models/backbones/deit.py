@@ -32,7 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from imgcls.errors import ConfigError
@@ -117,20 +117,6 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = (
-            nn.Linear(dim, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, dim),
-            nn.Dropout(drop),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block: ``x += DropPath(MHSA(LN(x))); x += DropPath(MLP(LN(x)))``."""
 
@@ -148,7 +134,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)  # timm's: fc1 → GELU → drop → fc2 → drop
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

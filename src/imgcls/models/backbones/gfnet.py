@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from imgcls.registry import BACKBONES, ComponentArgs
@@ -98,20 +98,6 @@ class GlobalFilter(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2, self.drop = (
-            nn.Linear(dim, hidden),
-            nn.GELU(),
-            nn.Linear(hidden, dim),
-            nn.Dropout(drop),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class GFBlock(nn.Module):
     def __init__(
         self, dim: int, mlp_ratio: float, drop: float, drop_path: float, h: int, w: int, style: str, init: str
@@ -121,7 +107,7 @@ class GFBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.filter = GlobalFilter(dim, h, w, init)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)  # timm's: fc1 → GELU → drop → fc2 → drop
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
