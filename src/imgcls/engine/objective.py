@@ -16,6 +16,7 @@ trainer puts them in their own optimiser param group and saves ``state_dict()`` 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ class ObjectiveResult:
     output: HeadOutput
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, ABC):
     """Base objective: subclasses implement ``forward(model, head, batch)``.
 
     ``model`` is what to call for the student's forward (possibly DDP/compile-wrapped), ``head``
@@ -43,8 +44,9 @@ class Objective(nn.Module):
     ``batch.unit_images`` the same images in [0, 1] before normalisation.
     """
 
+    @abstractmethod
     def forward(self, model: Callable[..., HeadOutput], head: Head, batch: Batch) -> ObjectiveResult:
-        raise NotImplementedError
+        """Named loss terms of ``batch`` and the student's head output."""
 
     def term_weights(self) -> dict[str, float]:
         """Multipliers of named terms in force now (e.g. an α schedule); missing terms weigh 1."""
