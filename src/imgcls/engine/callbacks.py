@@ -214,7 +214,6 @@ class HistoryLogger(Callback):
 
     def __init__(self, run_dir: Path, tensorboard: bool, log_every: int) -> None:
         self.run_dir, self.tensorboard, self.log_every = run_dir, tensorboard, log_every
-        self.rows: list[dict[str, Any]] = []
         self.writer = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -231,16 +230,15 @@ class HistoryLogger(Callback):
             self.writer.add_scalar("train/lr", trainer.current_lr(), trainer.state.step)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        self.rows = list(trainer.history)
         if not trainer.dist.is_main:
             return
         fields: list[str] = []
-        for row in self.rows:
+        for row in trainer.history:  # the trainer's history (saved in every checkpoint) is the one record
             fields += [k for k in row if k not in fields]
         with open(self.run_dir / "history.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(trainer.history)
         if self.writer is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -250,8 +248,6 @@ class HistoryLogger(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.writer is not None:
             self.writer.close()
-
-    # the rows themselves are the trainer's ``history`` (saved in every checkpoint)
 
 
 class ProgressPrinter(Callback):
