@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch on 2,000 images")
     ap.add_argument("--name", default="time_to_accuracy")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override for the imgcls rows"
+    )
     args = ap.parse_args()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     extra = ["train.epochs=1", "data.train_subset=2000", "data.test_subset=500"] if args.quick else []
@@ -122,7 +125,7 @@ def main() -> None:
                 if row == "peer":
                     r = run_peer(seed, extra, args.quick)
                 else:
-                    r = run_imgcls(RECIPES[row], seed, Path(tmp), extra)
+                    r = run_imgcls(RECIPES[row], seed, Path(tmp), [*extra, *args.set])
                 print(f"{row} seed {seed}: {r['test_acc']:.4f} in {r['train_s']:.1f} s", flush=True)
                 runs.append(r)
             acc_m, acc_s = mean_std([r["test_acc"] for r in runs])
@@ -149,8 +152,12 @@ def main() -> None:
         )
     if args.quick:
         lines.append("\n(--quick smoke run: 1 epoch on 2,000 images; no accuracy claim)")
+    if args.set:
+        lines.append(f"\nOverrides on the imgcls rows: `{' '.join(args.set)}`")
     write_results(
-        args.name + ("_quick" if args.quick else ""), {"quick": args.quick, "rows": rows}, "\n".join(lines)
+        args.name + ("_quick" if args.quick else ""),
+        {"quick": args.quick, "overrides": args.set, "rows": rows},
+        "\n".join(lines),
     )
 
 

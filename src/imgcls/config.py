@@ -158,7 +158,10 @@ class OptimConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
     head_lr_mult: float = Field(1.0, gt=0.0, description="learning-rate multiplier for the head's parameters")
-    fused: bool | None = Field(None, description="fused optimizer kernels (None: on CUDA only)")
+    fused: bool | None = Field(
+        None,
+        description="fused optimizer kernels (None: the faster by measurement on the CPU, fused on CUDA)",
+    )
 
 
 class ScheduleConfig(Section):

@@ -10,6 +10,11 @@ The copy keeps the real model, its optimiser and every RNG untouched, so a tuned
 deterministic as an untuned one. The choice is logged as a table, stored in every checkpoint
 (``execution``) and reused on ``--resume`` and by evaluation, never re-measured.
 Values the user sets explicitly are not tuned.
+
+The optimiser's kernels are the third axis: with ``optim.fused: null`` on the CPU, the fused AdamW/Adam/SGD
+step (one kernel over all parameters) and the default multi-tensor ``foreach`` step are timed on a copy of
+the model's parameters with random gradients (measured on the project's 2-core CPU: AdamW over ResNet-18
+≈ 6 ms fused vs ≈ 35 ms foreach per step, ≈ 8 % of a training step; ``benchmarks/profile_epoch.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import torch
 
-from imgcls.config import TrainConfig
+from imgcls.config import OptimConfig, TrainConfig
 from imgcls.runtime.precision import autocast
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,6 +42,8 @@ class Execution:
     channels_last: bool = False
     source: str = "default"  # "measured" | "explicit" | "recorded" | "default"
     candidates: list[dict[str, Any]] = field(default_factory=list)  # measured step times
+    fused_optimizer: bool | None = None  # None: optim.fused decides (on CUDA only when that is null too)
+    optimizer_candidates: list[dict[str, Any]] = field(default_factory=list)  # measured optimiser steps
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -47,14 +54,31 @@ class Execution:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Execution:
-        return cls(d["precision"], bool(d["channels_last"]), "recorded", list(d.get("candidates", [])))
+        return cls(
+            d["precision"],
+            bool(d["channels_last"]),
+            "recorded",
+            list(d.get("candidates", [])),
+            d.get("fused_optimizer"),
+            list(d.get("optimizer_candidates", [])),
+        )
 
     def table(self) -> str:
         rows = [
             f"{c['precision']:>5} {'channels_last' if c['channels_last'] else 'NCHW':>13} {c['step_ms']:8.1f} ms"
             for c in self.candidates
         ]
+        rows += [
+            f"optimizer {'fused' if c['fused'] else 'foreach':>9} {c['step_ms']:8.1f} ms"
+            for c in self.optimizer_candidates
+        ]
         return "\n".join(rows)
+
+    def describe(self) -> str:
+        text = f"{self.precision}{' + channels_last' if self.channels_last else ''}"
+        if self.fused_optimizer is not None:
+            text += f", {'fused' if self.fused_optimizer else 'foreach'} optimizer"
+        return text
 
 
 def candidate_grid(cfg: TrainConfig, device: torch.device) -> list[tuple[str, bool]]:
@@ -70,19 +94,36 @@ def candidate_grid(cfg: TrainConfig, device: torch.device) -> list[tuple[str, bo
     return list(itertools.product(precisions, layouts))
 
 
-def needs_tuning(cfg: TrainConfig, device: torch.device) -> bool:
-    return len(candidate_grid(cfg, device)) > 1
+FUSABLE = ("adamw", "adam", "sgd")  # torch has fused CPU/CUDA kernels for these
 
 
-def time_candidate(step, precision: str, channels_last: bool, warmup: int, steps: int) -> float:
-    """Median wall time (ms) of ``steps`` calls of ``step(amp_dtype, channels_last)`` after ``warmup``."""
+def fused_candidates(optim_cfg: OptimConfig, device: torch.device) -> list[bool]:
+    """Optimiser kernels to time: both on the CPU when ``optim.fused`` is null and a fused kernel exists
+    (on CUDA a null means fused, as before); nothing to time otherwise."""
+    if optim_cfg.fused is not None or device.type != "cpu" or optim_cfg.name not in FUSABLE:
+        return []
+    return [False, True]
+
+
+def needs_tuning(cfg: TrainConfig, device: torch.device, optim_cfg: OptimConfig | None = None) -> bool:
+    fused = fused_candidates(optim_cfg, device) if optim_cfg is not None else []
+    return len(candidate_grid(cfg, device)) > 1 or len(fused) > 1
+
+
+def step_times(step, precision: str, channels_last: bool, warmup: int, steps: int) -> list[float]:
+    """Wall times (ms) of ``steps`` calls of ``step(amp_dtype, channels_last)`` after ``warmup``."""
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
         step(PRECISIONS[precision], channels_last)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def time_candidate(step, precision: str, channels_last: bool, warmup: int, steps: int) -> float:
+    """Median wall time (ms) of ``steps`` calls of ``step(amp_dtype, channels_last)`` after ``warmup``."""
+    return statistics.median(step_times(step, precision, channels_last, warmup, steps))
 
 
 def measure(
@@ -92,37 +133,82 @@ def measure(
     *,
     warmup: int = 1,
     steps: int = 3,
+    passes: int = 1,
 ) -> Execution:
     """Time each candidate of ``grid`` with ``make_step(model_copy) -> step(amp_dtype, channels_last)``
-    on its own copy of ``model``; the fastest wins (ties: the earlier, i.e. the simpler, candidate)."""
+    on its own copy of ``model``; the fastest median wins (ties: the earlier, i.e. the simpler, candidate).
+
+    With ``passes=2`` the grid is timed forwards and then backwards (A B C D D C B A), so a machine that
+    speeds up or slows down during the measurement (shared CPUs drift by 10-20 % within minutes) favours
+    no candidate; candidates are often closer than that drift."""
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    candidates = []
+    times: dict[tuple[str, bool], list[float]] = {c: [] for c in grid}
+    errors: dict[tuple[str, bool], str] = {}
     try:
-        for precision, channels_last in grid:
-            clone = copy.deepcopy(model)
-            if channels_last:
-                clone = clone.to(memory_format=torch.channels_last)
-            try:
-                ms = time_candidate(make_step(clone), precision, channels_last, warmup, steps)
-            except RuntimeError as exc:  # a kernel this build lacks for that dtype/layout: not a candidate
-                candidates.append(
-                    {
-                        "precision": precision,
-                        "channels_last": channels_last,
-                        "step_ms": float("inf"),
-                        "error": str(exc).splitlines()[0][:200],
-                    }
-                )
-                continue
-            candidates.append({"precision": precision, "channels_last": channels_last, "step_ms": ms})
-            del clone
+        for p in range(passes):
+            for candidate in grid if p % 2 == 0 else reversed(grid):
+                if candidate in errors:
+                    continue
+                precision, channels_last = candidate
+                clone = copy.deepcopy(model)
+                if channels_last:
+                    clone = clone.to(memory_format=torch.channels_last)
+                try:
+                    times[candidate] += step_times(make_step(clone), precision, channels_last, warmup, steps)
+                except (
+                    RuntimeError
+                ) as exc:  # a kernel this build lacks for that dtype/layout: not a candidate
+                    errors[candidate] = str(exc).splitlines()[0][:200]
+                del clone
     finally:
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
+    candidates = []
+    for precision, channels_last in grid:
+        row = {"precision": precision, "channels_last": channels_last}
+        if (precision, channels_last) in errors:
+            row.update(step_ms=float("inf"), error=errors[(precision, channels_last)])
+        else:
+            row["step_ms"] = statistics.median(times[(precision, channels_last)])
+        candidates.append(row)
     best = min(candidates, key=lambda c: c["step_ms"])
     return Execution(best["precision"], best["channels_last"], "measured", candidates)
+
+
+def measure_optimizer(
+    model: torch.nn.Module, optim_cfg: OptimConfig, device: torch.device, *, warmup: int = 1, steps: int = 5
+) -> tuple[bool, list[dict[str, Any]]]:
+    """Time the optimiser step fused vs foreach on a copy of ``model`` with random gradients (every
+    RNG restored); returns (fused is faster, the measured rows). A kernel that fails is not a candidate."""
+    from imgcls.engine.optim import build_optimizer
+
+    cpu_rng = torch.get_rng_state()
+    rows = []
+    try:
+        for fused in fused_candidates(optim_cfg, device):
+            clone = copy.deepcopy(model)
+            for p in clone.parameters():
+                p.grad = torch.randn_like(p) * 1e-3 if p.requires_grad else None
+            try:
+                optimizer = build_optimizer(clone, optim_cfg, device, fused=fused)
+                times = []
+                for i in range(warmup + steps):
+                    start = time.perf_counter()
+                    optimizer.step()
+                    if i >= warmup:
+                        times.append((time.perf_counter() - start) * 1e3)
+                rows.append({"fused": fused, "step_ms": statistics.median(times)})
+            except (RuntimeError, ValueError) as exc:
+                rows.append(
+                    {"fused": fused, "step_ms": float("inf"), "error": str(exc).splitlines()[0][:200]}
+                )
+            del clone
+    finally:
+        torch.set_rng_state(cpu_rng)
+    best = min(rows, key=lambda r: r["step_ms"])
+    return bool(best["fused"]), rows
 
 
 def default_execution(cfg: TrainConfig, device: torch.device) -> Execution:

@@ -43,10 +43,16 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, device: torch.device, extra: nn.Module | None = None
+    model: nn.Module,
+    cfg: OptimConfig,
+    device: torch.device,
+    extra: nn.Module | None = None,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
     """The optimiser over ``model``'s trainable parameters; ``extra`` (an objective's trainable
-    extras, e.g. distillation projectors) gets its own group named ``objective``."""
+    extras, e.g. distillation projectors) gets its own group named ``objective``. ``fused`` is the
+    measured kernel choice (``engine/autotune.py``), used when ``optim.fused`` is null; with neither,
+    fused kernels are used on CUDA only. RMSprop has no fused kernel."""
     groups = param_groups(model, cfg)
     extra_params = [p for p in extra.parameters() if p.requires_grad] if extra is not None else []
     if extra_params:
@@ -59,7 +65,10 @@ def build_optimizer(
         raise ConfigError(
             "no trainable parameters: the stage freezes everything; adjust stages[].freeze/train_only"
         )
-    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    if cfg.fused is not None:
+        fused = cfg.fused
+    elif fused is None:
+        fused = device.type == "cuda"
     extra = {"fused": True} if fused else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(

@@ -43,7 +43,9 @@ from imgcls.engine.autotune import (
     Execution,
     candidate_grid,
     default_execution,
+    fused_candidates,
     measure,
+    measure_optimizer,
     needs_tuning,
     time_candidate,
     training_step_factory,
@@ -213,17 +215,26 @@ class Trainer:
         per_candidate = int(budget_ms // (len(grid) * probe_ms))  # steps each candidate can afford
         if per_candidate < 2:
             execution = default_execution(self.cfg.train, self.device)
-            execution.source = "default (run too short to measure)"
+            if len(grid) > 1:
+                execution.source = "default (run too short to measure)"
         else:
-            execution = measure(self.model, make_step, grid, warmup=1, steps=min(3, per_candidate - 1))
+            if len(grid) > 1:
+                passes = 2 if per_candidate >= 6 else 1  # forwards then backwards when affordable
+                steps = min(3, per_candidate // passes - 1)
+                execution = measure(self.model, make_step, grid, warmup=1, steps=steps, passes=passes)
+            else:
+                execution = default_execution(self.cfg.train, self.device)
+            if fused_candidates(optim_cfg, self.device):
+                execution.fused_optimizer, execution.optimizer_candidates = measure_optimizer(
+                    self.model, optim_cfg, self.device
+                )
         for p in self.objective.parameters():  # the probe steps must leave no gradient behind
             p.grad = None
         execution = Execution(**broadcast_object(execution.to_dict(), self.dist))
         self._apply_execution(execution)
-        if self.dist.is_main and execution.candidates:
+        if self.dist.is_main and (execution.candidates or execution.optimizer_candidates):
             console.print(
-                f"precision/layout by measurement (ms per step):\n{execution.table()}\n-> {execution.precision}"
-                f"{' + channels_last' if execution.channels_last else ''}",
+                f"execution by measurement (ms per step):\n{execution.table()}\n-> {execution.describe()}",
                 highlight=False,
                 markup=False,
             )
@@ -273,7 +284,9 @@ class Trainer:
         self.model.head.label_smoothing = self.label_smoothing
         self.loss_weights = dict(stage.loss_weights)
         self._loss_weights_checked = False
-        self.optimizer = build_optimizer(self.model, optim_cfg, self.device, extra=self.objective)
+        self.optimizer = build_optimizer(
+            self.model, optim_cfg, self.device, extra=self.objective, fused=self.execution.fused_optimizer
+        )
         self.scheduler = build_scheduler(
             self.optimizer, sched_cfg, int(stage.epochs or 0), self.steps_per_epoch
         )
@@ -373,7 +386,9 @@ class Trainer:
         """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
         if resume is not None and resume.get("execution"):
             self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
-        elif needs_tuning(self.cfg.train, self.device):
+        elif needs_tuning(
+            self.cfg.train, self.device, self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
+        ):
             self._tune_execution()
         mid_stage = self._restore(resume) if resume is not None else False
         for cb in self.callbacks:
