@@ -35,23 +35,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_trainer import build_trainer, fixed_batch_step
 from common import time_steps, write_results
 
 from imgcls.config import load_config
-from imgcls.data.augment import build_train_augment
-from imgcls.data.prepare import make_loader, prepare_data
+from imgcls.data.prepare import prepare_data
 from imgcls.engine.autotune import Execution, candidate_grid
-from imgcls.engine.trainer import Trainer
 from imgcls.models.classifier import build_model
-from imgcls.runtime.batch import Batch
-from imgcls.runtime.precision import configure_backends, resolve_device
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def make_trainer(overrides: list[str], batch: int, images: int):
-    cfg = load_config(
-        None,
+    return build_trainer(
         [
             *overrides,
             f"train.batch_size={batch}",
@@ -63,36 +59,8 @@ def make_trainer(overrides: list[str], batch: int, images: int):
             "augment.hflip=0.5",
             "train.autotune_max_share=1.0",
         ],
+        batch,
     )
-    device = resolve_device(cfg.train.device)
-    configure_backends(cfg.train, device)
-    data = prepare_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(data.class_names), data.channels)
-    loader = make_loader(data.train, data, cfg, train=True, batch_size=batch, device=device)
-    trainer = Trainer(
-        cfg,
-        model,
-        loader,
-        None,
-        device=device,
-        preprocess_meta=data.preprocess,
-        class_names=data.class_names,
-        augment=build_train_augment(cfg.augment, 10),
-    )
-    return cfg, data, trainer
-
-
-def fixed_batch_step(trainer, data, batch: int):
-    """One forward + backward + optimiser step of ``trainer`` on a ready normalised tensor."""
-    x = trainer.prep.normalize(torch.randn(batch, data.channels, data.image_size, data.image_size))
-    raw = Batch(images=x, targets=torch.randint(0, 10, (batch,)))
-
-    def step():
-        trainer._forward_backward(raw, sync=True)
-        trainer._optimizer_step()
-
-    return step
 
 
 def ceilings_and_imgcls(

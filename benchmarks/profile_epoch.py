@@ -28,11 +28,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_trainer import fixed_batch_step
 from common import time_steps, write_results
 from peers import make_trainer
 
 from imgcls.data.loader import epoch_generator
-from imgcls.runtime.batch import Batch
 
 
 def phases(trainer, epochs: int) -> dict[str, float]:
@@ -88,13 +88,7 @@ def main() -> None:
     ex = trainer.execution
     trainer.train_epoch()  # warm-up (allocator, oneDNN kernels)
 
-    x = trainer.prep.normalize(torch.rand(args.batch, data.channels, data.image_size, data.image_size))
-    raw = Batch(images=x, targets=torch.randint(0, 10, (args.batch,)))
-
-    def step():
-        trainer._forward_backward(raw, sync=True)
-        trainer._optimizer_step()
-
+    step = fixed_batch_step(trainer, data, args.batch)
     # alternate ceiling and epoch (this machine drifts by 10-20 % between minutes): median of the pairs
     pairs = []
     for _ in range(args.repeats):

@@ -17,15 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_trainer import build_trainer, fixed_batch_step
 from common import time_steps, write_results
 
-from imgcls.config import load_config
-from imgcls.data.augment import build_train_augment
-from imgcls.data.prepare import make_loader, prepare_data
 from imgcls.engine.trainer import Trainer
-from imgcls.models.classifier import build_model
-from imgcls.runtime.batch import Batch
-from imgcls.runtime.precision import configure_backends, resolve_device
 
 
 def measure(overrides: list[str], batch: int, steps: int) -> dict:
@@ -38,36 +33,14 @@ def measure(overrides: list[str], batch: int, steps: int) -> dict:
         f"data.train_subset={batch * (steps + 3)}",
         "data.val_fraction=0",
     ]
-    cfg = load_config(None, overrides)
-    device = resolve_device(cfg.train.device)
-    configure_backends(cfg.train, device)
-    data = prepare_data(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(data.class_names), data.channels)
-    loader = make_loader(data.train, data, cfg, train=True, batch_size=batch, device=device)
-    trainer = Trainer(
-        cfg,
-        model,
-        loader,
-        None,
-        device=device,
-        preprocess_meta=data.preprocess,
-        class_names=data.class_names,
-        augment=build_train_augment(cfg.augment, 10),
-    )
+    _, data, trainer = build_trainer(overrides, batch)
+    device = trainer.device
     trainer._setup_stage()
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
 
     # Ceiling: the same trainer step on a pre-made normalised batch (no loading, no augmentation).
-    x = trainer.prep.normalize(
-        torch.randn(batch, data.channels, data.image_size, data.image_size, device=device)
-    )
-    raw = Batch(images=x, targets=torch.randint(0, 10, (batch,), device=device))
     trainer._set_train_mode()
-
-    def ceiling_step() -> None:
-        trainer._forward_backward(raw, sync=True)
-        trainer._optimizer_step()
+    ceiling_step = fixed_batch_step(trainer, data, batch)
 
     ceiling = batch / time_steps(ceiling_step, warmup=3, steps=steps, sync=sync)
     # Pipeline: a real training epoch, after one warm-up epoch (allocator, oneDNN kernels).

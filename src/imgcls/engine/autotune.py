@@ -110,15 +110,20 @@ def needs_tuning(cfg: TrainConfig, device: torch.device, optim_cfg: OptimConfig 
     return len(candidate_grid(cfg, device)) > 1 or len(fused) > 1
 
 
-def step_times(step, precision: str, channels_last: bool, warmup: int, steps: int) -> list[float]:
-    """Wall times (ms) of ``steps`` calls of ``step(amp_dtype, channels_last)`` after ``warmup``."""
+def call_times(fn, warmup: int, steps: int) -> list[float]:
+    """Wall times (ms) of ``steps`` calls of ``fn()`` after ``warmup`` untimed calls."""
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        step(PRECISIONS[precision], channels_last)
+        fn()
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     return times
+
+
+def step_times(step, precision: str, channels_last: bool, warmup: int, steps: int) -> list[float]:
+    """Wall times (ms) of ``steps`` calls of ``step(amp_dtype, channels_last)`` after ``warmup``."""
+    return call_times(lambda: step(PRECISIONS[precision], channels_last), warmup, steps)
 
 
 def time_candidate(step, precision: str, channels_last: bool, warmup: int, steps: int) -> float:
@@ -193,12 +198,7 @@ def measure_optimizer(
                 p.grad = torch.randn_like(p) * 1e-3 if p.requires_grad else None
             try:
                 optimizer = build_optimizer(clone, optim_cfg, device, fused=fused)
-                times = []
-                for i in range(warmup + steps):
-                    start = time.perf_counter()
-                    optimizer.step()
-                    if i >= warmup:
-                        times.append((time.perf_counter() - start) * 1e3)
+                times = call_times(optimizer.step, warmup, steps)
                 rows.append({"fused": fused, "step_ms": statistics.median(times)})
             except (RuntimeError, ValueError) as exc:
                 rows.append(
