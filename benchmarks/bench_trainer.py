@@ -14,9 +14,10 @@ from imgcls.runtime.batch import Batch
 from imgcls.runtime.precision import configure_backends, resolve_device
 
 
-def build_trainer(overrides: list[str], batch: int):
-    """(cfg, prepared data, Trainer) for the config given by ``overrides`` (the model seeded with 0)."""
-    cfg = load_config(None, overrides)
+def build_trainer(overrides: list[str], batch: int, config=None):
+    """(cfg, prepared data, Trainer) for ``config`` (a YAML path; the defaults when None) with
+    ``overrides`` (the model seeded with 0)."""
+    cfg = load_config(config, overrides)
     device = resolve_device(cfg.train.device)
     configure_backends(cfg.train, device)
     data = prepare_data(cfg)

@@ -13,6 +13,21 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+#: the Fashion-MNIST recipes the speed benchmarks time (issue 11), by row name
+FMNIST_RECIPES = {
+    "fast92": ROOT / "configs/fashion_mnist/fast92.yaml",
+    "best30min": ROOT / "configs/fashion_mnist/best30min.yaml",
+    "strong": ROOT / "configs/fashion_mnist/strong.yaml",
+    "quickstart": ROOT / "configs/quickstart.yaml",
+}
+
+
+def quiet_run_overrides(out: Path) -> list[str]:
+    """Overrides for a benchmarked ``api.train`` run: into ``out``, no progress bar, TensorBoard or plots."""
+    return [f"output.dir={out}", "train.progress=false", "output.tensorboard=false", "eval.plots=false"]
+
+
 # IMGCLS_BENCHMARK_RESULTS redirects the result files (the tests' smoke runs write to a temporary folder)
 RESULTS = Path(os.environ.get("IMGCLS_BENCHMARK_RESULTS") or Path(__file__).parent / "results")
 

@@ -5,11 +5,12 @@ mean ± std of each run's **final** test accuracy (the test set is evaluated onc
 Training seconds are ``train_summary.json``'s ``train_time_s`` (the trainer's fit: every epoch's training
 and validation, precision autotuning included); data loading (decoding Fashion-MNIST into memory) and the
 final test evaluation are timed and reported separately. Rows: our fastest recipe for ≥ 92 %
-(``configs/fashion_mnist/fast92.yaml``), the quickstart, the long ``strong.yaml`` recipe (94.65 % in 24.6 min,
-one seed; a ``best30min`` recipe for ≥ 95 % does not exist yet), and the peer loop (``peer_loop.py``: DataLoader + per-sample torchvision transforms, fp32) on the quickstart's
-model and recipe at the same epochs.
+(``configs/fashion_mnist/fast92.yaml``), our best recipe within 30 minutes (``best30min.yaml``), the
+quickstart, the long ``strong.yaml`` recipe, and the peer loop (``peer_loop.py``: DataLoader + per-sample
+torchvision transforms, fp32) on the quickstart's model and recipe at the same epochs.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --rows fast92,quickstart,peer --seeds 0,1,2,3,4
+    .venv/bin/python benchmarks/time_to_accuracy.py --rows best30min --seeds 0,1,2 --name time_to_accuracy_best30min
     .venv/bin/python benchmarks/time_to_accuracy.py --quick        # CI-sized smoke run, no accuracy claim
 """
 
@@ -25,14 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import mean_std, write_results
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {
-    "fast92": ROOT / "configs/fashion_mnist/fast92.yaml",
-    "strong": ROOT / "configs/fashion_mnist/strong.yaml",
-    "quickstart": ROOT / "configs/quickstart.yaml",
-}
+from common import FMNIST_RECIPES as RECIPES
+from common import mean_std, quiet_run_overrides, write_results
 
 
 def run_imgcls(config: Path, seed: int, out: Path, extra: list[str]) -> dict:
@@ -41,14 +36,7 @@ def run_imgcls(config: Path, seed: int, out: Path, extra: list[str]) -> dict:
     start = time.perf_counter()
     res = api.train(
         config,
-        [
-            f"train.seed={seed}",
-            f"output.dir={out}",
-            "train.progress=false",
-            "output.tensorboard=false",
-            "eval.plots=false",
-            *extra,
-        ],
+        [f"train.seed={seed}", *quiet_run_overrides(out), *extra],
         evaluate_after=False,
     )
     total_train_call = time.perf_counter() - start
@@ -155,6 +143,12 @@ def main() -> None:
             f"{r['train_s_mean']:.1f} ± {r['train_s_std']:.1f} | {r['setup_s_mean']:.1f} | "
             f"{r['eval_s_mean']:.1f} |"
         )
+    lines += ["", "| recipe | seed | test accuracy % | training s | epochs |", "|---|---|---|---|---|"]
+    for row, r in rows.items():
+        for run in r["runs"]:
+            lines.append(
+                f"| {row} | {run['seed']} | {100 * run['test_acc']:.2f} | {run['train_s']:.1f} | {run['epochs']} |"
+            )
     if args.quick:
         lines.append("\n(--quick smoke run: 1 epoch on 2,000 images; no accuracy claim)")
     if args.set:

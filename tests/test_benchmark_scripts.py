@@ -63,3 +63,19 @@ def test_peers_quick_compares_every_format_and_imgcls(tmp_path):
     assert im["img_per_s"] > 0 and im["ratio_to_own_ceiling"] > 0 and im["candidates"]
     assert result["plain_pytorch"]["img_per_s"] > 0
     assert "imgcls / best-format ceiling" in (tmp_path / "peers_quick.md").read_text()
+
+
+@pytest.mark.slow  # torch.compile's inductor builds C++ kernels: minutes on 2 cores
+@requires_fashion_mnist
+def test_compile_cpu_quick_times_eager_and_compiled(tmp_path):
+    run_quick("compile_cpu.py", tmp_path, "--recipes", "fast92")
+    row = json.loads((tmp_path / "compile_cpu_quick.json").read_text())["rows"]["fast92"]
+    assert len(row["epoch_s"]["eager"]) == len(row["epoch_s"]["compiled"]) == 2
+    assert row["eager_ms"] > 0 and row["recipe_steps"] == 4 * 223  # 4 epochs of ceil(57,000 / 256) steps
+    formats = {(c["precision"], c["channels_last"]) for c in row["compiled"]}
+    assert formats == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}
+    for c in row["compiled"]:
+        assert c["compile_s"] > 0 and c["compiled_ms"] > 0
+        assert c["speedup"] == pytest.approx(row["eager_ms"] / c["compiled_ms"])
+    assert row["execution"]["precision"] in {"fp32", "bf16"}
+    assert "saving over the recipe" in (tmp_path / "compile_cpu_quick.md").read_text()
