@@ -4,8 +4,8 @@ than the eager one *including the compile time, for the run's length*?
 Per recipe, in one process on the running machine:
 - **real epochs**: one training epoch of the recipe through ``api.train`` with ``train.compile=false`` and
   ``true``, in ABBA order (``--rounds`` rounds), so drift hits both alike; the difference is what a user pays
-  or saves in that epoch (compilation, the recompile for the epoch's last, smaller batch, and the steady
-  steps). Precision, layout and optimiser kernel are chosen by the autotuner as in a normal run.
+  or saves in that epoch (compilation and the steady steps; validation runs the plain model in both).
+  Precision, layout and optimiser kernel are chosen by the autotuner as in a normal run.
 - **fixed batch**: the trainer's step on one ready batch, eager in the execution the autotuner chose against
   compiled in every precision × layout candidate, in interleaved rounds (medians): each compile time (the
   first compiled call) and steady-state ms per step, hence the steps after which compiling pays back, set
@@ -42,7 +42,7 @@ from common import quiet_run_overrides, time_steps, write_results
 
 from imgcls import api
 from imgcls.config import load_config
-from imgcls.engine.autotune import candidate_grid
+from imgcls.engine.autotune import Execution, candidate_grid
 from imgcls.runtime.checkpoint import load_checkpoint
 
 
@@ -127,7 +127,8 @@ def fixed_batch(config: Path, execution: dict, batch: int, steps: int, rounds: i
 
 
 def describe(execution: dict) -> str:
-    return f"{execution['precision']} + {'channels_last' if execution['channels_last'] else 'NCHW'}"
+    """The autotuner's own wording of an execution (``bf16 + channels_last, fused optimizer``)."""
+    return Execution.from_dict(execution).describe()
 
 
 def recipe_steps(config: Path) -> int:
@@ -137,9 +138,43 @@ def recipe_steps(config: Path) -> int:
     return cfg.train.epochs * math.ceil(train_images / cfg.train.batch_size)
 
 
+def render(rows: dict, quick: bool) -> str:
+    """The Markdown tables of ``rows`` (recipe name → the measurements ``main`` collects)."""
+    lines = [
+        "One real training epoch, `train.compile` false vs true (medians of ABBA rounds; the autotuned execution, "
+        "validation included):",
+        "",
+        "| recipe | execution (autotuned) | epoch s, eager | epoch s, compiled |",
+        "|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {describe(r['execution'])} | {r['epoch_eager_s']:.1f} | {r['epoch_compiled_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "The trainer's step on one ready batch (medians of interleaved rounds): eager in the autotuned execution "
+        "against compiled in every format; cold compiles (no inductor caches from earlier runs):",
+        "",
+        "| recipe | compiled format | compile s | ms/step compiled | ms/step eager (autotuned) | speed-up | "
+        "break-even steps | recipe steps | saving over the recipe |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        for c in r["compiled"]:
+            even = c["break_even_steps"] if c["break_even_steps"] is not None else "never"
+            lines.append(
+                f"| {name} | {describe(c)} | {c['compile_s']:.1f} | {c['compiled_ms']:.1f} | {r['eager_ms']:.1f} | "
+                f"{c['speedup']:.2f}× | {even} | {r['recipe_steps']} | {c['projected_saving_s']:+.0f} s |"
+            )
+    if quick:
+        lines.append("\n(--quick smoke run: 2,000 images, 1 round; no speed claim)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--recipes", default="fast92,quickstart", help=f"comma-separated: {', '.join(RECIPES)}")
+    ap.add_argument("--recipes", default="fast92,best30min", help=f"comma-separated: {', '.join(RECIPES)}")
     ap.add_argument(
         "--rounds", type=int, default=1, help="ABBA rounds of real epochs (eager, compiled, compiled, eager)"
     )
@@ -182,39 +217,10 @@ def main() -> None:
                 "recipe_steps": run_steps,
             }
             print(rows[name], flush=True)
-    lines = [
-        "One real training epoch, `train.compile` false vs true (medians of ABBA rounds; the autotuned execution, "
-        "validation included):",
-        "",
-        "| recipe | execution (autotuned) | epoch s, eager | epoch s, compiled |",
-        "|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        lines.append(
-            f"| {name} | {describe(r['execution'])} | {r['epoch_eager_s']:.1f} | {r['epoch_compiled_s']:.1f} |"
-        )
-    lines += [
-        "",
-        "The trainer's step on one ready batch (medians of interleaved rounds): eager in the autotuned execution "
-        "against compiled in every format; cold compiles (no inductor caches from earlier runs):",
-        "",
-        "| recipe | compiled format | compile s | ms/step compiled | ms/step eager (autotuned) | speed-up | "
-        "break-even steps | recipe steps | saving over the recipe |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        for c in r["compiled"]:
-            even = c["break_even_steps"] if c["break_even_steps"] is not None else "never"
-            lines.append(
-                f"| {name} | {describe(c)} | {c['compile_s']:.1f} | {c['compiled_ms']:.1f} | {r['eager_ms']:.1f} | "
-                f"{c['speedup']:.2f}× | {even} | {r['recipe_steps']} | {c['projected_saving_s']:+.0f} s |"
-            )
-    if args.quick:
-        lines.append("\n(--quick smoke run: 2,000 images, 1 round; no speed claim)")
     write_results(
         args.name + ("_quick" if args.quick else ""),
-        {"quick": args.quick, "torch": str(torch.__version__), "rows": rows},
-        "\n".join(lines),
+        {"quick": args.quick, "rows": rows},
+        render(rows, args.quick),
     )
 
 
