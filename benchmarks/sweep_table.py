@@ -17,6 +17,10 @@ runs of the same trial configs, in the same process) and pruning's saving in tri
     .venv/bin/python benchmarks/sweep_table.py                       # full: 7 rows × 16 trials (many CPU hours)
     .venv/bin/python benchmarks/sweep_table.py --rows linear fch_rbf_p1 --trials 6 --epochs 2 --train-subset 6000
     .venv/bin/python benchmarks/sweep_table.py --quick               # smoke run: 2 rows, 4 trials, 1 epoch
+
+Every row's study (SQLite) and final runs live under ``runs/bench_<name>/<settings>/<row>/``, so a run that is
+stopped (Ctrl-C, a kill, the end of a session) resumes with the same command: finished trials and final seeds
+are kept, the trial that was running is re-queued, and finished rows only re-read their results.
 """
 
 from __future__ import annotations

@@ -80,6 +80,41 @@ def test_adaptive_cnn_width_mult_and_spatial_reduction():
     )
 
 
+def test_adaptive_cnn_custom_blocks_and_stem_pool():
+    # the layout's stem (32 channels, max-pool) with 256 channels in the last stage
+    wide = AdaptiveCNN("mnist", blocks=[[32, 1], [32, 1], [64, 2], [64, 1], [256, 2], [256, 1]])
+    assert wide.num_features == 256
+    assert wide.features(torch.randn(1, 1, 28, 28)).shape == (1, 256, 4, 4)
+    stages = [(b.conv1.in_channels, b.conv2.out_channels, b.conv1.stride[0]) for b in wide.features[4:]]
+    assert stages == [(32, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 256, 2), (256, 256, 1)]
+    # the same blocks as the layout's give the very same parameter count
+    layout_blocks = [[32, 1], [32, 1], [64, 2], [64, 1], [128, 2], [128, 1]]
+    assert count_parameters(AdaptiveCNN("mnist", blocks=layout_blocks)) == count_parameters(
+        AdaptiveCNN("mnist")
+    )
+    # no stem pool: the first stage keeps 28×28; width_mult still scales custom blocks
+    full = AdaptiveCNN("mnist", blocks=[[16, 1], [32, 2]], stem_pool=False, width_mult=0.5)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in full.features)
+    assert full.features(torch.randn(1, 1, 28, 28)).shape == (1, 16, 14, 14)
+    # cifar's stem has no pool; stem_pool=true adds it (32 → 16 before the blocks)
+    pooled = AdaptiveCNN("cifar", in_chans=3, blocks=[[64, 1]], stem_pool=True)
+    assert pooled.features(torch.randn(1, 3, 32, 32)).shape == (1, 64, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "blocks, expected",
+    [
+        ([], "adaptive_cnn.blocks"),
+        ([[0, 1]], "out channels must be positive"),
+        ([[32, 3]], "must be 1 or 2"),
+        ([[32]], "adaptive_cnn.blocks.0"),
+    ],
+)
+def test_adaptive_cnn_bad_blocks_name_the_key(blocks, expected):
+    with pytest.raises(ConfigError, match=expected):
+        AdaptiveCNN("mnist", blocks=blocks)
+
+
 def test_adaptive_cnn_without_se_has_fewer_parameters():
     with_se = count_parameters(AdaptiveCNN("mnist", use_se=True))
     without = count_parameters(AdaptiveCNN("mnist", use_se=False))

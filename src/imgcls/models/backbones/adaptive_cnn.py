@@ -7,7 +7,8 @@ at the global average pool; the seed's classifier is our ``mlp`` head (hidden 64
 dropout 0.3). SE (Hu et al., 2018) uses reduction 16 and bias-free linear layers.
 ``norm: group`` swaps BatchNorm for GroupNorm (Wu & He, 2018; 8 groups where the width allows),
 an addition of ours: the outputs no longer depend on the rest of the batch, so tiny per-rank
-batches and DDP runs behave exactly like one process.
+batches and DDP runs behave exactly like one process. ``blocks`` / ``stem_pool`` (also ours) replace a
+layout's residual blocks and stem max-pool, e.g. a wider last stage, where a 4×4 map makes width cheap.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from imgcls.errors import ConfigError
@@ -111,6 +112,19 @@ class AdaptiveCNNArgs(ComponentArgs):
     norm: Literal["batch", "group"] = Field(
         "batch", description="BatchNorm, or GroupNorm (batch-independent)"
     )
+    blocks: list[tuple[int, Literal[1, 2]]] | None = Field(
+        None,
+        min_length=1,
+        description="[[out channels, stride], ...] per residual block (before width_mult); None: the layout's",
+    )
+    stem_pool: bool | None = Field(None, description="2x2 max-pool after the stem; None: the layout's")
+
+    @field_validator("blocks")
+    @classmethod
+    def _positive_widths(cls, blocks):
+        if blocks is not None and any(c <= 0 for c, _ in blocks):
+            raise ValueError("every block's out channels must be positive")
+        return blocks
 
 
 class AdaptiveCNN(nn.Module):
@@ -121,10 +135,14 @@ class AdaptiveCNN(nn.Module):
         use_se: bool = True,
         width_mult: float = 1.0,
         norm: str = "batch",
+        blocks: list[tuple[int, int]] | None = None,
+        stem_pool: bool | None = None,
     ) -> None:
         super().__init__()
         AdaptiveCNNArgs.from_init("adaptive_cnn", locals())
-        stem, pool, blocks = LAYOUTS[layout]
+        stem, layout_pool, layout_blocks = LAYOUTS[layout]
+        pool = layout_pool if stem_pool is None else stem_pool
+        blocks = layout_blocks if blocks is None else [tuple(b) for b in blocks]
         w = lambda c: max(8, round(c * width_mult))  # noqa: E731
         layers: list[nn.Module] = [
             nn.Conv2d(in_chans, w(stem), 3, 1, 1, bias=False),
@@ -176,5 +194,15 @@ def adaptive_cnn(
     use_se: bool = True,
     width_mult: float = 1.0,
     norm: str = "batch",
+    blocks: list[tuple[int, int]] | None = None,
+    stem_pool: bool | None = None,
 ) -> AdaptiveCNN:
-    return AdaptiveCNN(layout=layout, in_chans=in_chans, use_se=use_se, width_mult=width_mult, norm=norm)
+    return AdaptiveCNN(
+        layout=layout,
+        in_chans=in_chans,
+        use_se=use_se,
+        width_mult=width_mult,
+        norm=norm,
+        blocks=blocks,
+        stem_pool=stem_pool,
+    )
