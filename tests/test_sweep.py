@@ -424,6 +424,45 @@ def test_failed_runs_count_as_results_and_the_objective_follows_eval_checkpoint(
     assert sw.objective_value(history, "val_acc", "ema") == 0.65
 
 
+def test_a_signalled_trial_stops_the_sweep_is_not_counted_and_is_retried(tmp_path):
+    """SIGTERM/SIGINT reach the trainer, which saves and raises TrainingInterrupted: the sweep must stop
+    (exit code 128 + signal), not count the trial as a failed result and go on; the resumed sweep re-runs
+    it with the same parameters."""
+    from types import SimpleNamespace
+
+    from imgcls.errors import TrainingInterrupted
+
+    ran = []
+
+    def fake_train(cfg, callbacks):
+        ran.append(cfg.optim.lr)
+        if len(ran) == 2 and signalled:
+            raise TrainingInterrupted("stopped by SIGTERM at epoch 1, after step 3; saved RUN_DIR", 143)
+        return SimpleNamespace(run_dir=None, history=[{"epoch": 1, "val_acc": cfg.optim.lr * 10}])
+
+    cfg = load_config(None, ["train.epochs=1"])
+    plan = sw.make_plan(
+        cfg, {"optim.lr": {"log_uniform": [1e-4, 1e-2]}}, trials=3, out=tmp_path, pruner="none", seed=1
+    )
+    study = sw.open_study(plan)
+    signalled = True
+    with pytest.raises(
+        TrainingInterrupted, match="stopped by SIGTERM during trial 1, which is queued again"
+    ) as info:
+        sw.run_worker(plan, study, fake_train)
+    assert info.value.exit_code == 143 and len(ran) == 2  # no trial ran after the signal
+    assert sw.counts(study).done == 1 and sw.counts(study).waiting == 1
+
+    signalled = False
+    sw.run_worker(plan, sw.open_study(plan), fake_train)
+    rows = {r["number"]: r for r in sw.trial_rows(sw.open_study(plan))}
+    assert rows[1]["state"] == "fail" and not rows[1]["counted"]
+    retry = next(r for r in rows.values() if "retry of trial 1" in r["note"])
+    assert retry["state"] == "complete" and retry["params"] == rows[1]["params"]
+    assert ran[2] == pytest.approx(ran[1])  # the retry ran first on resume, with the signalled trial's lr
+    assert sum(r["counted"] for r in rows.values()) == 3
+
+
 def test_cli_sweep_errors_are_one_line(tmp_path, monkeypatch, capsys):
     from imgcls import cli
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +39,7 @@ import yaml
 from imgcls.config import ExperimentConfig, build_config
 from imgcls.engine.callbacks import Callback
 from imgcls.engine.search_space import SearchSpace, decode_choice, load_space, parse_space
-from imgcls.errors import ConfigError, TrainingError, UserError
+from imgcls.errors import ConfigError, TrainingError, TrainingInterrupted, UserError
 
 PRUNERS = ("median", "hyperband", "none")
 #: keys a search space may not change: they define what is optimised and where runs go
@@ -331,6 +332,15 @@ def _run_dir_under(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class TrialStopped(Exception):
+    """A trial's run stopped by SIGTERM/SIGINT (:class:`TrainingInterrupted`). Not a :class:`UserError`, so
+    Optuna does not catch it as a failed result: the trial is queued again and the sweep stops."""
+
+    def __init__(self, interrupted: TrainingInterrupted) -> None:
+        super().__init__(str(interrupted))
+        self.interrupted = interrupted
+
+
 class TrialObjective:
     """Optuna objective: one imgcls run per trial, in ``<sweep>/trials/trial_NNNN/<time>``."""
 
@@ -351,6 +361,9 @@ class TrialObjective:
             value = objective_value(result.history, self.plan.monitor, cfg.eval.checkpoint)
             if math.isnan(value):
                 raise TrainingError(f"validation {self.plan.monitor} is NaN")
+        except TrainingInterrupted as exc:  # a signal to this process: stop the sweep, the trial is no result
+            self.interrupted = trial.number
+            raise TrialStopped(exc) from None
         except UserError as exc:  # e.g. the loss diverged at this learning rate: a failed trial, and a result
             trial.set_user_attr("error", str(exc))
             raise
@@ -388,6 +401,19 @@ def counts(study) -> Counts:
     return c
 
 
+def sweep_interrupted(plan: SweepPlan, number: int | None, exc: TrainingInterrupted) -> TrainingInterrupted:
+    """The one-line stop of a sweep whose trial was signalled (same exit code: 128 + the signal)."""
+    try:
+        name = signal.Signals(exc.exit_code - 128).name
+    except ValueError:
+        name = "a signal"
+    return TrainingInterrupted(
+        f"sweep '{plan.study_name}' stopped by {name} during trial {number}, which is queued again; finished "
+        f"trials are kept in {redacted(plan.storage_url)}: rerun the same `imgcls sweep` command to resume",
+        exc.exit_code,
+    )
+
+
 def run_worker(plan: SweepPlan, study, train_fn: TrainFn, worker_index: int = 0) -> None:
     """Run trials until the study holds ``plan.trials`` results. Trials other workers are running count
     toward the budget; while only those remain, wait: if their worker died they turn stale after the
@@ -405,11 +431,15 @@ def run_worker(plan: SweepPlan, study, train_fn: TrainFn, worker_index: int = 0)
             continue
         try:
             study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=False)
-        except KeyboardInterrupt:
-            if objective.interrupted is not None:  # Ctrl-C'd trial: FAIL now; queue it again like a dead one
+        except (KeyboardInterrupt, TrialStopped) as exc:
+            if (
+                objective.interrupted is not None
+            ):  # a signalled trial: FAIL now; queue it again like a dead one
                 retry = retry_callback(study._storage)
                 if retry is not None:
                     retry(study, study.trials[objective.interrupted])
+            if isinstance(exc, TrialStopped):
+                raise sweep_interrupted(plan, objective.interrupted, exc.interrupted) from None
             raise
 
 
