@@ -20,7 +20,9 @@ runs of the same trial configs, in the same process) and pruning's saving in tri
 
 Every row's study (SQLite) and final runs live under ``runs/bench_<name>/<settings>/<row>/``, so a run that is
 stopped (Ctrl-C, a kill, the end of a session) resumes with the same command: finished trials and final seeds
-are kept, the trial that was running is re-queued, and finished rows only re-read their results.
+are kept, the trial that was running is re-queued, and finished rows only re-read their results. Rows finished
+so far are kept in ``benchmarks/results/<name>.partial.json`` (per settings), and the final table has every row
+finished with these settings, in this invocation or an earlier one.
 """
 
 from __future__ import annotations
@@ -275,6 +277,12 @@ def render(args, results: dict, over: dict | None) -> str:
             f"the trials themselves took {over['trials_inside_sweep_s']:.1f} s of the sweep's wall time, the rest is "
             "opening the study, the report and its plots)."
         )
+    missing = [n for n in ROWS if n not in results]
+    if missing:
+        md.append(
+            f"Rows finished so far: {len(results)} of {len(ROWS)}; not yet run with these settings: "
+            f"{', '.join(missing)} (the same command continues where it stopped)."
+        )
     md.append(f"Measured on {device_label()}.")
     return "\n".join(md)
 
@@ -305,8 +313,19 @@ def main() -> None:
     args = parse_args()
     base = ROOT / "runs" / f"bench_{args.name}"
     tag = f"t{args.trials}-e{args.epochs or 'table'}-n{args.train_subset or 'all'}-{args.pruner}"
-    results: dict[str, dict] = {}
+    # rows finished by earlier invocations with the same settings (a full run spans several sessions)
     partial = RESULTS / f"{args.name}.partial.json"
+    previous = json.loads(partial.read_text()) if partial.is_file() else {}
+    settings = {
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "train_subset": args.train_subset,
+        "test_subset": args.test_subset,
+        "seeds": args.seeds,
+        "pruner": args.pruner,
+        "extra": args.extra,
+    }
+    results: dict[str, dict] = previous.get("results", {}) if previous.get("settings") == settings else {}
     for name in args.rows:
         out = base / tag / name
         row = {
@@ -317,7 +336,7 @@ def main() -> None:
         row["tuned"] = tuned(args, name, out)
         row["untuned"] = untuned(args, name, out)
         results[name] = row
-        partial.write_text(json.dumps({"results": results}, indent=1, default=str))
+        partial.write_text(json.dumps({"settings": settings, "results": results}, indent=1, default=str))
         print(name, "untuned", row["untuned"]["accuracy"], "tuned", row["tuned"]["accuracy"], flush=True)
     over = None
     if args.overhead_trials:
@@ -338,7 +357,8 @@ def main() -> None:
         "overhead": over,
     }
     write_results(args.name, payload, render(args, results, over))
-    partial.unlink(missing_ok=True)
+    if set(results) >= set(ROWS):  # every row done: the table above is the whole protocol
+        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
