@@ -105,7 +105,10 @@ def test_backbone_unknown_key_wrong_type_out_of_range_at_load():
     assert message.startswith(
         "unknown config key 'model.backbone_args.width_mul'; did you mean 'model.backbone_args.width_mult'?"
     )
-    assert "Valid keys of backbone 'adaptive_cnn': layout, use_se, width_mult, norm." in message
+    assert (
+        "Valid keys of backbone 'adaptive_cnn': layout, use_se, width_mult, norm, blocks, stem_pool."
+        in message
+    )
     assert load_error("model.backbone_args.use_se=perhaps").startswith(
         "invalid value 'perhaps' for 'model.backbone_args.use_se'"
     )
@@ -173,6 +176,8 @@ def test_config_show_lists_every_fch_argument_with_its_default():
         "use_se": True,
         "width_mult": 1.0,
         "norm": "batch",
+        "blocks": None,
+        "stem_pool": None,
     }
     assert build_config(shown).resolved_component_args() == load_config(FCH_RBF).resolved_component_args()
 
