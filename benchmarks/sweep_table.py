@@ -334,6 +334,8 @@ def main() -> None:
             "space": f"configs/sweeps/{ROWS[name][4]}.yaml",
         }
         row["tuned"] = tuned(args, name, out)
+        # a resumed or re-read row adds this invocation's time to what earlier invocations spent on it
+        row["tuned"]["wall_s"] += results.get(name, {}).get("tuned", {}).get("wall_s", 0.0)
         row["untuned"] = untuned(args, name, out)
         results[name] = row
         partial.write_text(json.dumps({"settings": settings, "results": results}, indent=1, default=str))
