@@ -30,17 +30,10 @@ from common import FMNIST_RECIPES as RECIPES
 from common import mean_std, quiet_run_overrides, write_results
 
 
-def final_val_acc(history: list[dict], checkpoint: str) -> float | None:
-    """The last epoch's validation accuracy of the weights that are tested (the EMA/SWA copy or the model):
-    what a recipe is chosen by, since the test set is read once."""
-    key = f"{checkpoint}_val_acc" if checkpoint in ("ema", "swa") else "val_acc"
-    value = history[-1].get(key) if history else None
-    return None if value is None else float(value)
-
-
 def run_imgcls(config: Path, seed: int, out: Path, extra: list[str]) -> dict:
     from imgcls import api
     from imgcls.config import load_config
+    from imgcls.engine.sweep import objective_value
 
     start = time.perf_counter()
     res = api.train(
@@ -59,7 +52,9 @@ def run_imgcls(config: Path, seed: int, out: Path, extra: list[str]) -> dict:
         "setup_s": total_train_call - summary["train_time_s"],
         "eval_s": eval_s,
         "test_acc": metrics["accuracy"],
-        "val_acc": final_val_acc(res.history, load_config(config, extra).eval.checkpoint),
+        # validation accuracy of the weights that are tested (best epoch, last, or the EMA/SWA copy), the
+        # score a recipe is chosen by, since the test set is read once
+        "val_acc": objective_value(res.history, "val_acc", load_config(config, extra).eval.checkpoint),
         "epochs": summary["epochs"],
     }
 
@@ -155,7 +150,7 @@ def main() -> None:
         )
     lines += [
         "",
-        "| recipe | seed | test accuracy % | validation accuracy % (last epoch) | training s | epochs |",
+        "| recipe | seed | test accuracy % | validation accuracy % (tested weights) | training s | epochs |",
         "|---|---|---|---|---|---|",
     ]
     for row, r in rows.items():

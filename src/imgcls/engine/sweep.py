@@ -432,9 +432,8 @@ def run_worker(plan: SweepPlan, study, train_fn: TrainFn, worker_index: int = 0)
         try:
             study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=False)
         except (KeyboardInterrupt, TrialStopped) as exc:
-            if (
-                objective.interrupted is not None
-            ):  # a signalled trial: FAIL now; queue it again like a dead one
+            # a signalled trial: FAIL now; queue it again like a dead one
+            if objective.interrupted is not None:
                 retry = retry_callback(study._storage)
                 if retry is not None:
                     retry(study, study.trials[objective.interrupted])
