@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, device_label, mean_std, write_results
 
+from imgcls.errors import TrainingInterrupted
+
 ROOT = Path(__file__).parent.parent
 FCH, HIER, SPACES = (
     ROOT / "configs" / "fashion_mnist",
@@ -309,6 +311,12 @@ def verdicts(results: dict) -> list[str]:
     return lines
 
 
+def save_partial(path: Path, settings: dict, results: dict, stopped_s: dict[str, float]) -> None:
+    """The finished rows, and the wall time already spent on rows a signal stopped, for the next invocation."""
+    payload = {"settings": settings, "results": results, "stopped_wall_s": stopped_s}
+    path.write_text(json.dumps(payload, indent=1, default=str))
+
+
 def main() -> None:
     args = parse_args()
     base = ROOT / "runs" / f"bench_{args.name}"
@@ -325,7 +333,9 @@ def main() -> None:
         "pruner": args.pruner,
         "extra": args.extra,
     }
-    results: dict[str, dict] = previous.get("results", {}) if previous.get("settings") == settings else {}
+    same = previous.get("settings") == settings
+    results: dict[str, dict] = previous.get("results", {}) if same else {}
+    stopped_s: dict[str, float] = previous.get("stopped_wall_s", {}) if same else {}
     for name in args.rows:
         out = base / tag / name
         row = {
@@ -333,12 +343,21 @@ def main() -> None:
             "overrides": ROWS[name][3],
             "space": f"configs/sweeps/{ROWS[name][4]}.yaml",
         }
-        row["tuned"] = tuned(args, name, out)
-        # a resumed or re-read row adds this invocation's time to what earlier invocations spent on it
-        row["tuned"]["wall_s"] += results.get(name, {}).get("tuned", {}).get("wall_s", 0.0)
+        # time spent on this row by earlier invocations: a finished row re-read, or one stopped by a signal
+        earlier_s = results.get(name, {}).get("tuned", {}).get("wall_s", 0.0) + stopped_s.get(name, 0.0)
+        start = time.perf_counter()
+        try:
+            row["tuned"] = tuned(args, name, out)
+        except TrainingInterrupted as exc:  # the study keeps its trials; keep this invocation's time too
+            stopped_s[name] = stopped_s.get(name, 0.0) + time.perf_counter() - start
+            save_partial(partial, settings, results, stopped_s)
+            print(f"{exc}; the row's time so far is kept in {partial.relative_to(ROOT)}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        row["tuned"]["wall_s"] += earlier_s
+        stopped_s.pop(name, None)
         row["untuned"] = untuned(args, name, out)
         results[name] = row
-        partial.write_text(json.dumps({"settings": settings, "results": results}, indent=1, default=str))
+        save_partial(partial, settings, results, stopped_s)
         print(name, "untuned", row["untuned"]["accuracy"], "tuned", row["tuned"]["accuracy"], flush=True)
     over = None
     if args.overhead_trials:
