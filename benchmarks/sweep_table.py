@@ -18,11 +18,13 @@ runs of the same trial configs, in the same process) and pruning's saving in tri
     .venv/bin/python benchmarks/sweep_table.py --rows linear fch_rbf_p1 --trials 6 --epochs 2 --train-subset 6000
     .venv/bin/python benchmarks/sweep_table.py --quick               # smoke run: 2 rows, 4 trials, 1 epoch
 
-Every row's study (SQLite) and final runs live under ``runs/bench_<name>/<settings>/<row>/``, so a run that is
-stopped (Ctrl-C, a kill, the end of a session) resumes with the same command: finished trials and final seeds
-are kept, the trial that was running is re-queued, and finished rows only re-read their results. Rows finished
-so far are kept in ``benchmarks/results/<name>.partial.json`` (per settings), and the final table has every row
-finished with these settings, in this invocation or an earlier one.
+Every row's trial and final runs live under ``runs/bench_<name>/<settings>/<row>/``, and the studies (SQLite,
+a few hundred KB) in ``benchmarks/results/sweep_studies/<name>-<settings>.db``, which is committed: ``runs/`` does
+not survive a move to another machine, the study does. A run that is stopped (Ctrl-C, a kill, the end of a
+session) resumes with the same command: finished trials are kept, the trial that was running is re-queued
+(final seeds are kept while ``runs/`` is). Rows finished
+so far are kept in ``benchmarks/results/<name>.partial.json`` (per settings) and are not run again, and the
+final table has every row finished with these settings, in this invocation or an earlier one.
 """
 
 from __future__ import annotations
@@ -165,7 +167,12 @@ def untuned(args, name: str, out: Path) -> dict:
     }
 
 
-def tuned(args, name: str, out: Path) -> dict:
+def study_storage(args, tag: str) -> Path:
+    """The SQLite file holding every row's study for these settings (kept with the results)."""
+    return RESULTS / "sweep_studies" / f"{args.name}-{tag}.db"
+
+
+def tuned(args, name: str, out: Path, storage: Path) -> dict:
     from imgcls import api
 
     table, _, config, overrides, space = ROWS[name]
@@ -176,6 +183,7 @@ def tuned(args, name: str, out: Path) -> dict:
         [*overrides, *common_overrides(args, table, out / "runs")],
         trials=args.trials,
         study=name,
+        storage=f"sqlite:///{storage.resolve()}",
         out=out / "sweep",
         final_seeds=args.seeds,
         pruner=args.pruner,
@@ -336,18 +344,27 @@ def main() -> None:
     same = previous.get("settings") == settings
     results: dict[str, dict] = previous.get("results", {}) if same else {}
     stopped_s: dict[str, float] = previous.get("stopped_wall_s", {}) if same else {}
+    storage = study_storage(args, tag)
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    if (
+        not storage.is_file()
+    ):  # the studies of stopped rows were lost with their machine: their time is not resumed
+        stopped_s = {}
     for name in args.rows:
+        if name in results:  # finished with these settings earlier: its figures are kept in the partial file
+            print(name, "finished earlier:", results[name]["tuned"]["accuracy"], flush=True)
+            continue
         out = base / tag / name
         row = {
             "config": str(ROWS[name][2].relative_to(ROOT)),
             "overrides": ROWS[name][3],
             "space": f"configs/sweeps/{ROWS[name][4]}.yaml",
         }
-        # time spent on this row by earlier invocations: a finished row re-read, or one stopped by a signal
-        earlier_s = results.get(name, {}).get("tuned", {}).get("wall_s", 0.0) + stopped_s.get(name, 0.0)
+        # time spent on this row by earlier invocations stopped by a signal
+        earlier_s = stopped_s.get(name, 0.0)
         start = time.perf_counter()
         try:
-            row["tuned"] = tuned(args, name, out)
+            row["tuned"] = tuned(args, name, out, storage)
         except TrainingInterrupted as exc:  # the study keeps its trials; keep this invocation's time too
             stopped_s[name] = stopped_s.get(name, 0.0) + time.perf_counter() - start
             save_partial(partial, settings, results, stopped_s)

@@ -6,6 +6,7 @@ code 2, without a traceback; everything else is a bug and raises normally.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -539,27 +540,49 @@ def main() -> None:
     except OSError as exc:
         from imgcls.runtime.checkpoint import is_disk_full
 
-        if not is_disk_full(exc):
+        if is_disk_full(exc):
+            where = f" at {exc.filename}" if exc.filename else ""
+            err.print(
+                f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
+                "(free some space and rerun)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(2)
+        if exc.filename is None:  # not about a file the user named: a real fault, keep its traceback
             raise
-        where = f" at {exc.filename}" if exc.filename else ""
         err.print(
-            f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
-            "(free some space and rerun)",
+            f"[bold red]error:[/] cannot use {escape(str(exc.filename))}: {escape(exc.strerror or str(exc))} "
+            "(check the path and its permissions)",
             highlight=False,
             soft_wrap=True,
         )
         sys.exit(2)
     except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        kinds = _click_exception_kinds()
+        if isinstance(exc, kinds["ClickException"]):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, kinds["Exit"]):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):  # click turns Ctrl-C outside training into Abort
+        if isinstance(exc, kinds["Abort"]):  # click turns Ctrl-C outside training into Abort
             err.print(
                 "interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)"
             )
             sys.exit(130)
         raise
+
+
+def _click_exception_kinds() -> dict[str, tuple[type[BaseException], ...]]:
+    """click's usage-error, exit and abort classes. typer ≥ 0.29 vendors its own copy of click
+    (``typer._click``) and raises that copy's classes, older typer raises click's: accept both."""
+    modules = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return {
+        kind: tuple(getattr(m, kind) for m in modules if hasattr(m, kind))
+        for kind in ("ClickException", "Exit", "Abort")
+    }
