@@ -312,18 +312,22 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
         ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": torch.zeros(3)}, path)
     assert str(info.value).startswith(f"no space left on device at {path}; the previous checkpoint is intact")
     monkeypatch.undo()
-    assert torch.equal(ckpt_io.load_checkpoint(path)["v"], torch.ones(3))
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
 
 
-def test_disk_full_while_writing_a_report_is_one_line(capsys, monkeypatch):
+def test_disk_full_while_writing_a_report_is_one_line(tmp_path, capsys, monkeypatch):
     from imgcls import api as api_module
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/report.md")
 
     monkeypatch.setattr(api_module, "evaluate", full)
-    code, _, err = run_cli(["evaluate", "/nowhere"], capsys, monkeypatch)
+    run_dir = tmp_path / "run"  # passes the CLI's RUN_DIR check; api.evaluate is replaced
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("")
+    (run_dir / "checkpoints" / "best.pt").write_bytes(b"")
+    code, _, err = run_cli(["evaluate", str(run_dir)], capsys, monkeypatch)
     assert_one_line_error(code, err, "no space left on device at /runs/x/report.md")
 
 

@@ -3,7 +3,9 @@ over these, so notebooks and scripts use the same code).
 
 Protocol (SPEC §7.10): validation comes from a stratified split of the training data; the test
 set is evaluated once, after training, on the checkpoint named by ``eval.checkpoint`` (best
-validation, last, EMA or SWA), and the report says which.
+validation, last, EMA or SWA), and the report says which. SIGTERM/SIGINT during that final evaluation
+stop it at once with a :class:`~imgcls.errors.TrainingInterrupted` (exit code 128 + signal) saying that
+training finished, where its checkpoint is and how to evaluate it.
 """
 
 from __future__ import annotations
@@ -37,11 +39,22 @@ from imgcls.engine.trainer import Trainer
 from imgcls.errors import CheckpointError, ConfigError, DataError, TrainingInterrupted, UserError
 from imgcls.evaluation.predict import Predictor
 from imgcls.models.classifier import Classifier, build_model
-from imgcls.runs import checkpoint_path, load_run_checkpoint, model_from_checkpoint  # noqa: F401  (public API)
+from imgcls.runs import (  # noqa: F401  (public API)
+    checkpoint_path,
+    load_run_checkpoint,
+    model_from_checkpoint,
+    resume_candidates,
+    resume_checkpoint,
+)
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from imgcls.runtime.precision import configure_backends, resolve_device
-from imgcls.runtime.signals import graceful_stop
+from imgcls.runtime.signals import (
+    FinalEvaluationSignal,
+    graceful_stop,
+    signals_stop_final_evaluation,
+    stop_requested,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +150,9 @@ def train(
                 f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>"
             )
         cfg = load_config(run_dir / "config.yaml", overrides)
-        if recovery_or_last(run_dir).is_file():
-            resume_ckpt = ckpt_io.load_checkpoint(recovery_or_last(run_dir))
-        else:  # stopped before its first checkpoint: continuing exactly means starting over, in the same folder
+        resume_ckpt = resume_checkpoint(run_dir)  # a damaged recovery.pt falls back to last.pt with a warning
+        if resume_ckpt is None:
+            # stopped before its first checkpoint: continuing exactly means starting over, in the same folder
             log.warning(
                 "warning: '%s' has no checkpoint yet (it stopped before the first one); training it from the start",
                 run_dir,
@@ -210,10 +223,12 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
         ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
+        ckpt_io.remove_stale_temp_files(run_dir)  # e.g. a model.safetensors write that was killed
     start = time.perf_counter()
     try:
         with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
             history = trainer.fit(resume=resume_ckpt)
+            late_signal = stop_requested()  # arrived after the last step's check: training is complete
     except TrainingInterrupted as exc:
         raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
     except (ConfigError, DataError):
@@ -228,36 +243,38 @@ def train(
                 with contextlib.suppress(OSError):
                     empty.rmdir()
         raise
-    train_time = time.perf_counter() - start + (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
-    skipped = set(data.skipped_files)  # the in-memory path decodes once; the streaming path skips as it goes
-    for loader in (train_loader, val_loader):
-        skipped |= getattr(loader, "skipped", set())
-    if dist.is_main and skipped:
-        record_skipped_files(run_dir, skipped)
-    if dist.is_main:
-        (run_dir / "train_summary.json").write_text(
-            json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch})
-        )
-    barrier(dist)
-    result = RunResult(run_dir, {}, history)
-    if evaluate_after:
-        result.metrics = evaluate(run_dir, data=data, dist=dist)
-    elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
-        ckpt, which = load_run_checkpoint(run_dir)
-        weights, _, _ = model_from_checkpoint(ckpt, which)
-        ckpt_io.save_safetensors(
-            weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which}
-        )
+    with signals_stop_final_evaluation(run_dir) if evaluate_after else contextlib.nullcontext():
+        earlier = (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
+        train_time = time.perf_counter() - start + earlier
+        # the in-memory path decodes once; the streaming path skips as it goes
+        skipped = set(data.skipped_files)
+        for loader in (train_loader, val_loader):
+            skipped |= getattr(loader, "skipped", set())
+        if dist.is_main and skipped:
+            record_skipped_files(run_dir, skipped)
+        if dist.is_main:
+            (run_dir / "train_summary.json").write_text(
+                json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch})
+            )
+        barrier(dist)
+        result = RunResult(run_dir, {}, history)
+        if evaluate_after:
+            if late_signal:
+                raise FinalEvaluationSignal(late_signal)
+            result.metrics = evaluate(run_dir, data=data, dist=dist)
+        elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
+            ckpt, which = load_run_checkpoint(run_dir)
+            weights, _, _ = model_from_checkpoint(ckpt, which)
+            ckpt_io.save_safetensors(
+                weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which}
+            )
     return result
 
 
 def recovery_or_last(run_dir: Path) -> Path:
-    """The checkpoint a resume starts from: the mid-epoch recovery file when it is newer than last.pt."""
-    folder = run_dir / "checkpoints"
-    last, recovery = folder / "last.pt", folder / "recovery.pt"
-    if recovery.is_file() and (not last.is_file() or recovery.stat().st_mtime_ns >= last.stat().st_mtime_ns):
-        return recovery
-    return last
+    """The checkpoint a resume starts from when it loads: the newest of recovery.pt and last.pt."""
+    candidates = resume_candidates(run_dir)
+    return candidates[0] if candidates else run_dir / "checkpoints" / "last.pt"
 
 
 def check_resume_fits(

@@ -6,9 +6,11 @@ code 2, without a traceback; everything else is a bug and raises normally.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from imgcls.errors import TrainingInterrupted, UserError
+from imgcls.errors import CheckpointError, ConfigError, TrainingInterrupted, UserError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers."
@@ -25,6 +27,112 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.
 app.add_typer(config_app, name="config")
 out = Console()
 err = Console(stderr=True)
+
+#: what a run directory is, for the messages of the checks below
+RUN_DIR_HINT = (
+    "pass the folder a training run wrote (runs/<name>/<time>, holding config.yaml and checkpoints/)"
+)
+CHECKPOINT_NAMES = ("best", "last", "ema", "swa")
+
+
+# ------------------------------------------------------------------------------- path checks
+# Run before any slow work (loading a model, hashing images), so a mistyped path costs the user
+# one line at once instead of a traceback or a wasted run.
+
+
+def check_run_dir(path: Path) -> None:
+    """RUN_DIR of ``predict``/``evaluate``/``export`` must be a training run's folder with a checkpoint."""
+    if path.is_file():
+        run = path.parent.parent
+        if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+            raise CheckpointError(
+                f"'{path}' is a checkpoint file; pass its run directory '{run}' instead "
+                "(choose the checkpoint with --checkpoint best|last|ema|swa)"
+            )
+        raise CheckpointError(f"'{path}' is a file, not a run directory; {RUN_DIR_HINT}")
+    if not path.is_dir():
+        raise CheckpointError(f"run directory '{path}' does not exist; {RUN_DIR_HINT}")
+    if not (path / "config.yaml").is_file():
+        runs = [c.parent for pattern in ("*/config.yaml", "*/*/config.yaml") for c in path.glob(pattern)]
+        if runs:
+            newest = max(runs, key=lambda run: (run / "config.yaml").stat().st_mtime)
+            raise CheckpointError(
+                f"'{path}' is not a run directory but holds {len(runs)} run(s); pass one of them, e.g. '{newest}'"
+            )
+        raise CheckpointError(f"'{path}' is not a run directory (it has no config.yaml); {RUN_DIR_HINT}")
+    if not any((path / "checkpoints" / name).is_file() for name in ("best.pt", "last.pt")):
+        raise CheckpointError(
+            f"run directory '{path}' has no checkpoint yet (training stopped before its first one); "
+            f"continue it with `imgcls train --resume {path}`"
+        )
+
+
+def check_checkpoint_option(checkpoint: str | None) -> None:
+    """``--checkpoint`` names one of a run's checkpoints; it is not a file path."""
+    if checkpoint is None or checkpoint in CHECKPOINT_NAMES:
+        return
+    if "/" in checkpoint or os.sep in checkpoint or checkpoint.endswith((".pt", ".pth", ".safetensors")):
+        raise UserError(
+            f"--checkpoint takes best, last, ema or swa, not a file ('{checkpoint}'); pass the run directory "
+            "holding the checkpoint as RUN_DIR and its name, e.g. --checkpoint last"
+        )
+    raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_in(folder: Path, option: str, path: Path) -> None:
+    """``path`` can be written in ``folder``: its nearest existing ancestor (``folder`` itself, or where
+    the missing folders would be created, like ``mkdir -p``) is a folder this user may write to."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise UserError(
+            f"{option} '{path}' cannot be created: '{existing}' is a file, not a folder; pass a path in a folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{option} '{path}' cannot be written: no write permission in '{existing}'; "
+            "pass a path in a folder you can write to"
+        )
+
+
+def check_output_file(path: Path, option: str, example: str) -> None:
+    """A file ``option`` will write: not a folder, not read-only, in a folder that exists or can be created."""
+    if path.is_dir():
+        raise UserError(f"{option} '{path}' is a folder; pass a file path, e.g. '{path / example}'")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{option} '{path}' is read-only; pass another file or make it writable")
+    _check_writable_in(path.absolute().parent, option, path)
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """A folder ``option`` will write files into: not a file, and existing or creatable, writable."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} '{path}' is a file; pass a folder (it is created if missing)")
+    _check_writable_in(path, option, path)
+
+
+def check_config_argument(config: Path | None, command: str) -> None:
+    """A CONFIG that is a folder (and no shipped recipe's name): say so, instead of "not found"."""
+    if config is None or not config.is_dir():
+        return
+    from imgcls.recipes import resolve_config
+
+    try:
+        resolve_config(config)
+    except ConfigError:
+        if (config / "config.yaml").is_file() and command == "train":
+            fix = f"to continue that run pass `imgcls train --resume {config}`"
+        elif (config / "config.yaml").is_file():
+            fix = f"pass its config file '{config / 'config.yaml'}'"
+        else:
+            fix = "pass a YAML file such as configs/quickstart.yaml, or a recipe name (`imgcls configs` lists them)"
+        raise UserError(f"config '{config}' is a folder, not a config file; {fix}") from None
 
 
 def launch_ddp(torchrun_args: list[str]) -> int:
@@ -81,6 +189,7 @@ def train(
         overrides, config = [str(config), *(overrides or [])], None
     elif config is None and resume is None:
         raise UserError("pass a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+    check_config_argument(config, "train")
     result = api.train(config, overrides, resume=resume, evaluate_after=not no_eval)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.metrics:
@@ -107,8 +216,8 @@ def evaluate(
     """Evaluate a run's checkpoint on the test set: metrics.json, figures and report.md."""
     from imgcls import api
 
-    if checkpoint not in (None, "best", "last", "ema", "swa"):
-        raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
+    check_checkpoint_option(checkpoint)
+    check_run_dir(run_dir)
     metrics = api.evaluate(run_dir, checkpoint, data_overrides=list(data or []))
     out.print(
         f"test accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['checkpoint']} checkpoint)",
@@ -139,7 +248,13 @@ def predict(
     """Classify images with a trained run (preprocessing is read from the checkpoint)."""
     from imgcls import api
 
+    check_checkpoint_option(checkpoint)
+    check_run_dir(run_dir)
     folder = (explain_dir or run_dir / "explain") if explain or explain_dir else None
+    if folder is not None:
+        check_output_folder(
+            folder, "--explain-dir" if explain_dir else "--explain-dir (default RUN_DIR/explain)"
+        )
     results = api.predict(
         run_dir,
         [str(p) for p in images],
@@ -210,6 +325,7 @@ def config_show(
     """Print the fully resolved config (defaults + file + overrides; head/backbone arguments with every default)."""
     from imgcls.config import config_to_yaml, load_config
 
+    check_config_argument(config, "config show")
     out.print(
         config_to_yaml(load_config(config, overrides), component_defaults=True),
         highlight=False,
@@ -251,11 +367,14 @@ def compare(
 
     if fmt not in ("markdown", "csv"):
         raise UserError(f"--format must be markdown or csv, not '{fmt}'")
+    if output is not None:
+        check_output_file(output, "--output", f"runs.{'md' if fmt == 'markdown' else 'csv'}")
     table = compare_runs(list(run_dirs), sort_by=None if sort == "none" else sort)
     text = table.to_markdown() if fmt == "markdown" else table.to_csv()
     for reason in table.skipped:
         err.print(f"skipped {reason}", highlight=False, markup=False)
     if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)  # like mkdir -p: a new folder for the table is fine
         output.write_text(text)
         out.print(f"wrote {output} ({len(table.rows)} row(s))", highlight=False, soft_wrap=True)
     else:
@@ -287,8 +406,11 @@ def export(
     """Export a run for inference: the model takes float images in [0, 1] and returns class probabilities."""
     from imgcls import api
 
-    if checkpoint not in (None, "best", "last", "ema", "swa"):
-        raise UserError(f"--checkpoint must be best, last, ema or swa, not '{checkpoint}'")
+    check_checkpoint_option(checkpoint)
+    check_run_dir(run_dir)
+    check_output_folder(
+        output or run_dir, "--output" if output else "RUN_DIR (where exports go without --output)"
+    )
     if not onnx and not torchscript:
         onnx = True
     record = api.export(
@@ -387,10 +509,10 @@ def sweep(
             worker_index=worker_index,
         )
     except KeyboardInterrupt:
-        err.print(
-            "interrupted: run the same command again to resume the sweep (the interrupted trial is queued again)"
+        exit_interrupted(
+            130,
+            "interrupted: run the same command again to resume the sweep (the interrupted trial is queued again)",
         )
-        sys.exit(130)
     if no_report:
         return
     if result.best is not None:
@@ -456,10 +578,7 @@ def data_cache(
             progress=True,
         )
     except KeyboardInterrupt:
-        err.print(
-            "interrupted: run the same command again to resume (finished chunks are kept)", highlight=False
-        )
-        raise typer.Exit(130) from None
+        exit_interrupted(130, "interrupted: run the same command again to resume (finished chunks are kept)")
     rate = f", {s['images_per_s']:.0f} images/s" if s["images_per_s"] else ""
     resumed = f", {s['chunks_resumed']}/{s['chunks']} chunks resumed" if s["chunks_resumed"] else ""
     out.print(
@@ -499,6 +618,7 @@ def data_dedup(
     Use it with `imgcls data cache --exclude MANIFEST` or `data.exclude_manifest=MANIFEST`."""
     from imgcls import api
 
+    check_output_file(output, "--out", "dedup_manifest.json")  # before hashing: that can take minutes
     m = api.data_dedup(
         src,
         threshold=threshold,
@@ -521,22 +641,43 @@ def data_dedup(
     out.print(f"manifest: {output}", highlight=False, soft_wrap=True)
 
 
+INTERRUPTED = (
+    "interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)"
+)
+
+
+def exit_interrupted(code: int, message: str | None = INTERRUPTED) -> None:
+    """Print ``message`` and exit with ``code``; a further Ctrl-C (pressed twice quickly, it lands while the
+    interpreter shuts down) ends the process at once and quietly instead of showing a traceback from
+    whatever atexit handler it interrupts."""
+    if message:
+        err.print(message, highlight=False, markup=False, soft_wrap=True)
+    with contextlib.suppress(ValueError):  # only the main thread may set signal handlers
+        signal.signal(signal.SIGINT, _exit_quietly)
+    sys.exit(code)
+
+
+def _exit_quietly(signum: int, frame) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(128 + signum)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)  # without standalone mode click returns typer.Exit's code
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into Exit(130) and returns its code
+            exit_interrupted(130)
         if isinstance(code, int) and code:
             sys.exit(code)
     except TrainingInterrupted as exc:  # SIGTERM/SIGINT during training: the state was saved
-        err.print(f"interrupted: {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        exit_interrupted(exc.exit_code, f"interrupted: {exc}")
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print(
-            "interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)"
-        )
-        sys.exit(130)
+    except KeyboardInterrupt:  # older typer / click let it through
+        exit_interrupted(130)
     except OSError as exc:
         from imgcls.runtime.checkpoint import is_disk_full
 
@@ -566,10 +707,7 @@ def main() -> None:
         if isinstance(exc, kinds["Exit"]):
             sys.exit(exc.exit_code)
         if isinstance(exc, kinds["Abort"]):  # click turns Ctrl-C outside training into Abort
-            err.print(
-                "interrupted: resume a training run with `imgcls train --resume RUN_DIR` (its last checkpoint is kept)"
-            )
-            sys.exit(130)
+            exit_interrupted(130)
         raise
 
 

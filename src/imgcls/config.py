@@ -1,9 +1,11 @@
 """Experiment configuration: a pydantic schema, YAML files and dotted command-line overrides.
 
 One :class:`ExperimentConfig` describes a whole run (data, augmentation, model, optimiser,
-schedule, training, evaluation, output, stages). Every section forbids unknown keys; a bad
-key or value becomes a one-line :class:`~imgcls.errors.ConfigError` naming the key, the
-value, what is allowed, and the closest valid key for typos.
+schedule, training, evaluation, output, stages). Every section forbids unknown keys and NaN/inf,
+and every number has a range; a bad key or value becomes a one-line
+:class:`~imgcls.errors.ConfigError` naming the key, the value, what is allowed (the whole range
+for a number), and the closest valid key for typos. Overrides are ``section.key=value`` with
+list indices (``stages.0.epochs=3``); the last of two equal keys wins.
 """
 
 from __future__ import annotations
@@ -11,20 +13,36 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgcls.errors import ConfigError, describe_validation_error
 from imgcls.recipes import resolve_config
-from imgcls.registry import BACKBONES, HEADS, Registry
+from imgcls.registry import BACKBONES, HEADS, Registry, first_nonfinite, with_allowed_ranges
 
 log = logging.getLogger(__name__)
 
+#: seeds go to NumPy's legacy seeding too, which takes 0 … 2**32 − 1
+MAX_SEED = 2**32 - 1
+#: image sides (data.image_size, distill.teacher_input_size) and pixel counts of augmentations
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+#: worker processes and threads
+MAX_WORKERS = 1024
+
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every config section: unknown keys are errors, assignments are validated, NaN/inf refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -36,21 +54,29 @@ class DataConfig(Section):
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="stratified validation split of the training data"
     )
-    split_seed: int = 0
-    image_size: int | None = Field(None, gt=0, description="resize images to this square size (None: native)")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    image_size: int | None = Field(
+        None,
+        ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
+        description="resize images to this square size, 8 … 4096 (None: native)",
+    )
     channels: int | None = Field(
         None, description="convert to 1 (grayscale) or 3 (RGB) channels (None: native)"
     )
-    mean: list[float] | None = Field(
-        None, description="normalisation mean per channel (None: data set default)"
+    mean: list[UnitInterval] | None = Field(
+        None,
+        description="normalisation mean per channel, in [0, 1] units like the images (None: data set default)",
     )
-    std: list[float] | None = None
+    std: list[PositiveFloat] | None = Field(
+        None, description="normalisation std per channel (> 0), set together with mean"
+    )
     train_subset: int | None = Field(
         None, gt=0, description="use only this many training images (stratified)"
     )
     test_subset: int | None = Field(None, gt=0, description="use only this many test images (stratified)")
     in_memory: Literal["auto", "yes", "no"] = "auto"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, le=MAX_WORKERS)
     sampler: Literal["random", "balanced", "m_per_class", "confusion"] = "random"
     samples_per_class: int | None = Field(
         None, gt=0, description="balanced: images per class per epoch; m_per_class: m"
@@ -98,6 +124,24 @@ class DataConfig(Section):
             raise ValueError("must be 1 or 3")
         return v
 
+    @model_validator(mode="after")
+    def _normalisation(self) -> DataConfig:
+        """mean and std come as a pair, one value per channel (a single one of them used to be ignored)."""
+        if (self.mean is None) != (self.std is None):
+            given, missing = ("data.mean", "data.std") if self.std is None else ("data.std", "data.mean")
+            raise ConfigError(
+                f"{given} is set but {missing} is not: set both (one value per channel) or neither"
+            )
+        if self.mean is not None and self.std is not None:
+            counts = (self.channels,) if self.channels else (1, 3)
+            if len(self.mean) != len(self.std) or len(self.mean) not in counts:
+                wanted = f"{self.channels} (data.channels)" if self.channels else "1 or 3"
+                raise ConfigError(
+                    f"invalid data.mean/data.std: they need {wanted} values each, one per channel; "
+                    f"got {len(self.mean)} and {len(self.std)}"
+                )
+        return self
+
 
 class AugmentConfig(Section):
     """Batched training augmentation (applied to whole batches on the device)."""
@@ -105,7 +149,9 @@ class AugmentConfig(Section):
     preset: str | None = Field(
         None, description="mnist | cifar | asl: the seeds' recipes; fields below override"
     )
-    crop_padding: int = Field(0, ge=0, description="random crop after zero-padding by this many pixels")
+    crop_padding: int = Field(
+        0, ge=0, le=MAX_IMAGE_SIZE, description="random crop after zero-padding by this many pixels"
+    )
     random_resized_crop: bool = False
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="horizontal flip probability")
     rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation in degrees")
@@ -120,11 +166,11 @@ class AugmentConfig(Section):
     )
     hue: float = Field(0.0, ge=0.0, le=0.5, description="hue shift U(± value) in turns (RGB only)")
     grayscale: bool = False
-    randaugment: tuple[int, int] | None = Field(None, description="(num_ops N, magnitude M 0..30)")
+    randaugment: tuple[int, int] | None = Field(None, description="(num_ops N 0..16, magnitude M 0..30)")
     autoaugment: Literal["cifar10", "imagenet", "svhn"] | None = None
     trivialaugment: bool = False
-    cutout_holes: int = Field(0, ge=0)
-    cutout_size: int = Field(0, ge=0)
+    cutout_holes: int = Field(0, ge=0, le=1024)
+    cutout_size: int = Field(0, ge=0, le=MAX_IMAGE_SIZE, description="side of each cutout hole in pixels")
     erasing: float = Field(0.0, ge=0.0, le=1.0, description="random erasing probability")
     mixup_alpha: float = Field(0.0, ge=0.0)
     cutmix_alpha: float = Field(0.0, ge=0.0)
@@ -155,7 +201,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.05, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam(W) betas, each in [0, 1)")
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
     head_lr_mult: float = Field(1.0, gt=0.0, description="learning-rate multiplier for the head's parameters")
     fused: bool | None = Field(
@@ -174,10 +220,12 @@ class ScheduleConfig(Section):
         le=1.0,
         description="cosine/linear end at lr × this; exponential/plateau floor; cyclic low end",
     )
-    step_epochs: list[int] = Field(
+    step_epochs: list[NonNegativeInt] = Field(
         default_factory=list, description="step: multiply lr by gamma at these epochs"
     )
-    gamma: float = 0.1
+    gamma: float = Field(
+        0.1, gt=0.0, description="step: lr multiplier at each of step_epochs (> 0; above 1 raises the lr)"
+    )
     exp_gamma: float = Field(
         0.95, gt=0.0, le=1.0, description="exponential: lr multiplier per epoch after warm-up"
     )
@@ -199,7 +247,9 @@ class ScheduleConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=0)
+    epochs: int = Field(
+        10, ge=0, description="epochs of a run without stages; the run's total (over stages) must be >= 1"
+    )
     batch_size: int = Field(128, gt=0)
     grad_clip: float | None = Field(None, gt=0.0, description="clip gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
@@ -218,7 +268,7 @@ class TrainConfig(Section):
         description="auto precision/layout: timing may cost at most this share of the run",
     )
     compile: bool = False
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="0 … 2**32 − 1 (NumPy's seeding limit)")
     deterministic: bool = False
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
@@ -234,7 +284,9 @@ class TrainConfig(Section):
     swa_lr: float | None = Field(None, gt=0.0)
     log_every: int = Field(50, ge=1, description="steps between TensorBoard scalars")
     progress: bool = True
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU (None: torch default)")
+    threads: int | None = Field(
+        None, ge=0, le=MAX_WORKERS, description="torch intra-op threads on CPU (None or 0: torch default)"
+    )
     ddp_find_unused_parameters: bool = Field(
         False, description="DDP: allow parameters without gradients in a step"
     )
@@ -265,8 +317,9 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"
     batch_size: int | None = Field(None, gt=0, description="None: the training batch size")
-    top_k: list[int] = Field(
-        default_factory=lambda: [1, 3, 5], description="top-k accuracies reported (seed 004 quotes top-3)"
+    top_k: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 3, 5],
+        description="top-k accuracies reported, each k >= 1 (seed 004 quotes top-3)",
     )
     tta: int = Field(
         1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)"
@@ -354,7 +407,10 @@ class DistillConfig(Section):
         description="timm teacher classifier size (None: the data's classes with logit KD, else 0)",
     )
     teacher_input_size: int | None = Field(
-        None, gt=0, description="resize images to this side for the teacher (None: its own)"
+        None,
+        ge=MIN_IMAGE_SIZE,
+        le=MAX_IMAGE_SIZE,
+        description="resize images to this side for the teacher, 8 … 4096 (None: its own)",
     )
     teacher_normalization: Literal["own", "student"] = Field(
         "own",
@@ -372,6 +428,14 @@ class DistillConfig(Section):
     alpha_end: float = Field(0.5, ge=0.0, le=1.0)
     warmup_epochs: int = Field(0, ge=0, description="epochs of CE only before logit distillation starts")
     tokens: DistillTokensConfig | None = Field(None, description="CST token distillation (None: off)")
+
+    @field_validator("teacher_args")
+    @classmethod
+    def _finite_teacher_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        found = first_nonfinite(v)
+        if found is not None:
+            raise ValueError(f"{found[0]} is {found[1]}; use a finite number")
+        return v
 
     @model_validator(mode="after")
     def _something(self) -> DistillConfig:
@@ -392,7 +456,9 @@ class StageConfig(Section):
     label_smoothing: float | None = Field(None, ge=0.0, lt=1.0)
     freeze: list[str] = Field(default_factory=list, description="module prefixes to freeze (also eval mode)")
     train_only: list[str] = Field(default_factory=list, description="train only these module prefixes")
-    loss_weights: dict[str, float] = Field(default_factory=dict, description="weight per named loss term")
+    loss_weights: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="weight (>= 0) per named loss term"
+    )
     head: str | None = Field(None, description="switch to this head for the stage")
     head_args: dict[str, Any] = Field(default_factory=dict)
     stop_at_val_acc: float | None = Field(
@@ -415,7 +481,8 @@ def stage_section(base: OptimConfig | ScheduleConfig, overrides: dict[str, Any],
         return type(base).model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
         keys = list(type(base).model_fields)
-        raise ConfigError(describe_validation_error(exc.errors(), where.split("."), lambda _: keys)) from None
+        errors = with_allowed_ranges(exc.errors(), type(base))
+        raise ConfigError(describe_validation_error(errors, where.split("."), lambda _: keys)) from None
 
 
 class ExperimentConfig(Section):
@@ -437,11 +504,38 @@ class ExperimentConfig(Section):
         if self.eval.checkpoint == "swa" and self.train.swa_start is None:
             raise ValueError("eval.checkpoint=swa needs train.swa_start (e.g. 0.75)")
         self._check_components_and_stages()
+        self._check_augment_ranges()
         if self.eval.calibration == "temperature" and self.data.val_fraction == 0:
             raise ValueError(
                 "eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0"
             )
+        if self.total_epochs() < 1:
+            where = (
+                "stages' epochs: " + ", ".join(str(s.epochs) for s in self.resolved_stages())
+                if self.stages
+                else f"train.epochs={self.train.epochs}"
+            )
+            raise ValueError(
+                f"the run would train 0 epochs in total ({where}); set train.epochs (or a stage's epochs) to 1 or more"
+            )
         return self
+
+    def _check_augment_ranges(self) -> None:
+        """Pairs whose rule spans both values, checked when the config loads (``augment`` builds check them too,
+        for an :class:`AugmentConfig` made in code)."""
+        low, high = self.augment.scale
+        if not 0 < low <= high:
+            raise ConfigError(
+                f"invalid value {list(self.augment.scale)} for 'augment.scale': must be [low, high] "
+                "with 0 < low <= high (e.g. [0.9, 1.1])"
+            )
+        if self.augment.randaugment is not None:
+            n, m = self.augment.randaugment
+            if not (0 <= n <= 16 and 0 <= m <= 30):
+                raise ConfigError(
+                    f"invalid value {list(self.augment.randaugment)} for 'augment.randaugment': "
+                    "must be [N, M] with 0 <= N <= 16 operations and magnitude 0 <= M <= 30 (e.g. [2, 9])"
+                )
 
     def _check_components_and_stages(self) -> None:
         """Typed component arguments and stage overrides, checked when the config loads (not when a stage
@@ -512,6 +606,10 @@ def _construct_mapping_unique(loader: ConfigLoader, node: yaml.MappingNode, deep
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool, type(None))):
+            raise ConfigError(
+                f"the key at line {key_node.start_mark.line + 1} is a {type(key).__name__}; keys are names such as epochs"
+            )
         if key in seen:
             raise ConfigError(
                 f"duplicate key '{key}' at line {key_node.start_mark.line + 1} (first at line {seen[key]}); "
@@ -528,12 +626,27 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ConfigLoader)
 
 
-def _parse_value(text: str) -> Any:
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """`` at line N: what is wrong`` for a PyYAML error, on one line."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character such as NUL: a binary file?
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f" at line {line}: character U+{code:04X} is not allowed in YAML text (a binary file?)"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    return f"{where}: {context}, {problem}" if context else f"{where}: {problem}"
+
+
+def _parse_value(text: str, item: str = "") -> Any:
     """Parse an override value with YAML rules (numbers, bools, lists, null); fall back to the string."""
     try:
         return parse_yaml(text)
     except yaml.YAMLError:
         return text
+    except ConfigError as exc:  # e.g. a duplicate key inside {a: 1, a: 2}
+        raise ConfigError(f"override '{item}': {exc}") from None
 
 
 def _valid_keys(model: type[BaseModel], path: list[str]) -> list[str]:
@@ -557,24 +670,80 @@ def _valid_keys(model: type[BaseModel], path: list[str]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
+def _split_override(item: str) -> tuple[list[str], str]:
+    """``section.key=value`` → (key parts, value text); a malformed override is one line saying how to fix it."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"override '{item}' is not of the form section.key=value (e.g. optim.lr=3e-4)")
+    if not key:
+        raise ConfigError(
+            f"override '{item}' has no key before '=': write section.key=value (e.g. optim.lr=3e-4)"
+        )
+    parts = key.split(".")
+    if any(not part.strip() for part in parts):
+        raise ConfigError(
+            f"override '{item}': key '{key}' has an empty part (a leading, trailing or doubled dot); "
+            "write section.key=value (e.g. train.epochs=1)"
+        )
+    if not value.strip():
+        raise ConfigError(
+            f"override '{item}' has no value after '=': write {key}=null for no value, or \"{key}=''\" "
+            "(quoted for the shell) for an empty string"
+        )
+    return parts, value
+
+
+def _list_index(items: list[Any], part: str, where: str, item: str) -> int:
+    """``part`` as an index into the list at ``where`` (``stages``), or a one-line error."""
+    span = f"indices 0..{len(items) - 1}" if items else "no entries"
+    if not part.isdigit():
+        raise ConfigError(
+            f"override '{item}': '{where}' is a list ({span}), so '{part}' must be an index such as {where}.0"
+        )
+    if int(part) >= len(items):
+        raise ConfigError(
+            f"override '{item}': index {part} is out of range, '{where}' has {span}; "
+            f"to add an entry, set the whole list ({where}=[...])"
+        )
+    return int(part)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides to a raw config dict (values parsed as YAML)."""
+    """Apply ``section.key=value`` overrides to a raw config dict (values parsed as YAML), in order: of two
+    overrides of the same key the last wins. A numeric part indexes a list (``stages.0.epochs=3`` sets the
+    epochs of the first stage); a missing section is created, a missing list entry is an error."""
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' is not of the form section.key=value (e.g. optim.lr=3e-4)")
-        parts = key.strip().split(".")
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
+        parts, text = _split_override(item)
+        value = _parse_value(text, item)
+        node: Any = raw
+        for i, part in enumerate(parts):
+            where = ".".join(parts[:i])
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                index = _list_index(node, part, where, item)
+                if last:
+                    node[index] = value
+                    break
+                nxt = node[index]
+            else:
+                if last:
+                    node[part] = value
+                    break
+                nxt = node.get(part)
+                if nxt is None and parts[i + 1].isdigit():
+                    here = ".".join(parts[: i + 1])
+                    raise ConfigError(
+                        f"override '{item}': '{here}' is not set, so it has no entry {parts[i + 1]}; "
+                        f"set the whole list instead ({here}=[...])"
+                    )
+                if nxt is None:
+                    nxt = node[part] = {}
+            if not isinstance(nxt, (dict, list)):
                 raise ConfigError(
                     f"override '{item}': '{'.'.join(parts[: i + 1])}' is a value, not a section"
                 )
             node = nxt
-        node[parts[-1]] = _parse_value(value)
     return raw
 
 
@@ -585,7 +754,7 @@ def _format_error(exc: ValidationError) -> str:
             StageConfig, section[-1:] if section else []
         )
 
-    return describe_validation_error(exc.errors(), valid_keys=valid)
+    return describe_validation_error(with_allowed_ranges(exc.errors(), ExperimentConfig), valid_keys=valid)
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
@@ -617,11 +786,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except ConfigError as exc:
             raise ConfigError(f"config file '{p}': {exc}") from None
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-            ) from None
+            raise ConfigError(f"config file '{p}' is not valid YAML{_yaml_problem(exc, text)}") from None
         if raw is None:
             log.warning("warning: config file '%s' is empty; training with all defaults", p)
             raw = {}

@@ -157,6 +157,10 @@ def export_model(
     if not onnx and not torchscript:
         raise UserError("nothing to export: pass --onnx and/or --torchscript")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(
+            f"export folder '{out_dir}' is a file; pass a folder for model.onnx and export.json (created if missing)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu().float().eval()
     channels, size = int(preprocess["channels"]), int(preprocess["image_size"])

@@ -6,18 +6,131 @@ a config: only factories registered in this package (or by an explicit `register
 user code) can be built. A registry may name one package of ours (``populate=``) that it
 imports on its first lookup, so that the config layer can validate component arguments
 (:meth:`Registry.validate_args`) without importing the models itself.
+
+Argument models and the experiment config share two validation helpers defined here (the lowest
+layer both import): NaN/inf are refused everywhere (:func:`first_nonfinite` for untyped values), and
+a numeric error names the field's whole allowed range (:func:`with_allowed_ranges`).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Mapping
-from typing import Any, Self
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Self, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from imgcls.errors import ConfigError, describe_validation_error
+
+#: pydantic errors about a number that name no bound (a NaN/inf, a string), to which
+#: :func:`with_allowed_ranges` adds the field's range; a bound error already names the bound crossed
+NUMBER_ERRORS = frozenset(
+    {"finite_number", "int_parsing", "int_from_float", "int_type", "float_parsing", "float_type"}
+)
+
+
+def first_nonfinite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """``(dotted location, value)`` of the first NaN/inf float inside ``value`` (nested mappings, lists and
+    tuples), or None: for untyped values (``Any``) that pydantic's ``allow_inf_nan=False`` does not see."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = first_nonfinite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
+    """``(type, constraints)`` of an annotation: ``Annotated`` metadata collected, ``X | None`` → X."""
+    metadata: list[Any] = []
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation, *extra = typing.get_args(annotation)
+            for item in extra:
+                metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+        elif origin in (Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation, metadata
+            annotation = members[0]
+        else:
+            return annotation, metadata
+
+
+def _step(annotation: Any, part: str | int) -> tuple[Any, list[Any]] | None:
+    """The annotation (and constraints) one location ``part`` below ``annotation``, or None if unknown."""
+    annotation, _ = _unwrap(annotation)
+    fields = getattr(annotation, "model_fields", None) if isinstance(annotation, type) else None
+    if fields is not None:
+        info = fields.get(str(part))
+        return None if info is None else _unwrap_field(info)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (list, set, frozenset, Sequence) and args:
+        return _unwrap(args[0])
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return _unwrap(args[0])
+        index = int(part) if str(part).isdigit() else -1
+        return _unwrap(args[index]) if 0 <= index < len(args) else None
+    if origin in (dict, Mapping) and len(args) == 2:
+        return _unwrap(args[1])
+    return None
+
+
+def _unwrap_field(info: FieldInfo) -> tuple[Any, list[Any]]:
+    annotation, metadata = _unwrap(info.annotation)
+    return annotation, [*info.metadata, *metadata]
+
+
+def allowed_range(model: type[BaseModel], loc: Sequence[str | int]) -> str:
+    """The numeric range allowed at ``loc`` inside ``model`` (``0 <= value < 1``, ``value > 0``), or ''."""
+    current: tuple[Any, list[Any]] | None = (model, [])
+    for part in loc:
+        current = _step(current[0], part)
+        if current is None:
+            return ""
+    low = high = None
+    for constraint in current[1]:  # annotated_types' Gt/Ge/Lt/Le (an Interval has several)
+        for name, op in (("gt", "<"), ("ge", "<=")):
+            if getattr(constraint, name, None) is not None:
+                low = (op, getattr(constraint, name))
+        for name, op in (("lt", "<"), ("le", "<=")):
+            if getattr(constraint, name, None) is not None:
+                high = (op, getattr(constraint, name))
+    if low and high:
+        return f"{_number(low[1])} {low[0]} value {high[0]} {_number(high[1])}"
+    if low:
+        return f"value {low[0].replace('<', '>')} {_number(low[1])}"
+    if high:
+        return f"value {high[0]} {_number(high[1])}"
+    return ""
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def with_allowed_ranges(errors: list[dict], model: type[BaseModel]) -> list[dict]:
+    """pydantic ``errors`` of ``model`` with the field's allowed range appended to each error about a number
+    that names no bound (``Input should be a finite number (allowed: value > 0)``)."""
+    out = []
+    for err in errors:
+        span = allowed_range(model, err["loc"]) if err["type"] in NUMBER_ERRORS else ""
+        out.append({**err, "msg": f"{err['msg']} (allowed: {span})"} if span else err)
+    return out
 
 
 class ComponentArgs(BaseModel):
@@ -31,7 +144,17 @@ class ComponentArgs(BaseModel):
     (:meth:`from_init`), so both paths give the same one-line :class:`ConfigError`.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True, allow_inf_nan=False
+    )
+
+    @model_validator(mode="after")
+    def _finite_extras(self) -> Self:
+        """Untyped extra arguments (``extra="allow"`` models such as timm's) may not hold NaN/inf either."""
+        found = first_nonfinite(self.model_extra or {})
+        if found is not None:
+            raise ValueError(f"{found[0]} is {found[1]}; use a finite number")
+        return self
 
     @classmethod
     def parse(cls, values: Mapping[str, Any], where: str, keys_label: str | None = None) -> Self:
@@ -41,7 +164,11 @@ class ComponentArgs(BaseModel):
         except ValidationError as exc:
             label = keys_label or f"Valid keys of {where}"
             message = describe_validation_error(
-                exc.errors(), where.split("."), lambda _: list(cls.model_fields), label, list_empty=True
+                with_allowed_ranges(exc.errors(), cls),
+                where.split("."),
+                lambda _: list(cls.model_fields),
+                label,
+                list_empty=True,
             )
             raise ConfigError(message) from None
 

@@ -4,11 +4,14 @@ checkpoint back into a model.
 ``apply_stage_heads`` builds "the model as of stage N" (heads switched by stages); the trainer
 (on every stage start and on ``--resume``), ``imgcls evaluate``/``predict``/``export`` and
 teacher loading for distillation all go through it, so a checkpoint always meets the model
-structure it was saved from.
+structure it was saved from. :func:`resume_checkpoint` picks the file ``--resume`` continues from:
+the mid-epoch ``recovery.pt`` when it is the newest, falling back (with a one-line warning) to
+``last.pt`` when it is damaged.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,11 @@ from imgcls.config import ExperimentConfig, StageConfig, build_config, load_conf
 from imgcls.errors import CheckpointError
 from imgcls.models.classifier import Classifier, build_head, build_model
 from imgcls.runtime import checkpoint as ckpt_io
+
+log = logging.getLogger(__name__)
+
+#: the files ``--resume`` may continue from, in a run's ``checkpoints`` folder (the newest usable one wins)
+RESUME_FILES = ("recovery.pt", "last.pt")
 
 
 def apply_stage_head(model: Classifier, stage: StageConfig, label_smoothing: float, taxonomy=None) -> bool:
@@ -95,6 +103,10 @@ def load_weights(model: Classifier, weights: dict[str, Any], what: str) -> None:
         result = model.load_state_dict(weights, strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected or wrong:
+        if wrong:  # the first mis-shaped key with both shapes: what a user compares against the config
+            first = wrong[0]
+            saved, built = list(getattr(weights[first], "shape", ())), list(expected[first].shape)
+            wrong = [f"{first} (saved {saved}, model {built})", *wrong[1:]]
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if keys:
@@ -105,7 +117,9 @@ def load_weights(model: Classifier, weights: dict[str, Any], what: str) -> None:
         )
 
 
-def load_run_checkpoint(run_dir: str | Path, which: str | None = None) -> tuple[dict[str, Any], str]:
+def load_run_checkpoint(
+    run_dir: str | Path, which: str | None = None, what: str = "checkpoint"
+) -> tuple[dict[str, Any], str]:
     """The checkpoint ``which`` (best/last/ema/swa; default: the run's ``eval.checkpoint``) of a run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -113,4 +127,43 @@ def load_run_checkpoint(run_dir: str | Path, which: str | None = None) -> tuple[
     if which is None:
         cfg = load_config(run_dir / "config.yaml")
         which = cfg.eval.checkpoint
-    return ckpt_io.load_checkpoint(checkpoint_path(run_dir, which)), which
+    return ckpt_io.load_checkpoint(checkpoint_path(run_dir, which), what=what), which
+
+
+def resume_candidates(run_dir: str | Path) -> list[Path]:
+    """The run's resume checkpoints that exist, newest first (``recovery.pt`` first when as new as ``last.pt``)."""
+    folder = Path(run_dir) / "checkpoints"
+    candidates = [folder / name for name in RESUME_FILES if (folder / name).is_file()]
+    candidates.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)  # stable: recovery.pt first on a tie
+    return candidates
+
+
+def resume_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
+    """The checkpoint ``imgcls train --resume RUN_DIR`` continues from; None when the run has none yet.
+
+    The newest of ``recovery.pt`` (mid-epoch) and ``last.pt`` (end of an epoch) that loads wins; a damaged,
+    unsafe or incomplete one is skipped with a one-line warning (the steps after the older file are trained
+    again). When every candidate is unusable: one line listing each and why.
+    """
+    skipped: list[ckpt_io.UnusableCheckpoint] = []
+    for path in resume_candidates(run_dir):
+        try:
+            ckpt = ckpt_io.load_checkpoint(path, resumable=True)
+        except ckpt_io.UnusableCheckpoint as exc:
+            skipped.append(exc)
+            continue
+        for exc in skipped:
+            log.warning(
+                "warning: '%s' %s; resuming from '%s' instead (the steps since then are trained again)",
+                exc.path,
+                exc.problem,
+                path,
+            )
+        return ckpt
+    if skipped:
+        reasons = "; ".join(f"'{exc.path}' {exc.problem}" for exc in skipped)
+        raise CheckpointError(
+            f"cannot resume {run_dir}: no usable checkpoint ({reasons}); restore one from a copy, or delete them "
+            "to train the run again from the start"
+        )
+    return None

@@ -6,9 +6,13 @@ A teacher is loaded from the ``distill`` config section:
   checkpoint file (``weights_only`` through :mod:`imgcls.runs`): the
   model as of its last stage, with the checkpoint's own preprocessing (image size, channels,
   mean/std) — e.g. the AdaptiveCNN of ``configs/fashion_mnist/distill_teacher.yaml``;
-* ``timm:<name>`` with ``pretrained: true`` (hub weights) or ``pretrained_file`` (local weights),
+* ``timm:<name>`` with ``pretrained: true`` (hub weights) or ``pretrained_file`` (local weights,
+  safetensors or a ``weights_only`` torch file, vetted before timm loads them),
   e.g. ``timm:vit_small_patch14_dinov2`` with ``teacher_args: {img_size: 224}`` (the seed's DINOv2
   ViT-S/14); normalisation from its ``pretrained_cfg``, input size from its patch embedding.
+
+A missing, damaged or unsafe teacher file and weights that do not fit the teacher model are each one
+:class:`~imgcls.errors.CheckpointError` line naming the file (and the first mis-shaped key with both shapes).
 
 :class:`FrozenTeacher` is deliberately *not* an ``nn.Module``: it cannot become a submodule of the
 student or of the objective, so it stays outside DDP, EMA/SWA copies, ``state_dict`` and
@@ -209,17 +213,21 @@ def latest_run(path: Path) -> Path:
 def _imgcls_teacher(source: str, cfg: DistillConfig, class_names: list[str] | None) -> FrozenTeacher:
     from imgcls.runs import load_run_checkpoint, model_from_checkpoint
 
+    what = "distill.teacher checkpoint"
     path = latest_run(Path(source))
     if path.is_dir():
-        ckpt, which = load_run_checkpoint(path, cfg.teacher_checkpoint)
+        ckpt, which = load_run_checkpoint(path, cfg.teacher_checkpoint, what=what)
     elif path.is_file():
-        ckpt, which = ckpt_io.load_checkpoint(path), cfg.teacher_checkpoint or "best"
+        ckpt, which = ckpt_io.load_checkpoint(path, what=what), cfg.teacher_checkpoint or "best"
     else:
         raise CheckpointError(
             f"distill.teacher '{source}' is neither a run directory nor a checkpoint; train the teacher first "
             "or use timm:<model name>"
         )
-    model, _, _ = model_from_checkpoint(ckpt, which)
+    try:
+        model, _, _ = model_from_checkpoint(ckpt, which)
+    except CheckpointError as exc:
+        raise CheckpointError(f"distill.teacher '{source}': {exc}") from None
     pre = ckpt["preprocess"]
     teacher_classes = list(ckpt["class_names"])
     if class_names is not None and cfg.logits != "none" and teacher_classes != list(class_names):
@@ -255,8 +263,7 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
     overlay = None
     pretrained = cfg.pretrained
     if cfg.pretrained_file:
-        if not Path(cfg.pretrained_file).is_file():
-            raise DataError(f"distill.pretrained_file '{cfg.pretrained_file}' does not exist")
+        ckpt_io.check_plain_tensor_file(cfg.pretrained_file, "distill.pretrained_file")
         overlay, pretrained = {"file": str(cfg.pretrained_file)}, True
     try:
         model = timm.create_model(
@@ -273,6 +280,13 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
             raise DataError(
                 f"could not fetch pretrained weights for teacher timm:{name} ({type(exc).__name__}); offline, download "
                 "them elsewhere and set distill.pretrained_file=<file>"
+            ) from None
+        misfit = ckpt_io.describe_load_error(exc) if cfg.pretrained_file else None
+        if misfit is not None:
+            raise CheckpointError(
+                f"distill.pretrained_file '{cfg.pretrained_file}' does not fit teacher timm:{name} "
+                f"with distill.teacher_args {cfg.teacher_args} ({misfit}); use the weights of that model, or "
+                "change distill.teacher / teacher_args / teacher_num_classes to match them"
             ) from None
         raise
     pcfg = dict(getattr(model, "pretrained_cfg", {}) or {})

@@ -13,8 +13,11 @@ Pixels are those of :func:`imgcls.data.decode.decode_image` — the helper that 
 folder for training — so a cached image equals a direct decode + resize, bit for bit. Decoding
 runs in a process pool over chunks of files; each finished chunk is written atomically to
 ``DST/.partial/`` (its ``.json`` record, written last, marks it done), so an interrupted run
-resumes where it stopped and only the final assembly is repeated. ``data.name: cached`` with
-``data.root: DST`` trains from the cache in memory.
+resumes where it stopped and only the final assembly is repeated; a damaged chunk (truncated or
+garbage file) is decoded again, with a warning. A class folder none of whose images can be read stops the
+build with one line (a class with no image would silently vanish from training). ``data.name: cached`` with
+``data.root: DST`` trains from the cache in memory; a damaged finished cache (a truncated, garbage or missing
+file, contents that disagree with the manifest) is one line saying so and giving the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -80,6 +83,41 @@ def _cache_chunk(paths: list[str], size: int, channels: int, partial: str, k: in
     _save_npy_atomic(npy, images)
     write_json_atomic(done, {"records": records})
     return len(arrays), len(paths) - len(arrays)
+
+
+def _read_json(path: Path) -> object:
+    """The JSON in ``path``, or None when it is unreadable, truncated or garbage."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _chunk_intact(partial: Path, k: int, n_files: int, size: int, channels: int) -> bool:
+    """Whether finished chunk ``k`` reads back whole (record of ``n_files`` files, images of the right shape);
+    a damaged one is removed, with a warning, so that it is decoded again."""
+    npy, done = _chunk_paths(partial, k)
+    record = _read_json(done)
+    try:
+        records = record["records"]  # type: ignore[index]
+        with open(npy, "rb") as f:  # the .npy header, and a file exactly as long as it announces
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+            whole = os.fstat(f.fileno()).st_size == f.tell() + int(np.prod(shape)) * dtype.itemsize
+        n_ok = sum(bool(r["ok"]) for r in records)
+        intact = whole and len(records) == n_files and shape == (n_ok, channels, size, size)
+    except (OSError, ValueError, EOFError, TypeError, KeyError):
+        intact = False
+    if not intact:
+        log.warning("warning: chunk %d in '%s' is damaged; decoding its images again", k, partial)
+        npy.unlink(missing_ok=True)
+        done.unlink(missing_ok=True)
+    return intact
 
 
 def _files_digest(root: Path, files: list[str]) -> str:
@@ -159,7 +197,7 @@ def build_cache(
         "files_digest": _files_digest(root, files),
     }
     plan_path = partial / "plan.json"
-    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+    if plan_path.is_file() and _read_json(plan_path) != plan:
         raise DataError(
             f"'{dst}' holds an unfinished cache of other files or settings; pass --overwrite to start again, or choose another folder"
         )
@@ -167,7 +205,12 @@ def build_cache(
     write_json_atomic(plan_path, plan)
 
     starts = list(range(0, len(files), chunk_size))
-    finished = [k for k in range(len(starts)) if all(p.is_file() for p in _chunk_paths(partial, k))]
+    finished = [
+        k
+        for k in range(len(starts))
+        if all(p.is_file() for p in _chunk_paths(partial, k))
+        and _chunk_intact(partial, k, len(files[starts[k] : starts[k] + chunk_size]), size, channels)
+    ]
     pending = sorted(set(range(len(starts))) - set(finished))
     jobs = [(files[starts[k] : starts[k] + chunk_size], size, channels, str(partial), k) for k in pending]
     sizes = [len(job[0]) for job in jobs]
@@ -235,6 +278,18 @@ def _assemble(
         raise DataError(
             f"none of the {len(files)} image files under '{root}' could be read (first: {files[0]})"
         )
+    readable = np.bincount(np.asarray(labels)[np.asarray(ok, dtype=bool)], minlength=len(class_names))
+    dead = [c for c in sorted(set(labels)) if readable[c] == 0]
+    if dead:
+        c = dead[0]
+        members = [i for i, label in enumerate(labels) if label == c]
+        others = f"; so are classes {', '.join(class_names[j] for j in dead[1:6])}" if len(dead) > 1 else ""
+        raise DataError(
+            f"class '{class_names[c]}' has no readable image: all {len(members)} image file(s) in "
+            f"'{root / class_names[c]}' failed to load (e.g. '{os.path.basename(files[members[0]])}': "
+            f"{records[members[0]]['reason']}){others}; replace or remove them, or remove the folder, then run "
+            "the command again with --overwrite"
+        )
     tmp = dst / (IMAGES + ".tmp")
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
     row = 0
@@ -271,6 +326,23 @@ def _assemble(
 
 
 # ------------------------------------------------------------------------------- reading it back
+def rebuild_hint(root: Path, manifest: dict | None = None) -> str:
+    """The command that rebuilds the cache in ``root`` (from its manifest's settings where readable)."""
+    manifest = manifest if isinstance(manifest, dict) else {}
+    grayscale = " --grayscale" if manifest.get("channels") == 1 else ""
+    exclude = f" --exclude {manifest['exclude_manifest']}" if manifest.get("exclude_manifest") else ""
+    return (
+        f"`imgcls data cache {manifest.get('source', 'SRC')} {root} --size {manifest.get('size', 'N')}"
+        f"{grayscale}{exclude} --overwrite`"
+    )
+
+
+def damaged(root: Path, what: str, manifest: dict | None = None) -> DataError:
+    return DataError(
+        f"the cache '{root}' is damaged ({what}); rebuild it with {rebuild_hint(root, manifest)}"
+    )
+
+
 def read_manifest(root: Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
@@ -278,29 +350,64 @@ def read_manifest(root: Path) -> dict:
             " (unfinished: run `imgcls data cache` again to resume it)" if (root / PARTIAL).is_dir() else ""
         )
         raise DataError(f"no finished cache in '{root}'{hint}; build one with `imgcls data cache SRC {root}`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("kind") != CACHE_KIND:
+    manifest = _read_json(path)
+    if manifest is None:
+        raise damaged(root, f"{MANIFEST} is unreadable, truncated or not JSON")
+    if not isinstance(manifest, dict) or manifest.get("kind") != CACHE_KIND:
         raise DataError(f"'{path}' is not an imgcls cache manifest")
     return manifest
+
+
+def _load_array(root: Path, name: object, manifest: dict, mmap: bool) -> np.ndarray:
+    """A ``.npy`` file of the cache (numbers only: never pickled objects), or a 'damaged' error."""
+    if not isinstance(name, str) or not (root / name).is_file():
+        raise damaged(root, f"{name!r} is missing", manifest)
+    try:
+        return np.load(root / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise damaged(root, f"{name} cannot be read: {type(exc).__name__}: {reason}", manifest) from None
 
 
 def read_cache(root: str | Path) -> ImageData:
     """The cached images (copied into memory), labels, class names, source paths and skipped files."""
     root = Path(root)
     manifest = read_manifest(root)
-    images = np.load(root / manifest["images"], mmap_mode="r")
-    labels = np.load(root / manifest["labels"])
-    if images.shape[0] != manifest["count"] or labels.shape[0] != manifest["count"]:
-        raise DataError(
-            f"'{root}': images/labels do not match the manifest ({images.shape[0]} vs {manifest['count']}); rebuild it"
+    try:
+        count, classes, entries = int(manifest["count"]), list(manifest["classes"]), manifest["files"]
+        source, shape = (
+            manifest["source"],
+            (count, int(manifest["channels"]), manifest["size"], manifest["size"]),
         )
-    source = manifest["source"]
+        files = [os.path.join(source, e["path"]) for e in entries]
+        skipped = [os.path.join(source, e["path"]) for e in manifest["skipped"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise damaged(root, f"{MANIFEST} lacks or garbles {exc}", manifest) from None
+    images = _load_array(root, manifest.get("images"), manifest, mmap=True)
+    labels = _load_array(root, manifest.get("labels"), manifest, mmap=False)
+    if images.shape[0] != count or labels.shape != (count,) or len(files) != count:
+        raise damaged(
+            root,
+            f"{images.shape[0]} images, {labels.shape[0] if labels.ndim else 0} labels and {len(files)} files "
+            f"listed where the manifest says {count}",
+            manifest,
+        )
+    if images.dtype != np.uint8 or images.shape != shape:
+        raise damaged(root, f"images are {images.dtype} {images.shape}, expected uint8 {shape}", manifest)
+    if labels.dtype.kind not in "iu" or (
+        count and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes)
+    ):
+        raise damaged(root, f"labels are not class indices 0..{len(classes) - 1}", manifest)
+    try:
+        pixels = torch.from_numpy(np.array(images))  # one sequential read of the memory map into RAM
+    except (OSError, ValueError) as exc:  # the file shrank or vanished since it was opened
+        raise damaged(root, f"{manifest['images']} cannot be read: {type(exc).__name__}", manifest) from None
     return ImageData(
         labels=torch.from_numpy(labels.astype(np.int64)),
-        class_names=list(manifest["classes"]),
-        images=torch.from_numpy(np.array(images)),  # one sequential read of the memory map into RAM
-        files=[os.path.join(source, e["path"]) for e in manifest["files"]],
-        skipped=[os.path.join(source, e["path"]) for e in manifest["skipped"]],
+        class_names=classes,
+        images=pixels,
+        files=files,
+        skipped=skipped,
     )
 
 

@@ -1,12 +1,18 @@
 """Decoding image files: a torch Dataset that reads, converts and resizes images, skipping unreadable ones.
 
 Used twice: to load a whole ImageFolder tree into memory once (decoded in parallel by
-DataLoader workers), and to stream trees too large for memory during training.
+DataLoader workers), and to stream trees too large for memory during training. Before either,
+:func:`screen_files` reads every file's header (no pixels) so that empty, garbage and
+decompression-bomb files are dropped before training, and :func:`probe_size` derives the image size
+from headers only. An image whose header claims more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is
+unreadable here (Pillow itself only warns below twice that limit): it is never decoded into memory.
+EXIF orientation tags are not applied: pixels are used as stored, as torchvision's and timm's loaders do.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import warnings
 from pathlib import Path
 
@@ -18,6 +24,11 @@ log = logging.getLogger(__name__)
 
 _BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+
+#: the smallest image side a derived ``data.image_size`` may have
+MIN_IMAGE_SIZE = 8
+#: at most this many evenly spread files are opened to derive the image size
+SIZE_SAMPLE = 256
 
 #: Pillow modes of single-channel images deeper than 8 bits (16-bit PNG/TIFF, 32-bit integer, float)
 DEEP_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -45,11 +56,35 @@ def to_8bit_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
+def check_pixel_count(img: Image.Image) -> None:
+    """Refuse an image whose header claims no pixels or more than ``Image.MAX_IMAGE_PIXELS`` (a
+    decompression bomb; Pillow raises only above twice the limit and merely warns below it)."""
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"the header claims {width}x{height} pixels")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} pixels exceed Image.MAX_IMAGE_PIXELS ({limit}), a possible decompression bomb"
+        )
+
+
+def read_header(path: str) -> tuple[int, int]:
+    """``(width, height)`` from the file's header, without decoding pixels; raises one of the errors of an
+    unreadable image (also for a decompression bomb, see :func:`check_pixel_count`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            check_pixel_count(img)
+            return img.size
+
+
 def decode_image(path: str, size: int | None, channels: int) -> torch.Tensor:
     """Read one image file as a uint8 ``(channels, size, size)`` tensor (bilinear resize)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as img:
+            check_pixel_count(img)
             if img.mode in DEEP_GRAY_MODES:
                 img = to_8bit_gray(img)
             img = img.convert("L" if channels == 1 else "RGB")
@@ -96,19 +131,72 @@ def collate_skip(items: list) -> tuple[torch.Tensor | None, torch.Tensor, torch.
     return images, torch.tensor([it[1] for it in good]), torch.tensor([it[2] for it in good]), bad
 
 
-def probe_size(files: list[str], channels: int, tries: int = 50) -> int:
-    """The (square) size of the first readable image among the first ``tries`` files."""
+class _Headers(torch.utils.data.Dataset):
+    """The reason each file's header cannot be read (None when it can); read by DataLoader workers."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> str | None:
+        try:
+            read_header(self.files[i])
+        except _BAD_IMAGE_ERRORS as exc:
+            return describe_decode_error(exc)
+        return None
+
+
+def screen_files(files: list[str], workers: int = 0) -> dict[int, str]:
+    """Open every file's header (no pixels are decoded; ``workers`` processes): the index → reason of the
+    files that cannot be read (empty, not an image, a broken link, a decompression bomb)."""
+    loader = torch.utils.data.DataLoader(
+        _Headers(files), batch_size=512, num_workers=workers, collate_fn=list
+    )
+    bad, start = {}, 0
+    for reasons in loader:
+        bad.update((start + k, r) for k, r in enumerate(reasons) if r is not None)
+        start += len(reasons)
+    return bad
+
+
+def unreadable_reason(path: str) -> str:
+    """Why ``path`` cannot be decoded (one line), or a note that it now can."""
+    try:
+        decode_image(path, None, 1)
+    except _BAD_IMAGE_ERRORS as exc:
+        return describe_decode_error(exc)
+    return "readable now"
+
+
+def probe_size(files: list[str], sample: int = SIZE_SAMPLE) -> int:
+    """The median shorter side of (at most ``sample``, evenly spread) images, read from their headers only;
+    below :data:`MIN_IMAGE_SIZE` pixels is an error (set ``data.image_size`` to upscale on purpose)."""
     from imgcls.errors import DataError
 
-    for path in files[:tries]:
+    n = min(sample, len(files))
+    picks = sorted({round(k * (len(files) - 1) / max(n - 1, 1)) for k in range(n)})
+    sides: list[tuple[int, str]] = []
+    for i in picks:
         try:
-            return int(decode_image(path, None, channels).shape[-1])
+            sides.append((min(read_header(files[i])), files[i]))
         except _BAD_IMAGE_ERRORS:
             continue
-    raise DataError(
-        f"none of the first {min(tries, len(files))} training images could be read (first: {files[0] if files else '-'}); "
-        "check the files, or set data.image_size"
-    )
+    if not sides:
+        raise DataError(
+            f"none of the {len(picks)} sampled training images could be read (first: {files[0] if files else '-'}); "
+            "check the files, or set data.image_size"
+        )
+    size = statistics.median_low(side for side, _ in sides)
+    if size < MIN_IMAGE_SIZE:
+        example = min(sides)[1]
+        raise DataError(
+            f"the training images are too small: their median shorter side is {size} px over {len(sides)} sampled "
+            f"images (e.g. '{example}'), below the {MIN_IMAGE_SIZE} px minimum; use larger images, or set "
+            f"data.image_size={MIN_IMAGE_SIZE} or more to upscale them"
+        )
+    return size
 
 
 def probe_channels(files: list[str]) -> int:
@@ -145,18 +233,38 @@ def load_files_into_memory(
     return torch.cat(images), torch.cat(kept_labels), skipped
 
 
+#: unreadable files already named in a warning by this process (so that a run warns about each file once)
+_ANNOUNCED: set[str] = set()
+
+
+def warn_skipped(skipped: list[str] | set[str], where: str = "") -> None:
+    """ONE warning for all ``skipped`` files not announced before: their count and an example path."""
+    new = sorted(set(skipped) - _ANNOUNCED)
+    if new:
+        _ANNOUNCED.update(new)
+        log.warning(
+            "warning: skipped %d unreadable image file(s)%s, e.g. %s; a run lists them all in skipped_files.txt",
+            len(new),
+            where,
+            new[0],
+        )
+
+
 def record_skipped_files(run_dir: Path, skipped: set[str] | list[str]) -> list[str]:
     """Add ``skipped`` (unreadable image files) to the run's ``skipped_files.txt``, one per line, warn once
-    about the new ones, and return the whole list."""
+    about the new ones (not about those :func:`warn_skipped` has named already), and return the whole list."""
     path = Path(run_dir) / "skipped_files.txt"
     before = set(path.read_text().split("\n")) - {""} if path.is_file() else set()
     new = sorted(set(skipped) - before)
     if new:
         path.write_text("\n".join(sorted(before | set(skipped))) + "\n")
-        log.warning(
-            "warning: skipped %d unreadable image file(s), e.g. %s; all are listed in %s",
-            len(new),
-            new[0],
+        unannounced = [f for f in new if f not in _ANNOUNCED]
+        _ANNOUNCED.update(new)
+        (log.warning if unannounced else log.info)(
+            "%sskipped %d unreadable image file(s), e.g. %s; all are listed in %s",
+            "warning: " if unannounced else "",
+            len(unannounced or new),
+            (unannounced or new)[0],
             path,
         )
     return sorted(before | set(skipped))

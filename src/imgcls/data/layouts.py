@@ -17,10 +17,17 @@ Recognised, in this order:
 
 Class sub-folders of a test tree are matched to the training classes case-insensitively. Anything
 else is a :class:`~imgcls.errors.DataError` with one line saying what was found and what is expected.
+
+Junk never becomes a class or an image: names starting with ``.`` (``.DS_Store``, AppleDouble ``._x.jpg``,
+``.ipynb_checkpoints/``), ``__MACOSX/``, ``Thumbs.db``, ``desktop.ini`` and a few other system folders, and
+files whose extension (matched case-insensitively: ``.JPG``, ``.Png``) is not an image format. Symbolic links
+to files are followed; a broken link is listed like any image, fails to open and is skipped as unreadable.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,8 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 TRAIN_NAMES = ("train", "training")
 TEST_NAMES = ("test", "testing")
 VAL_NAMES = ("val", "valid", "validation")
+#: files and folders left by operating systems and archivers (compared in lower case); names starting with "." too
+JUNK_NAMES = {"__macosx", "thumbs.db", "desktop.ini", "@eadir", "$recycle.bin", "system volume information"}
 
 
 @dataclass
@@ -50,16 +59,41 @@ class FolderLayout:
         return f"train '{self.train_dir}', test '{self.test_dir}' ({kind})"
 
 
+def is_junk(name: str) -> bool:
+    """A hidden or system file or folder name (``.DS_Store``, ``._a.jpg``, ``__MACOSX``, ``Thumbs.db``)."""
+    return name.startswith(".") or name.lower() in JUNK_NAMES
+
+
 def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image file by its name (extension, case-insensitive; not junk); a broken symbolic link counts,
+    so that it is reported as unreadable rather than dropped silently."""
+    return (
+        path.suffix.lower() in IMAGE_EXTENSIONS
+        and not is_junk(path.name)
+        and (path.is_file() or (path.is_symlink() and not path.exists()))
+    )
+
+
+def iter_images(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder`` at any depth, in no particular order; junk folders are not entered
+    (symbolic links to folders are not followed, as ``Path.rglob``)."""
+    for current, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_junk(d)]
+        for name in names:
+            if is_image(path := Path(current) / name):
+                yield path
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_junk(p.name))
 
 
 def _has_images(folder: Path) -> bool:
     return any(is_image(p) for p in folder.iterdir())
+
+
+def _has_images_below(folder: Path) -> bool:
+    return next(iter_images(folder), None) is not None
 
 
 def find_child(folder: Path, names: tuple[str, ...], suffix: str | None = None) -> Path | None:
@@ -112,7 +146,7 @@ def _find_test(root: Path) -> Path | None:
 
 
 def _is_flat(folder: Path) -> bool:
-    subdirs = [d for d in _subdirs(folder) if any(is_image(p) for p in d.rglob("*"))]
+    subdirs = [d for d in _subdirs(folder) if _has_images_below(d)]
     if subdirs:
         return False
     if not _has_images(folder):
@@ -148,7 +182,7 @@ def resolve_layout(
             raise DataError(
                 f"'{base}' has a test folder '{test.name}' but no train/ folder; add one or set data.train_dir"
             )
-        if not any(any(is_image(p) for p in d.rglob("*")) for d in _subdirs(base)):
+        if not any(_has_images_below(d) for d in _subdirs(base)):
             raise DataError(
                 f"'{base}' holds neither train/ and test/ folders nor class sub-folders with images; expected "
                 f"{base}/train/<class>/*.jpg (+ {base}/test/<class>/*.jpg or flat {base}/test/<class>_*.jpg)"
@@ -162,7 +196,8 @@ def resolve_layout(
 
 
 def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
-    """List ``root/<class>/**/<image>`` files; returns (files, labels, class_names) in sorted order.
+    """List ``root/<class>/**/<image>`` files; returns (files, labels, class_names) in sorted order
+    (junk folders are no class, junk files no image; see the module docstring).
 
     With ``class_names`` (the training classes), sub-folders are matched to them case-insensitively;
     sub-folders of no training class are left out."""
@@ -183,10 +218,9 @@ def scan_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[
         folder = folders.get(name)
         if folder is None:
             continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(str(path))
-                labels.append(label)
+        for path in sorted(iter_images(folder)):
+            files.append(str(path))
+            labels.append(label)
     return files, labels, class_names
 
 

@@ -1,18 +1,36 @@
 """From a config to ready loaders: load the source, subset, convert, split validation off the
 training data (stratified, seeded — the test set is never used for selection), and pick the
 in-memory or streaming path.
+
+Image files are checked before any training, on both paths: every file's header is read first (empty,
+garbage, broken-link and decompression-bomb files are dropped before the hold-out, subsets and splits), then
+the in-memory path decodes every image, and the streaming path decodes each training class's files in turn
+until one decodes. A training class left without a readable image is a :class:`~imgcls.errors.DataError`
+naming its folder; the files skipped are announced in ONE warning (count and an example) and listed in the
+run's ``skipped_files.txt``. Files that pass these checks and still fail while streaming are skipped then.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
 
 from imgcls.config import ExperimentConfig
 from imgcls.data import cache as _cache  # noqa: F401  (registers data.name=cached)
-from imgcls.data.decode import decode_image, load_files_into_memory, probe_channels, probe_size
+from imgcls.data.decode import (
+    _BAD_IMAGE_ERRORS,
+    decode_image,
+    describe_decode_error,
+    load_files_into_memory,
+    probe_channels,
+    probe_size,
+    screen_files,
+    unreadable_reason,
+    warn_skipped,
+)
 from imgcls.data.images import ImageData, convert_channels, resize_uint8
 from imgcls.data.loader import FileLoader, InMemoryLoader
 from imgcls.data.sources import DataSource
@@ -74,9 +92,70 @@ def _materialise(part: ImageData, size: int | None, channels: int, workers: int)
         images = resize_uint8(convert_channels(part.images, channels), stored)
         return ImageData(part.labels, part.class_names, images, files=part.files, skipped=part.skipped)
     images, labels, skipped = load_files_into_memory(part.files, part.labels, size, channels, workers)
-    if skipped:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
-    return ImageData(labels, part.class_names, images, skipped=skipped)
+    return ImageData(labels, part.class_names, images, skipped=sorted(set(part.skipped) | set(skipped)))
+
+
+def _drop(part: ImageData, bad: dict[int, str]) -> ImageData:
+    """``part`` without the files at the indices ``bad``, which join its skipped files."""
+    if not bad:
+        return part
+    kept = part.subset(torch.tensor([i for i in range(len(part)) if i not in bad], dtype=torch.long))
+    kept.skipped = sorted(set(part.skipped) | {part.files[i] for i in bad})
+    return kept
+
+
+def _screen_headers(part: ImageData, workers: int) -> tuple[ImageData, dict[str, str]]:
+    """Drop the files of a file-backed part whose header cannot be read; also return path → reason."""
+    if part.images is not None or not part.files:
+        return part, {}
+    bad = screen_files(part.files, workers)
+    return _drop(part, bad), {part.files[i]: reason for i, reason in bad.items()}
+
+
+def _probe_classes(part: ImageData, size: int, channels: int) -> tuple[ImageData, dict[str, str]]:
+    """Streaming path: decode each class's files in order until one decodes (one decode per healthy class),
+    so that a class of undecodable (e.g. truncated) files is found before training, not during epoch 1."""
+    bad: dict[int, str] = {}
+    seen: set[int] = set()
+    for i, label in enumerate(part.labels.tolist()):
+        if label in seen:
+            continue
+        try:
+            decode_image(part.files[i], size, channels)
+            seen.add(label)
+        except _BAD_IMAGE_ERRORS as exc:
+            bad[i] = describe_decode_error(exc)
+    return _drop(part, bad), {part.files[i]: reason for i, reason in bad.items()}
+
+
+def _require_every_class(
+    origin: ImageData, before: ImageData, after: ImageData, reasons: dict[str, str]
+) -> None:
+    """A training class that had files in ``before`` and has none left in ``after`` is an error naming its
+    folder and how many of its files (in ``origin``, the whole training list) could not be read."""
+    k = len(before.class_names)
+    lost = torch.nonzero(
+        (torch.bincount(before.labels, minlength=k) > 0) & (torch.bincount(after.labels, minlength=k) == 0)
+    ).flatten()
+    if not len(lost):
+        return
+    c, names = int(lost[0]), before.class_names
+    files = [f for f, label in zip(origin.files, origin.labels.tolist(), strict=True) if label == c]
+    skipped = set(after.skipped)
+    failed = [f for f in files if f in skipped]
+    folder = os.path.commonpath([os.path.dirname(f) for f in files])
+    example = failed[0] if failed else files[0]
+    reason = reasons.get(example) or unreadable_reason(example)
+    count = (
+        f"all {len(files)} image file(s)"
+        if len(failed) == len(files)
+        else f"{len(failed)} of the {len(files)} image file(s) (the only ones in the training set)"
+    )
+    others = f"; so are classes {', '.join(names[int(j)] for j in lost[1:6])}" if len(lost) > 1 else ""
+    raise DataError(
+        f"class '{names[c]}' has no readable image: {count} in '{folder}' failed to load (e.g. "
+        f"'{os.path.basename(example)}': {reason}){others}; replace or remove the files, or remove the folder"
+    )
 
 
 def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedData:
@@ -92,6 +171,12 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         from imgcls.data.dedup import apply_exclude_manifest
 
         train, test = apply_exclude_manifest(train, test, d.exclude_manifest)
+    # every file's header, before the hold-out, subsets and splits (which then count readable files only)
+    origin = train
+    train, reasons = _screen_headers(train, d.num_workers)
+    _require_every_class(origin, origin, train, reasons)
+    test, test_reasons = _screen_headers(test, d.num_workers)
+    reasons.update(test_reasons)
     if len(test) == 0:
         raise DataError(f"the {d.name} test set is empty")
 
@@ -115,7 +200,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         channels = d.channels or probe_channels(train.files)
         size = d.image_size
         if size is None:
-            size = probe_size(train.files, channels)
+            size = probe_size(train.files)
     else:
         channels = d.channels or int(train.images.shape[1])
         size = d.image_size or int(train.images.shape[-1])
@@ -124,10 +209,17 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         d.in_memory == "auto" and (not file_backed or n_bytes <= IN_MEMORY_LIMIT)
     )
     if in_memory:
-        train = _materialise(train, size, channels, d.num_workers) if need_train or not file_backed else train
+        if need_train or not file_backed:
+            before, train = train, _materialise(train, size, channels, d.num_workers)
+            if file_backed:
+                _require_every_class(origin, before, train, reasons)
         test = _materialise(test, size, channels, d.num_workers)
         if holdout is not None:
             holdout = _materialise(holdout, size, channels, d.num_workers)
+    elif file_backed:  # also when only evaluating, so that the validation split is the one trained with
+        before, (train, probe_reasons) = train, _probe_classes(train, size, channels)
+        reasons.update(probe_reasons)
+        _require_every_class(origin, before, train, reasons)
 
     keep, held = stratified_split(train.labels, d.val_fraction, d.split_seed)
     val = train.subset(held)
@@ -141,7 +233,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         mean, std = _estimate_stats(train, size, channels)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/std need {channels} values (one per channel), got {len(mean)}/{len(std)}")
-    return PreparedData(
+    prepared = PreparedData(
         train,
         val,
         test,
@@ -155,6 +247,8 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         holdout,
         notes,
     )
+    warn_skipped(prepared.skipped_files)
+    return prepared
 
 
 def _estimate_stats(
@@ -169,8 +263,13 @@ def _estimate_stats(
         for i in idx.tolist():
             try:
                 decoded.append(decode_image(train.files[i], size, channels))
-            except OSError:
+            except _BAD_IMAGE_ERRORS:
                 continue
+        if not decoded:
+            raise DataError(
+                f"none of the {len(idx)} training images sampled for the normalisation statistics could be read "
+                f"(e.g. '{train.files[int(idx[0])]}'); check the files, or set data.mean and data.std"
+            )
         sample = torch.stack(decoded).float() / 255
     return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 

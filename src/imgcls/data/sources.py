@@ -5,7 +5,8 @@
   package ``dataset-fashion-mnist``), else downloaded from the official mirrors (md5-checked).
 - CIFAR-10/100 and STL-10 through torchvision (downloaded only with ``data.download: true``).
 - ImageFolder trees in the layouts of :mod:`imgcls.data.layouts` (``train/``/``Train/``, explicit
-  folders, flat test folders, train-only trees); unreadable images are skipped and listed, never a crash.
+  folders, flat test folders, train-only trees; hidden and system files are ignored, an empty class
+  folder is an error); unreadable images are skipped and listed by :mod:`imgcls.data.prepare`, never a crash.
 - tiny-ImageNet (``tiny-imagenet-200``), class names are WordNet ids.
 
 Every source returns in-memory uint8 tensors; the file-backed path (for trees too large for
@@ -26,7 +27,14 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.idx import read_idx
 from imgcls.data.images import ImageData
-from imgcls.data.layouts import IMAGE_EXTENSIONS, carve_test, resolve_layout, scan_flat, scan_folder
+from imgcls.data.layouts import (
+    IMAGE_EXTENSIONS,
+    carve_test,
+    is_junk,
+    resolve_layout,
+    scan_flat,
+    scan_folder,
+)
 from imgcls.errors import DataError
 from imgcls.registry import DATASETS
 
@@ -284,7 +292,9 @@ def imagefolder(cfg: DataConfig) -> DataSource:
         test = _folder_split(test_files, test_labels, names)
         known = {n.lower() for n in names}
         extra = sorted(
-            d.name for d in layout.test_dir.iterdir() if d.is_dir() and d.name.lower() not in known
+            d.name
+            for d in layout.test_dir.iterdir()
+            if d.is_dir() and not is_junk(d.name) and d.name.lower() not in known
         )
         if extra:
             log.warning(

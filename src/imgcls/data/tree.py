@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imgcls.data.layouts import is_junk
 from imgcls.data.sources import scan_folder
 from imgcls.errors import DataError
 
@@ -17,7 +18,7 @@ def scan_class_tree(src: str | Path) -> tuple[Path, list[str], list[int], list[s
     if not root.is_dir():
         raise DataError(f"'{src}' is not a folder; pass a folder with one sub-folder of images per class")
     root = root.resolve()
-    subdirs = [d.name for d in root.iterdir() if d.is_dir()]
+    subdirs = [d.name for d in root.iterdir() if d.is_dir() and not is_junk(d.name)]
     splits = [d for d in subdirs if d.lower() in SPLIT_NAMES]
     if splits and len(splits) == len(subdirs):
         first = sorted(splits)[0]

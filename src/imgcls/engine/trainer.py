@@ -594,10 +594,10 @@ class Trainer:
                 if skip and self.dist.enabled:  # every rank skips the same batch (else DDP would hang)
                     bad = all_reduce_sum(bad.float(), self.dist) > 0
                 if bool(bad):
-                    terms_text = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                    if not skip:
+                    if not skip:  # detached: float() of a tensor that requires grad warns
+                        terms_text = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                         raise TrainingError(
-                            f"loss became {float(loss)} at {self.where()} (terms: {terms_text}); lower optim.lr, "
+                            f"loss became {float(loss.detach())} at {self.where()} (terms: {terms_text}); lower optim.lr, "
                             "set train.grad_clip, or use train.precision=fp32 or train.on_nonfinite=skip_step; "
                             "the last checkpoint is intact"
                         )

@@ -4,11 +4,16 @@ report.md (+ ``model.safetensors`` of the evaluated weights).
 Figures are plain functions over an :class:`EvalContext`, listed in ``FIGURES``; each returns
 the file it wrote (or ``None`` and a note when it does not apply, e.g. Grad-CAM on a model
 without convolutions or attention), so a new plot is one more function, not a new code path.
+
+Damaged weights (NaN/Inf) or non-finite outputs stop the evaluation with a one-line CheckpointError before
+any metric is computed. ``metrics.json`` is written last and atomically: a run holding it was evaluated
+completely (an evaluation stopped part-way leaves none, and ``imgcls compare`` says to evaluate the run).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,13 +26,14 @@ from imgcls.config import ExperimentConfig
 from imgcls.data.decode import record_skipped_files
 from imgcls.data.prepare import PreparedData, make_loader
 from imgcls.data.preprocess import Preprocess
+from imgcls.errors import CheckpointError
 from imgcls.evaluation import figures as run_figures
 from imgcls.evaluation import image_projection
 from imgcls.evaluation.calibration import calibration_extension, fit_on_loader, save_temperature
 from imgcls.evaluation.complexity import complexity_extension
 from imgcls.evaluation.embedding_metrics import embedding_metrics_extension
 from imgcls.evaluation.holdout import holdout_extension
-from imgcls.evaluation.metrics import classification_metrics
+from imgcls.evaluation.metrics import classification_metrics, require_finite_probs
 from imgcls.evaluation.plots import plot_confusion, plot_curves, read_history
 from imgcls.evaluation.predict import Predictions, predict_loader
 from imgcls.evaluation.report import write_report
@@ -124,6 +130,29 @@ def inference_throughput(
     return n / (time.perf_counter() - start)
 
 
+def require_finite_weights(model: Classifier, run_dir: Path, checkpoint: str) -> None:
+    """A checkpoint with NaN/Inf weights or buffers is damaged: one line naming them, before any prediction."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"the '{checkpoint}' checkpoint of {run_dir} has non-finite weights ({shown}), so it cannot be "
+            f"evaluated; the file is damaged: evaluate another checkpoint (`imgcls evaluate {run_dir} "
+            "--checkpoint last`) or train the run again"
+        )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path`` (never half written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def evaluate_model(
     model: Classifier,
     cfg: ExperimentConfig,
@@ -140,6 +169,7 @@ def evaluate_model(
     train_time_s: float,
     checkpoint_identity: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    require_finite_weights(model, run_dir, checkpoint)
     model = model.to(device).eval()
     prep = Preprocess.from_meta(preprocess, device)
     batch_size = cfg.eval.batch_size or cfg.train.batch_size
@@ -174,6 +204,7 @@ def evaluate_model(
     preds = predict_loader(
         model, loader, prep, device, amp, dist, tta=cfg.eval.tta, with_features=True, temperature=temperature
     )
+    require_finite_probs(preds.probs, run_dir, checkpoint, "test")
     metrics = classification_metrics(
         preds.probs, preds.targets, class_names, cfg.eval.top_k, cfg.eval.calibration_bins
     )
@@ -230,8 +261,8 @@ def evaluate_model(
     save_safetensors(model.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": checkpoint})
     if fit is not None:
         save_temperature(run_dir, checkpoint, fit, checkpoint_identity or {})
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(run_dir, metrics, cfg.model_dump(mode="json"), figures, ctx.notes)
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))  # last: the run is evaluated
     return metrics
 
 

@@ -9,6 +9,7 @@ forward pass runs (a ViT's patch embedding is one); the same plots as the run re
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,46 @@ from imgcls.evaluation.figures import first_conv_maps
 from imgcls.evaluation.plots import plot_feature_maps, plot_gradcam
 
 
+def _file_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "image"
+
+
 def safe_stem(name: str) -> str:
     """A file-name-safe stem for an image name (``photos/7 white.png`` → ``7_white``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("_") or "image"
+    return _file_safe(Path(name).stem)
+
+
+def explain_stems(names: list[str | None]) -> list[str]:
+    """Distinct, stable file stems for the images ``names`` (``None``: an in-memory image, ``image_<i>``).
+
+    A file is named by its path relative to the folder all the named files share, separators replaced
+    (``cat/0.png`` and ``dog/0.png`` → ``cat_0`` and ``dog_0``; a single file → its stem), so that two
+    images with one file name in different folders never write to the same figure. Names that still
+    collide (``0.png`` / ``0.jpg``, or the same file twice) get ``_2``, ``_3``, ... in input order.
+    """
+    paths = [None if n is None else Path(os.path.abspath(n)) for n in names]
+    try:
+        common = Path(os.path.commonpath([str(p.parent) for p in paths if p is not None]))
+    except ValueError:  # no file names, or paths on different drives
+        common = None
+    stems = []
+    for i, path in enumerate(paths):
+        if path is None:
+            stems.append(f"image_{i}")
+        elif common is None:
+            stems.append(safe_stem(str(path)))
+        else:
+            stems.append(_file_safe("_".join(path.relative_to(common).with_suffix("").parts)))
+    used: set[str] = set()  # compared case-insensitively: such file systems would merge 'A' and 'a'
+    unique = []
+    for stem in stems:
+        candidate, n = stem, 1
+        while candidate.casefold() in used:
+            n += 1
+            candidate = f"{stem}_{n}"
+        used.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
 
 
 def explain_image(

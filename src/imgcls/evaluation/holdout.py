@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from imgcls.data.prepare import make_loader
-from imgcls.evaluation.metrics import classification_metrics
+from imgcls.evaluation.metrics import classification_metrics, reportable_top_k, require_finite_probs
 from imgcls.evaluation.predict import predict_loader
 from imgcls.evaluation.report import SUMMARY_KEYS
 
@@ -31,8 +31,10 @@ def holdout_metrics(ctx: EvalContext) -> dict[str, Any] | None:
         holdout, ctx.data, cfg, train=False, batch_size=cfg.eval.batch_size or cfg.train.batch_size
     )
     preds = predict_loader(ctx.model, loader, ctx.prep, ctx.device, ctx.autocast, tta=cfg.eval.tta)
+    require_finite_probs(preds.probs, ctx.run_dir, ctx.metrics["checkpoint"], "hold-out")
+    top_k, _ = reportable_top_k(cfg.eval.top_k, len(ctx.class_names))  # the test set's metrics warned already
     full = classification_metrics(
-        preds.probs, preds.targets, ctx.class_names, cfg.eval.top_k, cfg.eval.calibration_bins
+        preds.probs, preds.targets, ctx.class_names, top_k, cfg.eval.calibration_bins
     )
     out = {"num_samples": full["num_samples"], "per_class_size": cfg.data.holdout_per_class}
     out.update({k: full[k] for k in SUMMARY if k in full})

@@ -294,16 +294,20 @@ class Predictor:
 
     def explain(self, images: list[Any], out_dir: str | Path) -> list[dict[str, Any]]:
         """Grad-CAM of the predicted class and the first convolution's feature maps for each image, written
-        to ``out_dir`` as ``<image stem>_gradcam.png`` and ``<image stem>_feature_maps.png``."""
-        from imgcls.evaluation.explain import explain_image, safe_stem
+        to ``out_dir`` as ``<name>_gradcam.png`` and ``<name>_feature_maps.png``; ``<name>`` is the image's
+        path relative to the folder the images share (``cat/0.png`` → ``cat_0``), so names never clash
+        (:func:`~imgcls.evaluation.explain.explain_stems`)."""
+        from imgcls.evaluation.explain import explain_image, explain_stems
 
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(
+                f"explanation folder '{out_dir}' is a file; pass a folder for the figures (created if missing)"
+            )
         batch = self.load_images(images)
-        stems = [
-            safe_stem(str(item)) if isinstance(item, (str, Path)) else f"image_{i}"
-            for i, item in enumerate(images)
-        ]
+        stems = explain_stems([str(item) if isinstance(item, (str, Path)) else None for item in images])
         return [
-            explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, Path(out_dir), stem)
+            explain_image(self.model, self.prep, batch[i : i + 1], self.class_names, out_dir, stem)
             for i, stem in enumerate(stems)
         ]
 

@@ -5,6 +5,9 @@ loop finishes its current optimiser step, writes a checkpoint to resume from and
 :class:`~imgcls.errors.TrainingInterrupted` (exit code 128 + signal: 143 / 130). A second SIGINT (Ctrl-C
 pressed twice) raises ``KeyboardInterrupt`` at once. Under DDP the ranks agree on the step to stop at by
 reducing the flag (:func:`imgcls.runtime.distributed.all_reduce_sum`) after every step.
+
+After training, :func:`signals_stop_final_evaluation` makes the same signals stop the test-set evaluation at once
+(there is no step to finish) with a :class:`~imgcls.errors.TrainingInterrupted` saying where the trained run is.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from imgcls.errors import TrainingInterrupted
 
 _requested: list[int] = []  # signal numbers received while active
 
@@ -48,3 +55,45 @@ def graceful_stop() -> Iterator[None]:
         for s, h in previous.items():
             signal.signal(s, h)
         _requested.clear()
+
+
+class FinalEvaluationSignal(BaseException):
+    """SIGTERM/SIGINT during the final evaluation (a BaseException: no ``except Exception`` may swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_stop_final_evaluation(run_dir: Path) -> Iterator[None]:
+    """SIGTERM/SIGINT after training stop the test-set evaluation at once (training is complete and saved, so
+    there is no step to finish): a :class:`TrainingInterrupted` with exit code 128 + signal says so."""
+
+    previous: dict[int, Any] = {}
+    active = True
+
+    def stop(signum: int, frame) -> None:
+        nonlocal active
+        if not active:  # the evaluation has just finished: nothing left to stop
+            return
+        active = False
+        for s, handler in previous.items():  # a second signal acts as it would without this handler
+            signal.signal(s, handler)
+        raise FinalEvaluationSignal(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            previous[s] = signal.signal(s, stop)
+    try:
+        yield
+    except FinalEvaluationSignal as exc:
+        raise TrainingInterrupted(  # printed by the CLI as "interrupted: stopped by SIGTERM during ..."
+            f"stopped by {signal.Signals(exc.signum).name} during the final evaluation; training finished and its "
+            f"checkpoint is saved in {run_dir}; evaluate it with `imgcls evaluate {run_dir}`",
+            128 + exc.signum,
+        ) from None
+    finally:
+        active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)

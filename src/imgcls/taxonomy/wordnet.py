@@ -159,6 +159,9 @@ def prepare_nltk_wordnet(source: Path = DEBIAN_WORDNET_DIR, cache: Path | None =
         return nltk_data
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp gives 0700; the renamed folder gets the normal mode
     try:
         for f in WORDNET_FILES:
             shutil.copyfile(source / f, tmp / f)

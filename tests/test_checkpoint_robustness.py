@@ -1,0 +1,397 @@
+"""Checkpoints that cannot be used are refused with one line, and ``--resume`` falls back safely (issue 17).
+
+A damaged file (empty, truncated, random bytes, text, a zip that is not torch's) reads "corrupt or unreadable";
+a pickle holding Python objects reads "refused ... unsafe to load" and is never run; a file that loads but is
+not an imgcls checkpoint (a bare state_dict, a list, missing or mistyped parts, a config that no longer
+validates) names the missing or wrong part. ``--resume`` skips a damaged ``recovery.pt`` for ``last.pt`` with a
+warning and lists every candidate when none is usable. Teacher weights (``distill.teacher`` checkpoints,
+``distill.pretrained_file``) get the same checks plus the first mis-shaped key with both shapes. Files the
+project writes get the umask's normal mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import zipfile
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from imgcls import api, runs
+from imgcls.config import DistillConfig
+from imgcls.engine.callbacks import Callback
+from imgcls.errors import CheckpointError, TrainingInterrupted
+from imgcls.runtime import checkpoint as ckpt_io
+from imgcls.runtime.signals import request_stop
+from imgcls.teacher import load_teacher
+from test_cli import run, squeeze
+from test_robust_inputs import TINY, make_tree
+from tiny_runs import single_thread
+
+
+class StopEarlyInSecondEpoch(Callback):
+    """SIGTERM (as a user's kill) after the second step of epoch 2: last.pt holds epoch 1, recovery.pt step 2."""
+
+    name = "stop_early_in_second_epoch"
+
+    def on_train_step_end(self, trainer) -> None:
+        if trainer.state.global_epoch == 1 and trainer.state.batch_in_epoch == 2:
+            request_stop(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A 2-epoch run on 16×16 images stopped in epoch 2: checkpoints/{best,last,recovery}.pt."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    root = make_tree(tmp / "data")
+    with single_thread(), pytest.MonkeyPatch.context() as mp, pytest.raises(TrainingInterrupted):
+        build = api.build_callbacks
+        mp.setattr(
+            api, "build_callbacks", lambda cfg, run_dir: [StopEarlyInSecondEpoch(), *build(cfg, run_dir)]
+        )
+        api.train(
+            None,
+            [*TINY, "train.epochs=2", f"data.root={root}", f"output.dir={tmp / 'runs'}"],
+            evaluate_after=False,
+        )
+    (run_dir,) = (tmp / "runs").glob("*/*")
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(stopped_run, tmp_path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(stopped_run, target)
+    return target
+
+
+def real_checkpoint(run_dir: Path, name: str = "best.pt") -> dict:
+    return ckpt_io.load_checkpoint(run_dir / "checkpoints" / name)
+
+
+def one_line(exc: pytest.ExceptionInfo, path: Path, *fragments: str) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and f"'{path}'" in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+# ------------------------------------------------------------------------------- corrupt vs unsafe
+def _truncated(path: Path, good: bytes) -> None:
+    path.write_bytes(good[: len(good) // 2])
+
+
+def _zip_not_torch(path: Path, good: bytes) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+
+
+DAMAGED = {
+    "empty": (lambda path, good: path.write_bytes(b""), "the file is empty (0 bytes)"),
+    "truncated": (_truncated, "it is truncated"),
+    "random-bytes": (lambda path, good: path.write_bytes(os.urandom(4096)), "not a torch checkpoint"),
+    "text": (lambda path, good: path.write_text("epoch: 3\nweights: none\n"), "it is a text file"),
+    "zip-not-torch": (_zip_not_torch, "a zip archive that is not a torch checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_a_damaged_checkpoint_is_corrupt_not_unsafe(stopped_run, tmp_path, case):
+    make, detail = DAMAGED[case]
+    path = tmp_path / "best.pt"
+    make(path, (stopped_run / "checkpoints" / "best.pt").read_bytes())
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.load_checkpoint(path)
+    message = one_line(info, path, "is corrupt or unreadable", detail, "--checkpoint best|last")
+    assert "refused" not in message and "unsafe" not in message
+
+
+class Exploit:
+    """A pickle that would create a file when loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+class Custom:
+    """An object of a class that is not a tensor or a plain container."""
+
+
+def test_python_objects_are_refused_as_unsafe_and_never_run(stopped_run, tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = real_checkpoint(stopped_run)
+    for name, payload, global_name in (
+        ("exploit.pt", {**ckpt, "extra": Exploit(marker)}, "io.open"),
+        ("custom.pt", {"model": Custom()}, f"{__name__}.Custom"),
+    ):
+        torch.save(payload, tmp_path / name)
+        with pytest.raises(CheckpointError) as info:
+            ckpt_io.load_checkpoint(tmp_path / name)
+        message = one_line(
+            info,
+            tmp_path / name,
+            "refused: not a plain-tensor checkpoint, it contains Python objects that are not plain "
+            f"tensors/containers ({global_name}), unsafe to load; re-save it with torch.save of tensors",
+        )
+        assert "corrupt" not in message
+        with pytest.raises(
+            CheckpointError, match=r"refused as unsafe: .*re-save its tensors with safetensors"
+        ):
+            ckpt_io.check_plain_tensor_file(tmp_path / name, "model.pretrained_file")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- foreign and partial payloads
+def _without(key: str):
+    return lambda ckpt: {k: v for k, v in ckpt.items() if k != key}
+
+
+FOREIGN = {
+    "bare-state-dict": (lambda ckpt: ckpt["model"], "is a bare state_dict ("),
+    "list": (lambda ckpt: [ckpt["model"]], "is not an imgcls checkpoint: it holds a list"),
+    "no-format": (
+        _without("format"),
+        "is not an imgcls checkpoint (no format 'imgcls-checkpoint/1'; its keys: model",
+    ),
+    "other-format": (lambda ckpt: {**ckpt, "format": "other/2"}, "has format 'other/2', this imgcls reads"),
+    "no-model": (_without("model"), "is incomplete: it has no 'model'"),
+    "no-config": (_without("config"), "is incomplete: it has no 'config'"),
+    "no-class-names": (_without("class_names"), "is incomplete: it has no 'class_names'"),
+    "model-not-a-dict": (
+        lambda ckpt: {**ckpt, "model": [1, 2]},
+        "is damaged: its 'model' is a list, not a dict",
+    ),
+    "model-not-tensors": (
+        lambda ckpt: {**ckpt, "model": {**ckpt["model"], "head.extra": "text"}},
+        "its 'model' entry 'head.extra' is a str, not a tensor",
+    ),
+    "preprocess-partial": (
+        lambda ckpt: {**ckpt, "preprocess": {"channels": 1}},
+        "its 'preprocess' has no 'image_size', 'mean', 'std'",
+    ),
+    "config-invalid": (
+        lambda ckpt: {**ckpt, "config": {**ckpt["config"], "model": {**ckpt["config"]["model"], "hed": "x"}}},
+        "holds a config that no longer validates (unknown config key 'model.hed'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN))
+def test_a_foreign_or_partial_payload_names_the_wrong_part(stopped_run, tmp_path, case):
+    change, fragment = FOREIGN[case]
+    path = tmp_path / "best.pt"
+    torch.save(change(real_checkpoint(stopped_run)), path)
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.load_checkpoint(path)
+    one_line(info, path, fragment)
+
+
+def test_a_config_that_no_longer_validates_names_the_version_that_wrote_it(stopped_run, tmp_path):
+    ckpt = real_checkpoint(stopped_run)
+    ckpt["config"]["train"]["epochs"] = -3
+    path = tmp_path / "old.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.load_checkpoint(path)
+    one_line(info, path, "'train.epochs'", f"written by imgcls {ckpt['versions']['imgcls']}")
+
+
+def test_resuming_needs_a_full_checkpoint(stopped_run):
+    best = stopped_run / "checkpoints" / "best.pt"
+    assert "optimizer" in ckpt_io.load_checkpoint(stopped_run / "checkpoints" / "last.pt", resumable=True)
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.load_checkpoint(best, resumable=True)
+    one_line(
+        info,
+        best,
+        "is incomplete: it has no 'optimizer', 'scheduler', 'scaler'",
+        "not a checkpoint to resume from",
+    )
+
+
+def test_evaluate_of_a_corrupt_checkpoint_exits_2_with_one_line(run_copy):
+    best = run_copy / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    result = run("evaluate", str(run_copy))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert squeeze(result.stderr).count("error:") == 1
+    assert squeeze(f"error: checkpoint '{best}' is corrupt or unreadable: it is truncated") in squeeze(
+        result.stderr
+    )
+
+
+# ------------------------------------------------------------------------------- --resume falls back
+def test_resume_prefers_the_newer_recovery_file(stopped_run):
+    ckpt = runs.resume_checkpoint(stopped_run)
+    assert ckpt["mid_epoch"]["batches"] == 2 and ckpt["progress"]["global_epoch"] == 1
+
+
+def test_resume_skips_a_corrupt_recovery_file_for_last_pt_with_a_warning(run_copy, caplog):
+    recovery = run_copy / "checkpoints" / "recovery.pt"
+    recovery.write_bytes(recovery.read_bytes()[:2000])
+    with caplog.at_level(logging.WARNING):
+        ckpt = runs.resume_checkpoint(run_copy)
+    assert "mid_epoch" not in ckpt and ckpt["progress"]["global_epoch"] == 1  # last.pt: epoch 1 finished
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "\n" not in warning
+    assert warning.startswith(f"warning: '{recovery}' is corrupt or unreadable: it is truncated")
+    assert f"resuming from '{run_copy / 'checkpoints' / 'last.pt'}' instead" in warning
+
+
+def test_resume_with_every_candidate_unusable_lists_them_in_one_line(run_copy):
+    folder = run_copy / "checkpoints"
+    (folder / "recovery.pt").write_text("not a checkpoint")
+    torch.save({"x": Custom()}, folder / "last.pt")
+    with pytest.raises(CheckpointError) as info:
+        runs.resume_checkpoint(run_copy)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"cannot resume {run_copy}: no usable checkpoint (")
+    assert f"'{folder / 'recovery.pt'}' is corrupt or unreadable: it is a text file" in message
+    assert f"'{folder / 'last.pt'}' refused: not a plain-tensor checkpoint" in message
+
+
+def test_resume_of_a_run_without_checkpoints_starts_over(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    assert runs.resume_checkpoint(tmp_path) is None
+
+
+def test_training_resumed_past_a_corrupt_recovery_file_continues_from_last_pt(run_copy, caplog):
+    before = real_checkpoint(run_copy, "last.pt")
+    recovery = run_copy / "checkpoints" / "recovery.pt"
+    recovery.write_bytes(b"")
+    with single_thread(), caplog.at_level(logging.WARNING):
+        api.train(resume=run_copy, evaluate_after=False)
+    assert any(str(recovery) in r.getMessage() and "resuming from" in r.getMessage() for r in caplog.records)
+    after = real_checkpoint(run_copy, "last.pt")
+    assert before["progress"]["global_epoch"] == 1 and after["progress"]["global_epoch"] == 2
+    assert after["progress"]["step"] > before["progress"]["step"]
+    assert after["history"][0] == before["history"][0] and [r["epoch"] for r in after["history"]] == [1, 2]
+    assert not recovery.exists()  # superseded by epoch 2's last.pt
+
+
+def test_cli_resume_with_every_checkpoint_corrupt_exits_2_listing_them(run_copy):
+    folder = run_copy / "checkpoints"
+    for name in ("recovery.pt", "last.pt"):
+        (folder / name).write_bytes(os.urandom(2048))
+    result = run("train", "--resume", str(run_copy))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    flat = squeeze(result.stderr)
+    assert flat.count("error:") == 1 and squeeze(f"cannot resume {run_copy}: no usable checkpoint") in flat
+    assert squeeze(f"'{folder / 'recovery.pt'}' is corrupt") in flat
+    assert squeeze(f"'{folder / 'last.pt'}' is corrupt") in flat
+
+
+# ------------------------------------------------------------------------------- teachers
+def test_a_corrupt_teacher_checkpoint_is_one_line(run_copy):
+    last = run_copy / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:500])
+    cfg = DistillConfig(teacher=str(last), teacher_checkpoint="last")
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(cfg)
+    one_line(info, last, "distill.teacher checkpoint", "is corrupt or unreadable: it is truncated")
+
+
+def test_a_teacher_checkpoint_with_a_mis_shaped_tensor_names_it_and_both_shapes(stopped_run, tmp_path):
+    ckpt = real_checkpoint(stopped_run)
+    key = next(k for k, v in ckpt["model"].items() if k.startswith("head") and v.ndim == 2)
+    shape = list(ckpt["model"][key].shape)
+    ckpt["model"][key] = torch.zeros(shape[0] + 1, shape[1])
+    path = tmp_path / "teacher.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(DistillConfig(teacher=str(path)))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"distill.teacher '{path}': ")
+    assert f"wrong shape: {key} (saved {[shape[0] + 1, shape[1]]}, model {shape})" in message
+
+
+#: a tiny timm ViT teacher: builds in well under a second
+VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2, "in_chans": 3}
+
+
+def timm_teacher(pretrained_file: Path, **changes) -> DistillConfig:
+    return DistillConfig(
+        teacher="timm:vit_tiny_patch16_224",
+        pretrained_file=str(pretrained_file),
+        teacher_args={**VIT, **changes},
+        teacher_num_classes=10,
+    )
+
+
+@pytest.fixture(scope="module")
+def vit_weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vit") / "vit.safetensors"
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **VIT)
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+def test_timm_teacher_loads_its_pretrained_file(vit_weights):
+    teacher = load_teacher(timm_teacher(vit_weights))
+    weights = load_file(str(vit_weights))
+    assert torch.equal(
+        teacher.model.state_dict()["blocks.1.mlp.fc2.weight"], weights["blocks.1.mlp.fc2.weight"]
+    )
+
+
+def test_timm_teacher_pretrained_file_missing_corrupt_or_unsafe_is_one_line(vit_weights, tmp_path):
+    missing = tmp_path / "none.safetensors"
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(timm_teacher(missing))
+    one_line(info, missing, "distill.pretrained_file", "does not exist")
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(vit_weights.read_bytes()[:5000])
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(timm_teacher(cut))
+    one_line(info, cut, "is corrupt or unreadable: not a valid safetensors file")
+
+    marker = tmp_path / "pwned"
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"cls_token": Exploit(marker)}, unsafe)
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(timm_teacher(unsafe))
+    one_line(info, unsafe, "refused as unsafe: not a plain-tensor checkpoint")
+    assert not marker.exists()
+
+
+def test_timm_teacher_weights_of_another_shape_name_the_first_key_and_both_shapes(vit_weights):
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(timm_teacher(vit_weights, embed_dim=32))
+    one_line(
+        info,
+        vit_weights,
+        "does not fit teacher timm:vit_tiny_patch16_224",
+        "wrong shape: cls_token is [1, 1, 48] in the file, [1, 1, 32] in the model (+",
+    )
+
+
+# ------------------------------------------------------------------------------- file modes
+def test_written_files_get_the_umask_mode_not_0600(stopped_run, tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    written = [stopped_run / "config.yaml", *(stopped_run / "checkpoints").glob("*.pt")]
+    assert {p.name for p in written} >= {"config.yaml", "best.pt", "last.pt", "recovery.pt"}
+    ckpt_io.save_safetensors(
+        {"w": torch.ones(2)}, tmp_path / "model.safetensors", metadata={"checkpoint": "best"}
+    )
+    ckpt_io.atomic_save({"w": torch.ones(2)}, tmp_path / "state.pt")
+    written += [tmp_path / "model.safetensors", tmp_path / "state.pt"]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {
+        p.name: oct(expected) for p in written
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.safetensors",
+        "state.pt",
+    ]  # no temporary files
