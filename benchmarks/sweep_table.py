@@ -287,13 +287,19 @@ def render(args, results: dict, over: dict | None) -> str:
             f"the trials themselves took {over['trials_inside_sweep_s']:.1f} s of the sweep's wall time, the rest is "
             "opening the study, the report and its plots)."
         )
+    else:
+        md.append(
+            "Sweep overhead: not measured in this invocation (--overhead-trials 0); the latest measurement is in "
+            "sweep_table_medium.md."
+        )
     missing = [n for n in ROWS if n not in results]
     if missing:
         md.append(
             f"Rows finished so far: {len(results)} of {len(ROWS)}; not yet run with these settings: "
             f"{', '.join(missing)} (the same command continues where it stopped)."
         )
-    md.append(f"Measured on {device_label()}.")
+    devices = sorted({r["tuned"].get("device", "?") for r in results.values()}) or [device_label()]
+    md.append(f"Measured on {' and '.join(devices)} (each row's device is in the JSON).")
     return "\n".join(md)
 
 
