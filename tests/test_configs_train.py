@@ -103,6 +103,14 @@ def quick_config(path: Path, out: Path) -> dict:
     return raw
 
 
+#: timm models that run the same code as a smaller one at another size (timm's EfficientNet class; DeiT-B is
+#: timm's VisionTransformer at ViT-B's size), so they do not need their own fast case: -m slow trains them
+SAME_CODE = {
+    "timm:tf_efficientnetv2_l": "timm:tf_efficientnetv2_s",
+    "timm:deit_base_patch16_224": "timm:vit_base_patch16_224",
+}
+
+
 def features(path: Path) -> set[tuple]:
     """What decides the code a config runs: backbone, head (+ FCH adjacency), feature cache, stage pattern,
     taxonomy, sampler, augmentation preset, weight averaging."""
@@ -113,7 +121,7 @@ def features(path: Path) -> set[tuple]:
         for s in raw.get("stages") or []
     )
     return {
-        ("backbone", model.get("backbone", "adaptive_cnn")),
+        ("backbone", SAME_CODE.get(model.get("backbone"), model.get("backbone", "adaptive_cnn"))),
         ("head", model.get("head", "linear"), model.get("head_args", {}).get("adjacency")),
         ("cache", bool(model.get("cache_features"))),
         ("stages", stages),
