@@ -44,6 +44,16 @@ def start(*args: str) -> subprocess.Popen:
     )
 
 
+def run_concurrently(cases: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """``imgcls ARGS`` for every case at once (their start-up dominates), each result by the case's name."""
+    processes = {name: start(*args) for name, args in cases.items()}
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return results
+
+
 def squeeze(text: str) -> str:
     """``text`` without whitespace, so that checks do not depend on where a console wrapped it."""
     return re.sub(r"\s+", "", text)
@@ -82,12 +92,7 @@ ERROR_CASES = {
 @pytest.fixture(scope="module")
 def error_runs() -> dict[str, subprocess.CompletedProcess]:
     """Every error case, run as concurrent subprocesses (start-up dominates their time)."""
-    processes = {name: start(*args) for name, (args, _) in ERROR_CASES.items()}
-    results = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    return results
+    return run_concurrently({name: args for name, (args, _) in ERROR_CASES.items()})
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES))

@@ -22,7 +22,7 @@ import pytest
 
 from imgcls import api
 from imgcls.evaluation.explain import explain_stems
-from test_cli import REPO, cli_env, run, squeeze, start
+from test_cli import REPO, cli_env, run, run_concurrently, squeeze
 from test_robust_inputs import TINY, assert_one_line_error, make_tree, run_cli
 from tiny_runs import single_thread
 
@@ -67,14 +67,9 @@ USAGE_CASES = {  # name: (arguments, words the error line must hold)
 def usage_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Every usage case, run as concurrent subprocesses (start-up dominates their time)."""
     tmp = str(tmp_path_factory.mktemp("usage"))
-    processes = {
-        name: start(*(a.replace("{tmp}", tmp) for a in args)) for name, (args, _) in USAGE_CASES.items()
-    }
-    results = {}
-    for name, process in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    return results
+    return run_concurrently(
+        {name: [a.replace("{tmp}", tmp) for a in args] for name, (args, _) in USAGE_CASES.items()}
+    )
 
 
 @pytest.mark.parametrize("case", list(USAGE_CASES))
