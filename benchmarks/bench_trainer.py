@@ -37,13 +37,12 @@ def build_trainer(overrides: list[str], batch: int, config=None):
     return cfg, data, trainer
 
 
-def fixed_batch_step(trainer: Trainer, data, batch: int):
+def fixed_batch_step(trainer: Trainer, data, batch: int, size: int | None = None):
     """One forward + backward + optimiser step of ``trainer`` on a ready normalised random tensor
-    already on the device (no loading, no augmentation)."""
+    already on the device (no loading, no augmentation), ``size`` pixels square (default: the data's)."""
     device = trainer.device
-    x = trainer.prep.normalize(
-        torch.randn(batch, data.channels, data.image_size, data.image_size, device=device)
-    )
+    size = size or data.image_size
+    x = trainer.prep.normalize(torch.randn(batch, data.channels, size, size, device=device))
     raw = Batch(images=x, targets=torch.randint(0, len(data.class_names), (batch,), device=device))
 
     def step() -> None:

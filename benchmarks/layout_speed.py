@@ -1,7 +1,8 @@
 """AdaptiveCNN layouts on 2 CPU cores (issue 11, P3): what capacity costs per training step, so a 30-minute
 recipe can trade epochs for width knowingly. Each variant is best30min.yaml's model with other residual
-blocks (``model.backbone_args.blocks``) or batch size; the trainer's step on one ready batch in bf16 +
-channels_last, variants timed in interleaved rounds (medians), so machine drift hits all alike.
+blocks (``model.backbone_args.blocks``), batch size or input size (the smaller sizes progressive resizing,
+``augment.resize_min``, trains on first); the trainer's step on one ready batch in bf16 + channels_last,
+variants timed in interleaved rounds (medians), so machine drift hits all alike.
 
     .venv/bin/python benchmarks/layout_speed.py [--rounds 3]
 """
@@ -19,10 +20,12 @@ from common import FMNIST_RECIPES, time_steps, write_results
 
 from imgcls.models.classifier import count_parameters
 
-#: name → (overrides of best30min.yaml, batch size)
+#: name → (overrides of best30min.yaml, batch size[, input size in px; default 28])
 VARIANTS = {
     "seed layout": ([], 256),
     "seed layout, batch 512": ([], 512),
+    "seed layout at 24 px": ([], 256, 24),
+    "seed layout at 20 px": ([], 256, 20),
     "3 blocks per stage": (
         ["model.backbone_args.blocks=[[32,1],[32,1],[32,1],[64,2],[64,1],[64,1],[128,2],[128,1],[128,1]]"],
         256,
@@ -46,12 +49,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args()
     steps, params = {}, {}
-    for name, (overrides, batch) in VARIANTS.items():
+    for name, (overrides, batch, *size) in VARIANTS.items():
         fixed = ["train.precision=bf16", "train.channels_last=true", "data.train_subset=4096", *overrides]
         _, data, trainer = build_trainer(fixed, batch, FMNIST_RECIPES["best30min"])
         trainer._setup_stage()
         trainer._set_train_mode()
-        steps[name] = (fixed_batch_step(trainer, data, batch), batch)
+        steps[name] = (fixed_batch_step(trainer, data, batch, *size), batch)
         params[name] = count_parameters(trainer.model)
     ips: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
@@ -68,7 +71,8 @@ def main() -> None:
     }
     base = rows["seed layout"]["img_per_s"]
     lines = [
-        "best30min.yaml's AdaptiveCNN with other blocks: the trainer's step on one ready batch, bf16 + channels_last, "
+        "best30min.yaml's AdaptiveCNN with other blocks or input sizes: the trainer's step on one ready batch, "
+        "bf16 + channels_last, "
         f"medians of {args.rounds} interleaved rounds:",
         "",
         "| variant | parameters | img/s | s per 57,000 images | step time vs the seed layout |",

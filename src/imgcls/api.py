@@ -33,6 +33,7 @@ from imgcls.engine.callbacks import (
     ProgressPrinter,
     RecoveryCheckpointer,
     StopAtValAcc,
+    TimeBudget,
 )
 from imgcls.engine.objective import build_objective
 from imgcls.engine.trainer import Trainer
@@ -114,6 +115,8 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
         StopAtValAcc(),
         PlateauFeed(),
     ]
+    if cfg.train.time_budget_s is not None:  # before the checkpointer, so epoch 1's checkpoint holds the plan
+        callbacks.append(TimeBudget(cfg.train.time_budget_s))
     if cfg.train.early_stopping_patience:
         callbacks.append(
             EarlyStopping(
@@ -199,9 +202,17 @@ def train(
     )
 
     from imgcls.data.augment import build_train_augment
+    from imgcls.data.progressive_resize import check_model_accepts
     from imgcls.models.feature_cache import attach_feature_cache
 
     augment = build_train_augment(cfg.augment, len(data.class_names))
+    try:
+        check_model_accepts(model, augment.resize, data.channels, data.image_size)
+    except ValueError as exc:
+        raise ConfigError(
+            f"augment.resize_min={cfg.augment.resize_min}: {exc}; progressive resizing needs a model that "
+            "accepts any input size (a CNN with global pooling): raise augment.resize_min or unset it"
+        ) from None
     attach_feature_cache(model, cfg, augment)
     if run_dir is None:
         run_dir = Path(broadcast_object(str(new_run_dir(cfg)), dist))

@@ -177,6 +177,33 @@ class AugmentConfig(Section):
     mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="probability of mixing a batch")
     mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of CutMix when both are on")
     mix_off_epoch: int | None = Field(None, ge=0, description="stop mixing from this epoch on")
+    resize_min: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_IMAGE_SIZE,
+        description="progressive resizing: train at this shorter-side size (px) first, growing to full size",
+    )
+    resize_epochs: tuple[int, int] = Field(
+        (0, 0),
+        description="progressive resizing ramp [start, end]: resize_min before epoch start, full size from "
+        "epoch end on, linear in between (epochs counted from 0)",
+    )
+
+    @field_validator("resize_epochs")
+    @classmethod
+    def _ordered_ramp(cls, ramp: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= ramp[0] <= ramp[1]:
+            raise ValueError(f"needs [start, end] with 0 <= start <= end, got {list(ramp)}")
+        return ramp
+
+    @model_validator(mode="after")
+    def _resize_ramp_set(self) -> AugmentConfig:
+        if self.resize_min is not None and self.resize_epochs[1] == 0:
+            raise ConfigError(
+                f"augment.resize_min={self.resize_min} has no effect without a ramp: set "
+                "augment.resize_epochs=[start, end] with end > 0 (full size from epoch end on)"
+            )
+        return self
 
 
 class ModelConfig(Section):
@@ -251,6 +278,12 @@ class TrainConfig(Section):
         10, ge=0, description="epochs of a run without stages; the run's total (over stages) must be >= 1"
     )
     batch_size: int = Field(128, gt=0)
+    time_budget_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="fit the epoch count to this wall-clock budget for the epochs (training + validation): "
+        "the first epoch is timed, then the run trains as many epochs as fit, at most train.epochs",
+    )
     grad_clip: float | None = Field(None, gt=0.0, description="clip gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -508,6 +541,11 @@ class ExperimentConfig(Section):
         if self.eval.calibration == "temperature" and self.data.val_fraction == 0:
             raise ValueError(
                 "eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0"
+            )
+        if self.train.time_budget_s is not None and len(self.stages) > 1:
+            raise ValueError(
+                "train.time_budget_s fits the epochs of a single-stage run; this config has "
+                f"{len(self.stages)} stages: set each stage's epochs instead, or drop the stages"
             )
         if self.total_epochs() < 1:
             where = (

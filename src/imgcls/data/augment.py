@@ -5,7 +5,7 @@ and speed". A :class:`BatchAugment` takes a float batch in [0, 1] on any device 
 this fixed order: grayscale → crop with zero padding → horizontal flip → geometry (random
 resized crop, affine, perspective: one fused resampling) → colour jitter (brightness, contrast,
 saturation, hue) → AutoAugment → RandAugment → TrivialAugment → Cutout → Random Erasing →
-MixUp/CutMix. Every op draws its
+progressive resizing (:mod:`imgcls.data.progressive_resize`, by epoch) → MixUp/CutMix. Every op draws its
 parameters *per sample* from the caller's CPU ``torch.Generator`` (so results are seeded and the
 same on every device) and runs as one vectorised kernel; no per-sample Python loops.
 
@@ -55,6 +55,7 @@ from imgcls.data.augment_ops import (
 )
 from imgcls.data.augment_policies import AutoAugment, RandAugment, TrivialAugment
 from imgcls.data.mixing import MixUpCutMix
+from imgcls.data.progressive_resize import ProgressiveResize
 from imgcls.errors import ConfigError
 from imgcls.runtime.batch import Batch
 
@@ -148,11 +149,16 @@ class BatchAugment:
             switch_prob=cfg.mix_switch_prob,
             off_epoch=cfg.mix_off_epoch,
         )
+        self.resize = ProgressiveResize(cfg.resize_min, *cfg.resize_epochs)
 
     @property
     def is_identity(self) -> bool:
         """True when nothing is enabled (the trainer then skips augmentation)."""
-        return not self.ops and self.mixing.is_identity
+        return not self.ops and self.mixing.is_identity and self.resize.is_identity
+
+    def pixel_fraction(self, epoch: int, image_size: int) -> float:
+        """The share of ``image_size``² pixels a training image has at ``epoch`` (progressive resizing)."""
+        return (self.resize.size_at(epoch, image_size) / image_size) ** 2
 
     def augment_images(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The image ops only (no mixing)."""
@@ -163,13 +169,14 @@ class BatchAugment:
         return images
 
     def __call__(self, batch: Batch, generator: torch.Generator, epoch: int) -> Batch:
-        images = self.augment_images(batch.images, generator)
+        images = self.resize(self.augment_images(batch.images, generator), epoch)
         out = dataclasses.replace(batch, images=images)
         return self.mixing(out, generator, epoch)
 
     def __repr__(self) -> str:
         names = ", ".join(type(op).__name__ for op in self.ops)
-        return f"BatchAugment([{names}], mixing={'off' if self.mixing.is_identity else 'on'})"
+        resize = "" if self.resize.is_identity else f", resize_min={self.resize.min_size}"
+        return f"BatchAugment([{names}], mixing={'off' if self.mixing.is_identity else 'on'}{resize})"
 
 
 def _fuse_geometry(ops: list[BatchOp]) -> list[BatchOp]:

@@ -1,4 +1,4 @@
-"""Training callbacks: checkpointing, early stopping, history (CSV + TensorBoard) and progress.
+"""Training callbacks: checkpointing, early stopping, a time budget, history (CSV + TensorBoard) and progress.
 
 Methods plug behaviour into the loop through callbacks (and heads/losses), never through
 method-specific branches in the trainer. Every callback can save and restore its state, so a
@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from imgcls.runtime.distributed import broadcast_object
 
 if TYPE_CHECKING:
     from imgcls.engine.trainer import Trainer
@@ -101,6 +103,61 @@ class StopAtValAcc(Callback):
         target = trainer.stage.stop_at_val_acc
         if target is not None and metrics["val_acc"] >= target:
             trainer.stop_stage(f"val_acc {metrics['val_acc']:.4f} ≥ {target}")
+
+
+class TimeBudget(Callback):
+    """Fits a single-stage run's epoch count to ``train.time_budget_s`` (the epochs' wall clock, validation
+    included). Lightning's ``max_time`` stops a run when the time is up, mid-schedule; here the first epoch is
+    timed and the run then plans as many epochs as fit (at most ``train.epochs``), so the learning-rate
+    schedule (warm-up, cosine decay) still completes. Later epochs are predicted from the first one scaled by
+    their pixel count (progressive resizing's small early epochs); the plan is broadcast from rank 0 and kept
+    in every checkpoint, so a resumed run keeps it instead of timing again."""
+
+    name = "time_budget"
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = float(budget_s)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        state = trainer.state
+        if state.planned_epochs is not None or state.stage != 0 or state.epoch_in_stage != 1:
+            return
+        # a first epoch resumed mid-way counts its time before the interruption through train_time_s
+        first = max(float(metrics["epoch_time_s"]), float(metrics.get("train_time_s", 0.0)))
+        cap = int(trainer.stage.epochs or 0)
+        epochs = broadcast_object(
+            planned_epochs(self.budget_s, first, cap, lambda e: epoch_cost(trainer, e)), trainer.dist
+        )
+        trainer.plan_stage_epochs(epochs)
+        if trainer.dist.is_main:
+            console.print(
+                f"time budget {self.budget_s:.0f} s: the first epoch took {first:.1f} s -> {epochs} epochs "
+                f"(train.epochs caps it at {cap})",
+                highlight=False,
+                markup=False,
+            )
+
+
+def epoch_cost(trainer: Trainer, epoch: int) -> float:
+    """Relative compute of training epoch ``epoch`` (1: full-size images; less while progressive resizing
+    trains on smaller ones)."""
+    augment = trainer.augment
+    return (
+        1.0 if augment is None else augment.pixel_fraction(epoch, int(trainer.preprocess_meta["image_size"]))
+    )
+
+
+def planned_epochs(budget_s: float, first_s: float, cap: int, cost) -> int:
+    """How many epochs fit ``budget_s`` when epoch 0 took ``first_s`` and epoch e costs
+    ``first_s * cost(e) / cost(0)``; at least 1 (the epoch already trained), at most ``cap``."""
+    left, epochs = budget_s - first_s, 1
+    while epochs < cap:
+        need = first_s * cost(epochs) / cost(0)
+        if need > left:
+            break
+        left -= need
+        epochs += 1
+    return epochs
 
 
 class Checkpointer(Callback):

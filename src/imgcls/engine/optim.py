@@ -177,16 +177,26 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
     def __init__(
         self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int, steps_per_epoch: int
     ) -> None:
-        total = max(1, epochs * steps_per_epoch)
+        self.total, self.steps_per_epoch = max(1, epochs * steps_per_epoch), steps_per_epoch
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         self.plateau = PlateauTracker(cfg) if cfg.name == "plateau" else None
         plateau = self.plateau
         super().__init__(
             optimizer,
             lambda step: (
-                lr_factor(step, total, warmup, cfg, steps_per_epoch) * (plateau.scale if plateau else 1.0)
+                lr_factor(step, self.total, warmup, cfg, steps_per_epoch)
+                * (plateau.scale if plateau else 1.0)
             ),
         )
+
+    def set_epochs(self, epochs: int, apply: bool = True) -> None:
+        """Change the schedule's horizon to ``epochs`` from the current step on (a time budget's plan);
+        with ``apply`` the optimiser's learning rates follow at once."""
+        self.total = max(1, epochs * self.steps_per_epoch)
+        if apply:
+            for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+                group["lr"] = lr
+            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     @property
     def adapts_to_metrics(self) -> bool:

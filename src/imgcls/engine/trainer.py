@@ -72,6 +72,9 @@ class TrainState:
     batch_in_epoch: int = 0
     images_in_epoch: int = 0
     skipped_steps: int = 0  # optimiser steps dropped for a non-finite loss (train.on_nonfinite=skip_step)
+    planned_epochs: int | None = (
+        None  # the stage's epochs as fitted to train.time_budget_s (None: as configured)
+    )
 
 
 def rng_states(augment: torch.Generator) -> dict[str, Any]:
@@ -293,6 +296,17 @@ class Trainer:
         self.scheduler_paused = False
         self.train_model = self._wrap(self.model)
 
+    def _set_stage_epochs(self, epochs: int) -> None:
+        self.stages[self.state.stage] = self.stage.model_copy(update={"epochs": epochs})
+        self.total_epochs = sum(int(s.epochs or 0) for s in self.stages)
+        self.state.planned_epochs = epochs
+
+    def plan_stage_epochs(self, epochs: int) -> None:
+        """Set the current stage's epoch count during training (``train.time_budget_s``): the lr schedule
+        keeps the current step and stretches or shrinks to the new horizon; checkpoints record the plan."""
+        self._set_stage_epochs(epochs)
+        self.scheduler.set_epochs(epochs, apply=not self.scheduler_paused)
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
         if self.dist.enabled:
@@ -361,6 +375,9 @@ class Trainer:
             **{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")},
             skipped_steps=int(ckpt["progress"].get("skipped_steps", 0)),
         )
+        planned = ckpt["progress"].get("planned_epochs")
+        if planned is not None and self.cfg.train.time_budget_s is not None:
+            self._set_stage_epochs(int(planned))  # the plan made before the interruption, never re-timed
         self._resume_epoch = ckpt.get("mid_epoch")
         for stage in self.stages[: self.state.stage + 1]:
             self._apply_stage_model_changes(stage)
