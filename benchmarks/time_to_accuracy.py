@@ -126,17 +126,25 @@ def main() -> None:
                     r = run_imgcls(RECIPES[row], seed, Path(tmp), [*extra, *args.set])
                 print(f"{row} seed {seed}: {r['test_acc']:.4f} in {r['train_s']:.1f} s", flush=True)
                 runs.append(r)
-            acc_m, acc_s = mean_std([r["test_acc"] for r in runs])
-            t_m, t_s = mean_std([r["train_s"] for r in runs])
-            rows[row] = {
-                "runs": runs,
-                "test_acc_mean": acc_m,
-                "test_acc_std": acc_s,
-                "train_s_mean": t_m,
-                "train_s_std": t_s,
-                "eval_s_mean": mean_std([r["eval_s"] for r in runs])[0],
-                "setup_s_mean": mean_std([r["setup_s"] for r in runs])[0],
-            }
+                rows[row] = summarise(runs)
+                write_table(rows, args)  # after every run: a stopped benchmark keeps the runs it finished
+
+
+def summarise(runs: list[dict]) -> dict:
+    acc_m, acc_s = mean_std([r["test_acc"] for r in runs])
+    t_m, t_s = mean_std([r["train_s"] for r in runs])
+    return {
+        "runs": runs,
+        "test_acc_mean": acc_m,
+        "test_acc_std": acc_s,
+        "train_s_mean": t_m,
+        "train_s_std": t_s,
+        "eval_s_mean": mean_std([r["eval_s"] for r in runs])[0],
+        "setup_s_mean": mean_std([r["setup_s"] for r in runs])[0],
+    }
+
+
+def write_table(rows: dict, args: argparse.Namespace) -> None:
     lines = [
         "| recipe | seeds | test accuracy % (final, mean ± std) | training s (mean ± std) | data loading s | "
         "test evaluation s |",

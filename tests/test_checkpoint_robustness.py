@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from imgcls import api, runs
 from imgcls.config import DistillConfig
 from imgcls.engine.callbacks import Callback
-from imgcls.errors import CheckpointError, TrainingInterrupted
+from imgcls.errors import CheckpointError, ConfigError, TrainingInterrupted
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.signals import request_stop
 from imgcls.teacher import load_teacher
@@ -331,17 +331,49 @@ def timm_teacher(pretrained_file: Path, **changes) -> DistillConfig:
 @pytest.fixture(scope="module")
 def vit_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vit") / "vit.safetensors"
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **VIT)
-    save_file(model.state_dict(), str(path))
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **VIT)
+    save_file(model.state_dict(), str(path))  # a teacher fine-tuned on 10 classes
     return path
 
 
-def test_timm_teacher_loads_its_pretrained_file(vit_weights):
+def test_timm_teacher_loads_its_pretrained_file_classifier_included(vit_weights):
     teacher = load_teacher(timm_teacher(vit_weights))
     weights = load_file(str(vit_weights))
-    assert torch.equal(
-        teacher.model.state_dict()["blocks.1.mlp.fc2.weight"], weights["blocks.1.mlp.fc2.weight"]
+    state = teacher.model.state_dict()
+    assert torch.equal(state["blocks.1.mlp.fc2.weight"], weights["blocks.1.mlp.fc2.weight"])
+    # timm alone would drop a 10-class head (its default is 1000 classes) and leave it random
+    assert torch.equal(state["head.weight"], weights["head.weight"])
+    assert torch.equal(state["head.bias"], weights["head.bias"])
+
+
+def test_a_logit_teacher_without_its_classifier_is_refused(tmp_path):
+    headless = tmp_path / "backbone_only.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", num_classes=0, **VIT).state_dict(), str(headless))
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(timm_teacher(headless))
+    one_line(
+        info,
+        headless,
+        "does not fit teacher timm:vit_tiny_patch16_224",
+        "missing: head.weight, head.bias",
     )
+    # feature-only distillation needs no classifier: the same file loads
+    features_only = DistillConfig(
+        teacher="timm:vit_tiny_patch16_224",
+        pretrained_file=str(headless),
+        teacher_args=VIT,
+        logits="none",
+        tokens={},
+    )
+    assert load_teacher(features_only).model.num_classes == 0
+
+
+def test_a_hub_teacher_whose_classifier_has_other_classes_is_refused_before_downloading():
+    cfg = DistillConfig(teacher="timm:vit_tiny_patch16_224", teacher_args=VIT, teacher_num_classes=10)
+    with pytest.raises(
+        ConfigError, match=r"classifier for 1000 classes .* needs one for 10 .*\(distill\.logits=none\)"
+    ):
+        load_teacher(cfg)
 
 
 def test_timm_teacher_pretrained_file_missing_corrupt_or_unsafe_is_one_line(vit_weights, tmp_path):

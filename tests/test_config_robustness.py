@@ -299,6 +299,29 @@ def test_a_bad_yaml_file_is_one_line_naming_the_file(tmp_path, content, words):
         assert word in message, (word, message)
 
 
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("train: 5\n", ["invalid value 5 for 'train'"]),
+        ("train:\n  epochs: abc\n", ["invalid value 'abc' for 'train.epochs'"]),
+        ("optim:\n  lrr: 0.1\n", ["unknown config key 'optim.lrr'"]),
+    ],
+)
+def test_a_schema_error_in_a_file_names_the_file_and_one_in_an_override_does_not(tmp_path, content, words):
+    path = tmp_path / "schema.yaml"
+    path.write_text(content)
+    message = config_error([], path)
+    assert message.startswith(f"config file '{path}': ")
+    for word in words:
+        assert word in message, (word, message)
+    # the same file with an override that fixes nothing still names the file
+    assert config_error(["data.val_fraction=0.2"], path).startswith(f"config file '{path}': ")
+    valid = tmp_path / "valid.yaml"
+    valid.write_text("train:\n  epochs: 2\n")
+    overridden = config_error(["train.epochs=abc"], valid)
+    assert "train.epochs" in overridden and str(valid) not in overridden  # the override is at fault
+
+
 def test_an_empty_file_warns_once_and_loads_the_defaults(tmp_path, caplog):
     path = tmp_path / "empty.yaml"
     path.write_text("# only a comment\n")

@@ -10,6 +10,7 @@ list indices (``stages.0.epochs=3``); the last of two equal keys wins.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from pathlib import Path
@@ -831,11 +832,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections (data:, model:, ...)")
         name = p.stem
+    file_raw = copy.deepcopy(raw) if name is not None and overrides else None
     raw = apply_overrides(raw, list(overrides or []))
-    cfg = build_config(raw)
+    try:
+        cfg = build_config(raw)
+    except ConfigError as exc:
+        if name is not None and _invalid_alone(file_raw):  # the file's own content is wrong: name the file
+            raise ConfigError(f"config file '{p}': {exc}") from None
+        raise
     if cfg.output.name is None and name is not None:
         cfg.output.name = name
     return cfg
+
+
+def _invalid_alone(file_raw: dict[str, Any] | None) -> bool:
+    """Whether a config file's content fails validation without the overrides (None: there were none)."""
+    if file_raw is None:
+        return True
+    try:
+        build_config(file_raw)
+    except ConfigError:
+        return True
+    return False
 
 
 def config_to_yaml(cfg: ExperimentConfig, component_defaults: bool = False) -> str:

@@ -248,6 +248,12 @@ def _imgcls_teacher(source: str, cfg: DistillConfig, class_names: list[str] | No
     )
 
 
+def _pretrained_classes(timm, name: str) -> int | None:
+    """The class count of a timm model's default pretrained classifier (0: none; None: not known)."""
+    pcfg = timm.models.get_pretrained_cfg(name)
+    return None if pcfg is None or pcfg.num_classes is None else int(pcfg.num_classes)
+
+
 def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> FrozenTeacher:
     import timm
 
@@ -265,6 +271,20 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
     if cfg.pretrained_file:
         ckpt_io.check_plain_tensor_file(cfg.pretrained_file, "distill.pretrained_file")
         overlay, pretrained = {"file": str(cfg.pretrained_file)}, True
+        if classes > 0:
+            # timm drops a file's classifier and loads the rest non-strictly whenever num_classes differs from
+            # the model's default (1000), leaving the head a logit teacher needs random without a word: declaring
+            # the file's class count makes it load the classifier strictly (a missing or mis-shaped one is an error)
+            overlay["num_classes"] = classes
+    elif pretrained and classes > 0:
+        trained = _pretrained_classes(timm, name)
+        if trained is not None and trained != classes:
+            raise ConfigError(
+                f"teacher timm:{name}'s pretrained weights have a classifier for {trained} classes (0: none), but "
+                f"logit distillation needs one for {classes} (distill.teacher_num_classes, default: the data's "
+                "classes), and timm would start it untrained: use a teacher fine-tuned on these classes (an imgcls "
+                "run, or its weights as distill.pretrained_file), or distill features only (distill.logits=none)"
+            )
     try:
         model = timm.create_model(
             name,

@@ -107,34 +107,51 @@ class StopAtValAcc(Callback):
 
 class TimeBudget(Callback):
     """Fits a single-stage run's epoch count to ``train.time_budget_s`` (the epochs' wall clock, validation
-    included). Lightning's ``max_time`` stops a run when the time is up, mid-schedule; here the first epoch is
-    timed and the run then plans as many epochs as fit (at most ``train.epochs``), so the learning-rate
-    schedule (warm-up, cosine decay) still completes. Later epochs are predicted from the first one scaled by
-    their pixel count (progressive resizing's small early epochs); the plan is broadcast from rank 0 and kept
-    in every checkpoint, so a resumed run keeps it instead of timing again."""
+    included). Lightning's ``max_time`` stops a run when the time is up, mid-schedule; here the run plans its
+    epochs so that the learning-rate schedule (warm-up, cosine decay) still completes. After the first epoch it
+    plans as many epochs as fit (at most ``train.epochs``); after every later one it checks the plan against the
+    time spent and the pace of the last ``RECENT`` epochs, and shortens it when the rest would overrun (a shared
+    machine that slows down) — it never lengthens it, so the plan only moves towards the budget. Epochs are
+    predicted by pixel count (progressive resizing's small early epochs cost less). Plans are broadcast from
+    rank 0 and kept in every checkpoint with the history, so a resumed run continues the plan instead of timing
+    afresh."""
 
     name = "time_budget"
+    RECENT = 3  # epochs whose pace predicts the rest
 
     def __init__(self, budget_s: float) -> None:
         self.budget_s = float(budget_s)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         state = trainer.state
-        if state.planned_epochs is not None or state.stage != 0 or state.epoch_in_stage != 1:
+        if state.stage != 0:
             return
-        # a first epoch resumed mid-way counts its time before the interruption through train_time_s
-        first = max(float(metrics["epoch_time_s"]), float(metrics.get("train_time_s", 0.0)))
+        # a resumed epoch's epoch_time_s misses the time before the interruption; its train_time_s has it
+        times = [max(float(r["epoch_time_s"]), float(r.get("train_time_s", 0.0))) for r in trainer.history]
+        done = len(times)
+        cost = lambda e: epoch_cost(trainer, e)  # noqa: E731
+        recent = range(max(0, done - self.RECENT), done)
+        pace = sum(times[i] / cost(i) for i in recent) / len(recent)  # seconds of a full-size epoch
         cap = int(trainer.stage.epochs or 0)
         epochs = broadcast_object(
-            planned_epochs(self.budget_s, first, cap, lambda e: epoch_cost(trainer, e)), trainer.dist
+            planned_epochs(self.budget_s, sum(times), done, pace, cap, cost), trainer.dist
         )
+        first = state.planned_epochs is None
+        if not first and epochs >= state.planned_epochs:
+            return
         trainer.plan_stage_epochs(epochs)
         if trainer.dist.is_main:
+            why = (
+                f"the first epoch took {times[0]:.1f} s"
+                if first
+                else f"epochs now take {pace:.1f} s (the last {len(recent)}), {sum(times):.0f} s spent"
+            )
             console.print(
-                f"time budget {self.budget_s:.0f} s: the first epoch took {first:.1f} s -> {epochs} epochs "
-                f"(train.epochs caps it at {cap})",
+                f"time budget {self.budget_s:.0f} s: {why} -> {epochs} epochs "
+                f"(train.epochs caps it at {trainer.cfg.train.epochs})",
                 highlight=False,
                 markup=False,
+                soft_wrap=True,
             )
 
 
@@ -147,17 +164,17 @@ def epoch_cost(trainer: Trainer, epoch: int) -> float:
     )
 
 
-def planned_epochs(budget_s: float, first_s: float, cap: int, cost) -> int:
-    """How many epochs fit ``budget_s`` when epoch 0 took ``first_s`` and epoch e costs
-    ``first_s * cost(e) / cost(0)``; at least 1 (the epoch already trained), at most ``cap``."""
-    left, epochs = budget_s - first_s, 1
+def planned_epochs(budget_s: float, spent_s: float, done: int, pace_s: float, cap: int, cost) -> int:
+    """Epochs in all when ``done`` took ``spent_s`` and each further epoch e takes ``pace_s * cost(e)``: as many
+    as fit in ``budget_s``, at least ``done`` (trained already), at most ``cap``."""
+    left, epochs = budget_s - spent_s, done
     while epochs < cap:
-        need = first_s * cost(epochs) / cost(0)
+        need = pace_s * cost(epochs)
         if need > left:
             break
         left -= need
         epochs += 1
-    return epochs
+    return max(epochs, done)
 
 
 class Checkpointer(Callback):

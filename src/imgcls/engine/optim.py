@@ -189,12 +189,19 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
             ),
         )
 
+    def _lrs_at_current_step(self) -> list[float]:
+        """``get_lr()`` without torch's warning about calling it outside ``step()``."""
+        return [
+            base * factor(self.last_epoch)
+            for factor, base in zip(self.lr_lambdas, self.base_lrs, strict=True)
+        ]
+
     def set_epochs(self, epochs: int, apply: bool = True) -> None:
         """Change the schedule's horizon to ``epochs`` from the current step on (a time budget's plan);
         with ``apply`` the optimiser's learning rates follow at once."""
         self.total = max(1, epochs * self.steps_per_epoch)
         if apply:
-            for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            for group, lr in zip(self.optimizer.param_groups, self._lrs_at_current_step(), strict=True):
                 group["lr"] = lr
             self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
@@ -207,7 +214,7 @@ class Schedule(torch.optim.lr_scheduler.LambdaLR):
         if self.plateau is None:
             return
         self.plateau.update(float(metrics.get(self.plateau.monitor, float("nan"))))
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+        for group, lr in zip(self.optimizer.param_groups, self._lrs_at_current_step(), strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
