@@ -283,7 +283,7 @@ class TrainConfig(Section):
         None,
         gt=0.0,
         description="fit the epoch count to this wall-clock budget for the epochs (training + validation): "
-        "the first epoch is timed, then the run trains as many epochs as fit, at most train.epochs",
+        "planned after the first epoch (at most train.epochs), shortened after later ones that run slower",
     )
     grad_clip: float | None = Field(None, gt=0.0, description="clip gradient norm to this value")
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
