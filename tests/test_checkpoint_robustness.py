@@ -408,6 +408,58 @@ def test_timm_teacher_weights_of_another_shape_name_the_first_key_and_both_shape
     )
 
 
+def test_a_feature_teacher_file_lacking_weights_is_refused_not_left_random(tmp_path):
+    # without a classifier timm loads non-strictly and only logs the missing keys at INFO level
+    state = timm.create_model("vit_tiny_patch16_224", num_classes=0, **VIT).state_dict()
+    del state["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.bias"]
+    partial = tmp_path / "partial.safetensors"
+    save_file(state, str(partial))
+    features_only = DistillConfig(
+        teacher="timm:vit_tiny_patch16_224", pretrained_file=str(partial), teacher_args=VIT, logits="none", tokens={}
+    )
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(features_only)
+    one_line(
+        info,
+        partial,
+        "does not fit teacher timm:vit_tiny_patch16_224",
+        "missing: blocks.1.attn.qkv.weight, blocks.1.attn.qkv.bias; they would stay randomly initialised",
+    )
+
+
+def test_timm_backbone_pretrained_file_must_hold_every_backbone_weight(tmp_path, caplog):
+    from imgcls.config import ModelConfig
+    from imgcls.models.classifier import build_model
+
+    full = timm.create_model("test_resnet", num_classes=1000, in_chans=3)
+    complete = tmp_path / "complete.safetensors"
+    save_file(full.state_dict(), str(complete))  # with its 1000-class classifier, which the backbone drops
+    model = build_model(ModelConfig(backbone="timm:test_resnet", pretrained_file=str(complete)), 10, 3)
+    loaded = model.backbone.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in full.state_dict().items() if not k.startswith("fc."))
+    assert "Missing keys" not in caplog.text  # the check collects timm's report without echoing it
+
+    # one channel: timm sums the stem over the RGB channels, and the file still fits
+    gray = build_model(ModelConfig(backbone="timm:test_resnet", pretrained_file=str(complete)), 10, 1)
+    stem = next(k for k, v in gray.backbone.model.state_dict().items() if v.ndim == 4)
+    assert torch.allclose(gray.backbone.model.state_dict()[stem], full.state_dict()[stem].sum(1, keepdim=True))
+
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
+    dropped = sorted(k for k in state if k.endswith(".weight") and state[k].ndim == 4)[-1]
+    del state[dropped]
+    partial = tmp_path / "partial.safetensors"
+    save_file(state, str(partial))
+    with pytest.raises(CheckpointError) as info:
+        build_model(ModelConfig(backbone="timm:test_resnet", pretrained_file=str(partial)), 10, 3)
+    one_line(info, partial, "model.pretrained_file", "does not fit timm:test_resnet", f"missing: {dropped};")
+
+    other = tmp_path / "other.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=0, in_chans=3, stem_width=8).state_dict(), str(other))
+    with pytest.raises(CheckpointError) as info:
+        build_model(ModelConfig(backbone="timm:test_resnet", pretrained_file=str(other)), 10, 3)
+    one_line(info, other, "does not fit timm:test_resnet", "wrong shape: ")
+
+
 # ------------------------------------------------------------------------------- file modes
 def test_written_files_get_the_umask_mode_not_0600(stopped_run, tmp_path):
     mask = os.umask(0o022)

@@ -38,6 +38,7 @@ from torch import nn
 from imgcls.config import DistillConfig
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.runtime import checkpoint as ckpt_io
+from imgcls.runtime.timm_weights import checked_timm_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -286,13 +287,19 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
                 "run, or its weights as distill.pretrained_file), or distill features only (distill.logits=none)"
             )
     try:
-        model = timm.create_model(
-            name,
-            pretrained=pretrained,
-            num_classes=classes,
-            pretrained_cfg_overlay=overlay,
-            **cfg.teacher_args,
-        )
+        with checked_timm_weights_file(
+            cfg.pretrained_file,
+            "distill.pretrained_file",
+            f"teacher timm:{name} with distill.teacher_args {cfg.teacher_args}",
+            "use the weights of that model, or change distill.teacher / teacher_args / teacher_num_classes to match them",
+        ):
+            model = timm.create_model(
+                name,
+                pretrained=pretrained,
+                num_classes=classes,
+                pretrained_cfg_overlay=overlay,
+                **cfg.teacher_args,
+            )
     except TypeError as exc:
         raise ConfigError(f"bad distill.teacher_args for timm:{name}: {exc}") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -300,13 +307,6 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
             raise DataError(
                 f"could not fetch pretrained weights for teacher timm:{name} ({type(exc).__name__}); offline, download "
                 "them elsewhere and set distill.pretrained_file=<file>"
-            ) from None
-        misfit = ckpt_io.describe_load_error(exc) if cfg.pretrained_file else None
-        if misfit is not None:
-            raise CheckpointError(
-                f"distill.pretrained_file '{cfg.pretrained_file}' does not fit teacher timm:{name} "
-                f"with distill.teacher_args {cfg.teacher_args} ({misfit}); use the weights of that model, or "
-                "change distill.teacher / teacher_args / teacher_num_classes to match them"
             ) from None
         raise
     pcfg = dict(getattr(model, "pretrained_cfg", {}) or {})

@@ -23,6 +23,7 @@ from torch import nn
 from imgcls.errors import ConfigError, DataError
 from imgcls.registry import BACKBONES, ComponentArgs
 from imgcls.runtime.checkpoint import check_plain_tensor_file
+from imgcls.runtime.timm_weights import checked_timm_weights_file
 
 #: seconds to wait for a TCP connection to the weights hub before treating the machine as offline
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -139,7 +140,15 @@ class TimmBackbone(nn.Module):
         elif pretrained:
             offline = not hub_reachable()
         try:
-            with hub_offline(offline):
+            with (
+                hub_offline(offline),
+                checked_timm_weights_file(
+                    pretrained_file,
+                    "model.pretrained_file",
+                    f"timm:{name}" + (f" with model.backbone_args {kwargs}" if kwargs else ""),
+                    "use the weights of that model, or change model.backbone / backbone_args to match them",
+                ),
+            ):
                 self.model = timm.create_model(
                     name,
                     pretrained=pretrained,
