@@ -415,7 +415,11 @@ def test_a_feature_teacher_file_lacking_weights_is_refused_not_left_random(tmp_p
     partial = tmp_path / "partial.safetensors"
     save_file(state, str(partial))
     features_only = DistillConfig(
-        teacher="timm:vit_tiny_patch16_224", pretrained_file=str(partial), teacher_args=VIT, logits="none", tokens={}
+        teacher="timm:vit_tiny_patch16_224",
+        pretrained_file=str(partial),
+        teacher_args=VIT,
+        logits="none",
+        tokens={},
     )
     with pytest.raises(CheckpointError) as info:
         load_teacher(features_only)
@@ -442,7 +446,9 @@ def test_timm_backbone_pretrained_file_must_hold_every_backbone_weight(tmp_path,
     # one channel: timm sums the stem over the RGB channels, and the file still fits
     gray = build_model(ModelConfig(backbone="timm:test_resnet", pretrained_file=str(complete)), 10, 1)
     stem = next(k for k, v in gray.backbone.model.state_dict().items() if v.ndim == 4)
-    assert torch.allclose(gray.backbone.model.state_dict()[stem], full.state_dict()[stem].sum(1, keepdim=True))
+    assert torch.allclose(
+        gray.backbone.model.state_dict()[stem], full.state_dict()[stem].sum(1, keepdim=True)
+    )
 
     state = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
     dropped = sorted(k for k in state if k.endswith(".weight") and state[k].ndim == 4)[-1]
@@ -454,7 +460,9 @@ def test_timm_backbone_pretrained_file_must_hold_every_backbone_weight(tmp_path,
     one_line(info, partial, "model.pretrained_file", "does not fit timm:test_resnet", f"missing: {dropped};")
 
     other = tmp_path / "other.safetensors"
-    save_file(timm.create_model("test_resnet", num_classes=0, in_chans=3, stem_width=8).state_dict(), str(other))
+    save_file(
+        timm.create_model("test_resnet", num_classes=0, in_chans=3, stem_width=8).state_dict(), str(other)
+    )
     with pytest.raises(CheckpointError) as info:
         build_model(ModelConfig(backbone="timm:test_resnet", pretrained_file=str(other)), 10, 3)
     one_line(info, other, "does not fit timm:test_resnet", "wrong shape: ")

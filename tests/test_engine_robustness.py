@@ -6,6 +6,7 @@ metrics written."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -215,6 +216,28 @@ def test_a_signal_after_the_last_step_skips_the_evaluation(tmp_path, monkeypatch
     assert str(info.value).startswith("stopped by SIGTERM during the final evaluation; training finished")
     assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "train_summary.json").is_file()
     assert not (run_dir / "metrics.json").exists()
+
+
+@requires_fashion_mnist
+def test_a_signal_as_training_hands_over_to_the_evaluation_is_not_lost(tmp_path, monkeypatch):
+    """A SIGTERM in the instant between training's handler and the evaluation's meets one of them, never
+    Python's default (which would end the process silently)."""
+    real = api.signals_stop_final_evaluation
+
+    @contextlib.contextmanager
+    def signal_first(run_dir):
+        os.kill(os.getpid(), signal.SIGTERM)  # before the evaluation's handler is installed
+        time.sleep(0.05)
+        with real(run_dir):
+            yield
+
+    monkeypatch.setattr(api, "signals_stop_final_evaluation", signal_first)
+    with pytest.raises(TrainingInterrupted) as info:
+        api.train(None, [*TINY, f"output.dir={tmp_path}"])
+    (run_dir,) = tmp_path.glob("*/*")
+    assert info.value.exit_code == 143
+    assert str(info.value).startswith("stopped by SIGTERM during the final evaluation; training finished")
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "metrics.json").exists()
 
 
 @requires_fashion_mnist

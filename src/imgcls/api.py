@@ -236,49 +236,51 @@ def train(
         ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
         ckpt_io.remove_stale_temp_files(run_dir)  # e.g. a model.safetensors write that was killed
     start = time.perf_counter()
-    try:
-        with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
+    # one handler hands over to the next with no gap: graceful_stop's stays installed until the final evaluation's
+    # is in place (a signal between the two would otherwise meet Python's defaults: a silent exit on SIGTERM)
+    with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
+        try:
             history = trainer.fit(resume=resume_ckpt)
+        except TrainingInterrupted as exc:
+            raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
+        except (ConfigError, DataError):
+            # a config/data error met only once training starts (an unknown module to freeze, a loss weight the head
+            # does not produce, a sampler that cannot fill a batch): a new run that saved nothing leaves no directory
+            if resume is None and dist.is_main and not any((run_dir / "checkpoints").glob("*.pt")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                for empty in (
+                    run_dir.parent,
+                    run_dir.parent.parent,
+                ):  # runs/<name>/ and output.dir, when now empty
+                    with contextlib.suppress(OSError):
+                        empty.rmdir()
+            raise
+        with signals_stop_final_evaluation(run_dir) if evaluate_after else contextlib.nullcontext():
             late_signal = stop_requested()  # arrived after the last step's check: training is complete
-    except TrainingInterrupted as exc:
-        raise TrainingInterrupted(str(exc).replace("RUN_DIR", str(run_dir)), exc.exit_code) from None
-    except (ConfigError, DataError):
-        # a config/data error met only once training starts (an unknown module to freeze, a loss weight the head
-        # does not produce, a sampler that cannot fill a batch): a new run that saved nothing leaves no directory
-        if resume is None and dist.is_main and not any((run_dir / "checkpoints").glob("*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            for empty in (
-                run_dir.parent,
-                run_dir.parent.parent,
-            ):  # runs/<name>/ and output.dir, when now empty
-                with contextlib.suppress(OSError):
-                    empty.rmdir()
-        raise
-    with signals_stop_final_evaluation(run_dir) if evaluate_after else contextlib.nullcontext():
-        earlier = (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
-        train_time = time.perf_counter() - start + earlier
-        # the in-memory path decodes once; the streaming path skips as it goes
-        skipped = set(data.skipped_files)
-        for loader in (train_loader, val_loader):
-            skipped |= getattr(loader, "skipped", set())
-        if dist.is_main and skipped:
-            record_skipped_files(run_dir, skipped)
-        if dist.is_main:
-            (run_dir / "train_summary.json").write_text(
-                json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch})
-            )
-        barrier(dist)
-        result = RunResult(run_dir, {}, history)
-        if evaluate_after:
-            if late_signal:
-                raise FinalEvaluationSignal(late_signal)
-            result.metrics = evaluate(run_dir, data=data, dist=dist)
-        elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
-            ckpt, which = load_run_checkpoint(run_dir)
-            weights, _, _ = model_from_checkpoint(ckpt, which)
-            ckpt_io.save_safetensors(
-                weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which}
-            )
+            earlier = (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
+            train_time = time.perf_counter() - start + earlier
+            # the in-memory path decodes once; the streaming path skips as it goes
+            skipped = set(data.skipped_files)
+            for loader in (train_loader, val_loader):
+                skipped |= getattr(loader, "skipped", set())
+            if dist.is_main and skipped:
+                record_skipped_files(run_dir, skipped)
+            if dist.is_main:
+                (run_dir / "train_summary.json").write_text(
+                    json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch})
+                )
+            barrier(dist)
+            result = RunResult(run_dir, {}, history)
+            if evaluate_after:
+                if late_signal:
+                    raise FinalEvaluationSignal(late_signal)
+                result.metrics = evaluate(run_dir, data=data, dist=dist)
+            elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
+                ckpt, which = load_run_checkpoint(run_dir)
+                weights, _, _ = model_from_checkpoint(ckpt, which)
+                ckpt_io.save_safetensors(
+                    weights.state_dict(), run_dir / "model.safetensors", metadata={"checkpoint": which}
+                )
     return result
 
 

@@ -8,6 +8,7 @@ reducing the flag (:func:`imgcls.runtime.distributed.all_reduce_sum`) after ever
 
 After training, :func:`signals_stop_final_evaluation` makes the same signals stop the test-set evaluation at once
 (there is no step to finish) with a :class:`~imgcls.errors.TrainingInterrupted` saying where the trained run is.
+``imgcls.api.train`` enters it inside :func:`graceful_stop`, so there is no instant between the two without a handler.
 """
 
 from __future__ import annotations

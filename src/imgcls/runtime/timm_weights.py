@@ -25,7 +25,9 @@ TIMM_LOADER_LOGGER = "timm.models._builder"
 
 # timm ≥ 1.0: "Missing keys (a, b) discovered while loading pretrained weights. …" (INFO) and
 # "Unexpected keys (a, b) found while loading pretrained weights. …" (WARNING); pinned by tests
-_KEYS_REPORT = re.compile(r"^(Missing|Unexpected) keys \((.*?)\) (?:discovered|found) while loading pretrained weights")
+_KEYS_REPORT = re.compile(
+    r"^(Missing|Unexpected) keys \((.*?)\) (?:discovered|found) while loading pretrained weights"
+)
 
 
 class _KeyReports(logging.Filter):
