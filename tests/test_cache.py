@@ -143,7 +143,7 @@ def test_existing_destinations_are_protected(tree, tmp_path):
     with pytest.raises(DataError, match="not empty"):
         # never writes into a folder that holds anything but a cache
         build_cache(tree, tree.parent, size=SIZE, workers=0)
-    with pytest.raises(DataError, match="split folders"):
+    with pytest.raises(DataError, match=r"holds split folder\(s\) test, train"):
         (tmp_path / "splits" / "train" / "a").mkdir(parents=True)
         (tmp_path / "splits" / "test").mkdir()
         build_cache(tmp_path / "splits", tmp_path / "c2", workers=0)
@@ -274,3 +274,176 @@ def test_cli_cache_and_dedup_run(tree, tmp_path, capsys, monkeypatch):
     assert code == 0, stderr
     assert "29 images, 2 unreadable: keep 27, remove 0" in " ".join(stdout.split())
     assert json.loads((tmp_path / "m.json").read_text())["counts"]["kept"] == 27
+
+
+# ------------------------------------------------------------------ layouts, empty classes, symbolic links
+def write_images(folder: Path, n: int, seed: int, prefix: str = "") -> list[Path]:
+    """``n`` distinct tiny PNGs (smooth random 16 × 16 RGB) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        paths.append(folder / f"{prefix}{i:02d}.png")
+        small.resize((16, 16), Image.BILINEAR).save(paths[-1])
+    return paths
+
+
+def no_decoding(*args, **kwargs):
+    raise AssertionError("decoding started although the input is refused")
+
+
+def test_a_folder_repeated_inside_itself_is_descended(tmp_path):
+    # how Kaggle zips unpack: asl_alphabet_train/asl_alphabet_train/{A,B}/*.png (docs/data.md's example)
+    from imgcls.data.dedup import dedup_folder
+
+    src = tmp_path / "asl_alphabet_train"
+    inner = src / "asl_alphabet_train"
+    write_images(inner / "A", 3, 1)
+    write_images(inner / "B", 2, 2)
+    summary = build_cache(src, tmp_path / "c", size=8, workers=0)
+    data = read_cache(tmp_path / "c")
+    assert data.class_names == ["A", "B"] and summary["count"] == 5
+    assert torch.bincount(data.labels).tolist() == [3, 2]
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["source"] == str(inner.resolve())
+    manifest = dedup_folder(src, threshold=1, workers=0)
+    assert sorted({e["class"] for e in manifest["kept"]}) == ["A", "B"] and manifest["counts"]["kept"] == 5
+
+
+@pytest.mark.parametrize(
+    "folders, splits, suggested",
+    [
+        (["training", "testing"], "testing, training", "training"),
+        (["Train", "Test"], "Test, Train", "Train"),
+        (
+            ["asl_alphabet_train", "asl_alphabet_test"],
+            "asl_alphabet_test, asl_alphabet_train",
+            "asl_alphabet_train",
+        ),
+        (["validation", "cat", "dog"], "validation", "validation"),  # a mix of split and class folders
+        (["Train"], "Train", "Train"),
+        (["photos-test", "cat"], "photos-test", "photos-test"),
+        (["train", "bus", "car"], "train", "train"),  # ambiguous: a class named train is refused too
+    ],
+)
+def test_split_folders_are_refused_whatever_their_spelling(tmp_path, monkeypatch, folders, splits, suggested):
+    from imgcls.data.dedup import dedup_folder
+
+    src = tmp_path / "src"
+    for k, name in enumerate(folders):
+        write_images(src / name / "x", 2, k)
+        write_images(src / name, 2, 10 + k)
+    monkeypatch.setattr(cache_module, "_cache_chunk", no_decoding)
+    root = src.resolve()
+    expected = (
+        f"'{src}' holds split folder(s) {splits}, not only class folders; run the command on one split's class tree, "
+        f"e.g. on '{root / suggested}' (a class folder named like a split must be renamed)"
+    )
+    with pytest.raises(DataError) as caught:
+        build_cache(src, tmp_path / "c", size=8, workers=0)
+    assert str(caught.value) == expected
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(DataError) as caught:
+        dedup_folder(src, workers=0)
+    assert str(caught.value) == expected
+
+
+def test_split_folders_below_a_wrapper_folder_are_refused(tmp_path):
+    # archive/ASL_Dataset/{Train,Test}: the wrapper is no class
+    src = tmp_path / "archive"
+    write_images(src / "ASL_Dataset" / "Train" / "A", 2, 0)
+    write_images(src / "ASL_Dataset" / "Test" / "A", 2, 1)
+    with pytest.raises(DataError, match=r"holds split folder\(s\) Test, Train") as caught:
+        build_cache(src, tmp_path / "c", size=8, workers=0)
+    assert f"e.g. on '{src.resolve() / 'ASL_Dataset' / 'Train'}'" in str(caught.value)
+
+
+def test_a_single_class_is_refused_by_the_cache_but_not_by_dedup(tmp_path, capsys, monkeypatch):
+    from imgcls.data.dedup import dedup_folder
+
+    src = tmp_path / "src"
+    write_images(src / "cat", 3, 0)
+    code, _, stderr = run_cli(
+        capsys, monkeypatch, "data", "cache", str(src), str(tmp_path / "c"), "--size", "8"
+    )
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, stderr
+    assert " ".join(lines[0].split()) == (
+        f"error: '{src}' holds a single class folder ('cat'); a classification cache needs at least 2 classes: "
+        "pass the folder that holds one sub-folder per class"
+    )
+    assert not (tmp_path / "c").exists()
+    assert dedup_folder(src, threshold=1, workers=0)["counts"]["kept"] == 3
+
+
+def test_an_empty_class_folder_is_refused_before_decoding(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "src"
+    write_images(src / "cat", 3, 0)
+    write_images(src / "dog", 3, 1)
+    (src / "empty").mkdir()
+    (src / "empty" / "notes.txt").write_text("no images here")
+    (src / "empty" / ".DS_Store").write_bytes(b"junk")
+    monkeypatch.setattr(cache_module, "_cache_chunk", no_decoding)
+    expected = f"class folder '{src.resolve() / 'empty'}' has no image files; add images or remove the folder"
+    with pytest.raises(DataError) as caught:
+        build_cache(src, tmp_path / "c", size=8, workers=0)
+    assert str(caught.value) == expected and not (tmp_path / "c").exists()
+    code, _, stderr = run_cli(
+        capsys, monkeypatch, "data", "cache", str(src), str(tmp_path / "c"), "--size", "8"
+    )
+    assert code == 2 and " ".join(stderr.split()) == f"error: {expected}"
+
+
+def test_a_class_emptied_by_the_exclusions_is_refused_before_decoding(tmp_path, monkeypatch):
+    from imgcls.data.dedup import dedup_folder
+
+    src = tmp_path / "src"
+    cats = write_images(src / "cat", 3, 0)
+    write_images(src / "zebra", 3, 1)
+    (src / "dog").mkdir()
+    for path in cats:  # every dog image is a copy of a cat image: the dedup removes them all
+        (src / "dog" / path.name).write_bytes(path.read_bytes())
+    manifest = tmp_path / "dedup.json"
+    dedup = dedup_folder(src, threshold=1, workers=0, out=manifest)
+    assert {e["class"] for e in dedup["removed"]} == {"dog"} and dedup["counts"]["removed"] == 3
+    monkeypatch.setattr(cache_module, "_cache_chunk", no_decoding)
+    with pytest.raises(DataError) as caught:
+        build_cache(src, tmp_path / "c", size=8, workers=0, exclude_manifest=manifest)
+    assert str(caught.value) == (
+        f"class 'dog' would lose all its 3 images to the exclusions in '{manifest}' (they duplicate images of "
+        "other classes: cat); remove the class folder if its images are mislabelled, or write the manifest with "
+        "`imgcls data dedup SRC --scope within` to keep duplicates across classes"
+    )
+    assert not (tmp_path / "c").exists()
+
+
+def test_broken_and_looping_symbolic_links_are_skipped_and_listed(tmp_path, monkeypatch):
+    from imgcls.data.dedup import dedup_folder
+
+    src = tmp_path / "src"
+    cats = write_images(src / "cat", 3, 0)
+    write_images(src / "dog", 3, 1)
+    (src / "cat" / "broken.png").symlink_to("/nonexistent/image.png")
+    (src / "cat" / "loop.png").symlink_to("loop.png")
+    summary = build_cache(src, tmp_path / "c", size=8, workers=0)
+    assert summary["count"] == 6 and summary["skipped"] == 2
+    skipped = json.loads((tmp_path / "c" / "manifest.json").read_text())["skipped"]
+    assert skipped == [
+        {"path": "cat/broken.png", "class": "cat", "reason": "FileNotFoundError: No such file or directory"},
+        {"path": "cat/loop.png", "class": "cat", "reason": "OSError: Too many levels of symbolic links"},
+    ]
+    manifest = dedup_folder(src, threshold=1, workers=0)
+    assert manifest["counts"]["kept"] == 6
+    assert [(e["path"], e["reason"]) for e in manifest["unreadable"]] == [
+        ("cat/broken.png", "FileNotFoundError: No such file or directory"),
+        ("cat/loop.png", "OSError: Too many levels of symbolic links"),
+    ]
+    # an interrupted run, then the broken link becomes valid: resuming with other files is refused
+    monkeypatch.setattr(cache_module, "_cache_chunk", failing_chunk)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_cache(src, tmp_path / "d", size=8, workers=0, chunk_size=2)
+    monkeypatch.undo()
+    (src / "cat" / "broken.png").unlink()
+    (src / "cat" / "broken.png").symlink_to(cats[0])
+    with pytest.raises(DataError, match="unfinished cache of other files or settings"):
+        build_cache(src, tmp_path / "d", size=8, workers=0, chunk_size=2)

@@ -369,3 +369,58 @@ def test_cached_round_trip_still_reads(cache_dir):
     data = read_cache(cache_dir)
     assert data.images.shape == (18, 1, 8, 8) and data.class_names == ["a", "b", "c"]
     assert json.loads((cache_dir / "manifest.json").read_text())["count"] == 18
+
+
+# ------------------------------------------------------------------------------- audit findings
+def test_a_dedup_manifest_that_would_empty_a_class_is_refused(tmp_path):
+    from imgcls.data.dedup import dedup_folder
+
+    root = make_tree(tmp_path / "data", classes=("cat", "owl"))
+    dog = root / "train" / "dog"
+    dog.mkdir()
+    for i, f in enumerate(sorted((root / "train" / "cat").iterdir())[:3]):  # dog's images duplicate cat's
+        (dog / f"copy{i}.png").write_bytes(f.read_bytes())
+    manifest = tmp_path / "dedup.json"
+    dedup_folder(root / "train", threshold=1, workers=0, out=manifest)
+    with pytest.raises(DataError) as info:
+        prepare(root, f"data.exclude_manifest={manifest}")
+    message = str(info.value)
+    assert "\n" not in message and f"data.exclude_manifest='{manifest}'" in message
+    assert "would remove every training image of class(es) 'dog' (3)" in message
+
+
+def test_one_grey_file_sorting_first_does_not_make_a_colour_set_grey(tmp_path, caplog):
+    from imgcls.data.decode import probe_channels
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "-grey.png")
+    files = [str(folder / "-grey.png")]
+    for i in range(30):
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(folder / f"{i:02d}.png")
+        files.append(str(folder / f"{i:02d}.png"))
+    with caplog.at_level(logging.INFO):
+        assert probe_channels(files) == 3
+    assert "3 channel(s): 30 colour and 1 grey image(s) among 31 sampled headers" in caplog.text
+    grey = [str(folder / "-grey.png")]
+    for mode in ("LA", "1", "I;16"):
+        Image.new(mode, (8, 8)).save(folder / f"{mode.replace(';', '')}.png")
+        grey.append(str(folder / f"{mode.replace(';', '')}.png"))
+    assert probe_channels(grey) == 1
+    assert probe_channels([str(tmp_path / "missing.png"), *grey]) == 1  # unreadable files do not vote
+
+
+def test_skipped_file_names_with_line_breaks_stay_one_entry(tmp_path):
+    from imgcls.data.decode import record_skipped_files
+
+    odd = [str(tmp_path / "bad\nname.png"), str(tmp_path / "back\\slash.png"), str(tmp_path / "plain.png")]
+    assert record_skipped_files(tmp_path, odd[:2]) == sorted(odd[:2])
+    assert record_skipped_files(tmp_path, odd) == sorted(odd)  # re-read: nothing split, nothing doubled
+    assert len((tmp_path / "skipped_files.txt").read_text().splitlines()) == 3
+
+
+def test_report_tables_escape_pipes_and_line_breaks():
+    from imgcls.evaluation.report import _table
+
+    lines = _table(["class", "f1"], [["a|b", 0.5], ["new\nline", 0.25]])
+    assert lines[2:] == ["| a\\|b | 0.5000 |", "| new line | 0.2500 |"]

@@ -206,3 +206,121 @@ def test_shipped_asl_config_reads_the_kaggle_layout(tmp_path):
     assert data.class_names[19:22] == ["S", "Space", "T"]
     assert len(data.test) == 28 and len(data.holdout) == 28 and len(data.train) + len(data.val) == 28 * 3
     assert data.channels == 1 and data.image_size == 96 and data.train.images.shape[1:] == (1, 96, 96)
+
+
+# ------------------------------------------------------------------------------- ambiguous trees (audit findings)
+def test_a_wrapper_beside_a_folder_of_images_is_refused_not_read_as_two_classes(tmp_path):
+    class_tree(tmp_path / "ASL_Dataset" / "Train", 2)
+    class_tree(tmp_path / "ASL_Dataset" / "Test", 1)
+    write_images(tmp_path / "sample_images", ["x.jpg", "y.jpg"])
+    with pytest.raises(DataError) as info:
+        source(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "is no class tree" in message and "ASL_Dataset" in message
+    assert f"'{tmp_path / 'ASL_Dataset'}'" in message
+    # a wrapper beside a folder without images (docs, a licence) is still the data set
+    (tmp_path / "sample_images").rename(tmp_path / "old")
+    for f in (tmp_path / "old").iterdir():
+        f.unlink()
+    (tmp_path / "old" / "LICENSE.txt").write_text("cc-by")
+    assert source(tmp_path).train.class_names == CLASSES
+
+
+def test_a_class_named_train_in_a_train_only_tree_is_not_taken_for_the_train_folder(tmp_path):
+    class_tree(tmp_path, 3, ["bus", "car"])
+    write_images(
+        tmp_path / "train" / "2019", ["a.jpg", "b.jpg"]
+    )  # would make classes 2019/2020, dropping bus/car
+    write_images(tmp_path / "train" / "2020", ["c.jpg", "d.jpg"])
+    with pytest.raises(DataError) as info:
+        source(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "has a train folder 'train' but no test folder" in message
+    assert "(bus, car)" in message and f"data.train_dir='{tmp_path}'" in message
+    # what the line says works: all three are classes
+    assert source(tmp_path, f"data.train_dir={tmp_path}").train.class_names == ["bus", "car", "train"]
+
+
+def test_a_train_folder_of_images_without_class_folders_says_so(tmp_path):
+    write_images(tmp_path / "train", ["a.jpg", "b.jpg"])
+    class_tree(tmp_path / "test", 1, ["a", "b"])
+    with pytest.raises(DataError, match=r"holds images but no class sub-folders; put each class's images in"):
+        source(tmp_path)
+
+
+def test_classes_equal_but_for_case_keep_their_own_test_folders(tmp_path):
+    class_tree(tmp_path / "train", 3, ["A", "a", "b"])
+    class_tree(tmp_path / "test", 2, ["A", "a", "b"])
+    src = source(tmp_path)
+    assert src.train.class_names == ["A", "a", "b"]
+    assert torch.bincount(src.test.labels).tolist() == [2, 2, 2]
+    assert all(
+        f"/test/{src.train.class_names[c]}/" in f
+        for f, c in zip(src.test.files, src.test.labels.tolist(), strict=True)
+    )
+    # two test folders of one class, or one that could be either of two classes: an error, never a silent pick
+    write_images(tmp_path / "test" / "B", ["extra.jpg"])
+    with pytest.raises(DataError, match=r"has two folders for class 'b': 'b' and 'B'; merge them"):
+        source(tmp_path)
+    other = tmp_path / "other"
+    class_tree(other / "train", 2, ["AB", "ab"])
+    class_tree(other / "test", 1, ["Ab"])
+    with pytest.raises(DataError, match=r"test folder '.*/Ab' could be class 'AB' or 'ab' .*rename it"):
+        source(other)
+
+
+def test_flat_test_names_prefer_the_exactly_spelled_class_and_refuse_ambiguity():
+    names = ["A", "a", "b"]
+    assert class_from_filename("a_test", names) == 1 and class_from_filename("A_test", names) == 0
+    assert class_from_filename("B_test", names) == 2  # one class only, whatever the case
+    with pytest.raises(DataError, match=r"test file name 'Ab_1' could be class 'AB' or 'ab'"):
+        class_from_filename("Ab_1", ["AB", "ab"])
+
+
+def test_unicode_normal_forms_match_class_folders(tmp_path):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    class_tree(tmp_path / "train", 2, [nfc, "dog"])
+    class_tree(tmp_path / "test", 1, [nfd, "dog"])  # as a zip made on macOS unpacks
+    src = source(tmp_path)
+    assert torch.bincount(src.test.labels, minlength=2).tolist() == [1, 1]
+    assert class_from_filename(unicodedata.normalize("NFD", "Café_3"), [nfc, "dog"]) == 0
+
+
+def test_a_class_folder_that_is_a_broken_link_is_an_error_not_a_missing_class(tmp_path):
+    class_tree(tmp_path / "train", 2, ["cat", "dog"])
+    class_tree(tmp_path / "test", 1, ["cat", "dog"])
+    (tmp_path / "train" / "owl").symlink_to(tmp_path / "unmounted" / "owl")
+    with pytest.raises(DataError) as info:
+        source(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and f"'{tmp_path / 'train' / 'owl'}' is a broken symbolic link" in message
+    assert "unmounted" in message
+    # a broken link with an image's name is a file: listed, then skipped as unreadable
+    (tmp_path / "train" / "owl").unlink()
+    (tmp_path / "train" / "cat" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert sum("gone.jpg" in f for f in source(tmp_path).train.files) == 1
+
+
+def test_images_beside_class_folders_are_named_in_a_warning(tmp_path, caplog):
+    class_tree(tmp_path / "train", 2, ["cat", "dog"])
+    class_tree(tmp_path / "test", 1, ["cat", "dog"])
+    write_images(tmp_path / "train", ["stray_0.jpg", "stray_1.jpg"])
+    with caplog.at_level(logging.WARNING):
+        src = source(tmp_path)
+    assert len(src.train) == 4
+    assert f"2 image file(s) directly in '{tmp_path / 'train'}' are in no class folder" in caplog.text
+
+
+def test_training_classes_without_test_images_are_noted(tmp_path, caplog):
+    class_tree(tmp_path / "train", 4, ["cat", "dog", "owl"])
+    class_tree(tmp_path / "test", 2, ["cat", "owl"])
+    (tmp_path / "test" / "owl" / "owl0.jpg").write_bytes(b"garbage")
+    (tmp_path / "test" / "owl" / "owl1.jpg").write_bytes(b"")
+    cfg = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path}", "data.num_workers=0"])
+    with caplog.at_level(logging.WARNING):
+        data = prepare_data(cfg)
+    line = "training class(es) without a readable test image: dog, owl; the test metrics cover 1 of 3 classes"
+    assert line in caplog.text and line in data.notes

@@ -15,7 +15,9 @@ runs in a process pool over chunks of files; each finished chunk is written atom
 ``DST/.partial/`` (its ``.json`` record, written last, marks it done), so an interrupted run
 resumes where it stopped and only the final assembly is repeated; a damaged chunk (truncated or
 garbage file) is decoded again, with a warning. A class folder none of whose images can be read stops the
-build with one line (a class with no image would silently vanish from training). ``data.name: cached`` with
+build with one line (a class with no image would silently vanish from training), and so do, before any decoding, a
+class folder without image files, a single class, and exclusions that would remove all images of a class; broken
+symbolic links are skipped and listed like unreadable files. ``data.name: cached`` with
 ``data.root: DST`` trains from the cache in memory; a damaged finished cache (a truncated, garbage or missing
 file, contents that disagree with the manifest) is one line saying so and giving the command that rebuilds it.
 """
@@ -37,7 +39,7 @@ import torch
 from imgcls.config import DataConfig
 from imgcls.data.chunked import default_workers, run_chunks
 from imgcls.data.decode import _BAD_IMAGE_ERRORS, decode_image, describe_decode_error
-from imgcls.data.dedup import canonical_paths, load_exclusions, write_json_atomic
+from imgcls.data.dedup import canonical_paths, load_exclusion_entries, write_json_atomic
 from imgcls.data.images import ImageData
 from imgcls.data.sources import DataSource
 from imgcls.data.splits import stratified_split
@@ -121,12 +123,54 @@ def _chunk_intact(partial: Path, k: int, n_files: int, size: int, channels: int)
 
 
 def _files_digest(root: Path, files: list[str]) -> str:
-    """Identity of the work: relative path, size and mtime of every file (changes invalidate a partial run)."""
+    """Identity of the work: relative path, size and mtime of every file (changes invalidate a partial run).
+
+    A file that cannot be stat'ed (a broken symbolic link, a link loop: listed so that it is skipped as
+    unreadable) is recorded as missing with its link's own lstat data, so the identity changes when the
+    link is repaired or retargeted."""
     h = hashlib.sha256()
     for f in files:
-        st = os.stat(f)
-        h.update(f"{os.path.relpath(f, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        rel = os.path.relpath(f, root)
+        try:
+            st = os.stat(f)
+            h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            try:
+                target = os.readlink(f) if os.path.islink(f) else ""
+                lst = os.lstat(f)
+                h.update(f"{rel}\tmissing\t{target}\t{lst.st_mtime_ns}\n".encode())
+            except OSError:  # gone since it was listed
+                h.update(f"{rel}\tabsent\n".encode())
     return h.hexdigest()
+
+
+def _refuse_emptied_classes(
+    labels: list[int],
+    keep: list[bool],
+    class_names: list[str],
+    matches: list[tuple[str, str | None]],
+    exclude_manifest: str | Path,
+) -> None:
+    """A one-line error when the exclusions remove every image of a class (it would train without data)."""
+    total = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    kept = np.bincount(
+        np.asarray(labels, dtype=np.int64)[np.asarray(keep, dtype=bool)], minlength=len(class_names)
+    )
+    dead = [c for c in range(len(class_names)) if total[c] > 0 and kept[c] == 0]
+    if not dead:
+        return
+    name = class_names[dead[0]]
+    matched = {dup for cls, dup in matches if cls == name}
+    if matched and name not in matched and None not in matched:
+        why = f"they duplicate images of other classes: {', '.join(sorted(matched))}"
+    else:
+        why = "they are near-duplicates of other images"
+    others = f"; so would {', '.join(class_names[c] for c in dead[1:6])}" if len(dead) > 1 else ""
+    raise DataError(
+        f"class '{name}' would lose all its {total[dead[0]]} images to the exclusions in '{exclude_manifest}' "
+        f"({why}){others}; remove the class folder if its images are mislabelled, or write the manifest with "
+        "`imgcls data dedup SRC --scope within` to keep duplicates across classes"
+    )
 
 
 def _prepare_destination(dst: Path, overwrite: bool) -> None:
@@ -168,21 +212,32 @@ def build_cache(
         raise DataError(f"--size and --chunk-size must be positive (got {size} and {chunk_size})")
     start = time.perf_counter()
     root, files, labels, class_names = scan_class_tree(src)
+    if len(class_names) < 2:
+        raise DataError(
+            f"'{src}' holds a single class folder ('{class_names[0]}'); a classification cache needs at least "
+            "2 classes: pass the folder that holds one sub-folder per class"
+        )
     channels = 1 if grayscale else 3
     excluded: list[dict] = []
+    matches: list[tuple[str, str | None]] = []  # (class, class of the duplicate kept) per excluded file
     if exclude_manifest is not None:
-        removed = load_exclusions(exclude_manifest)
+        removed = load_exclusion_entries(exclude_manifest)
         keep = []
         for f, canon, label in zip(files, canonical_paths(files), labels, strict=True):
             if canon in removed:
+                entry = removed[canon]
                 excluded.append(
-                    {"path": os.path.relpath(f, root), "class": class_names[label], "reason": removed[canon]}
+                    {"path": os.path.relpath(f, root), "class": class_names[label], "reason": entry["reason"]}
                 )
+                matches.append((class_names[label], entry.get("duplicate_class")))
             keep.append(canon not in removed)
+        if not any(keep):
+            raise DataError(
+                f"all images under '{root}' are excluded by '{exclude_manifest}'; nothing to cache"
+            )
+        _refuse_emptied_classes(labels, keep, class_names, matches, exclude_manifest)
         files = [f for f, k in zip(files, keep, strict=True) if k]
         labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
-    if not files:
-        raise DataError(f"all images under '{root}' are excluded by '{exclude_manifest}'; nothing to cache")
     dst = Path(dst).expanduser()
     if dst.resolve() == root or root in dst.resolve().parents:
         raise DataError(f"the cache folder '{dst}' is inside the source '{root}'; choose a folder outside it")

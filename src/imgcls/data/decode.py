@@ -12,6 +12,7 @@ EXIF orientation tags are not applied: pixels are used as stored, as torchvision
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 import warnings
 from pathlib import Path
@@ -170,13 +171,18 @@ def unreadable_reason(path: str) -> str:
     return "readable now"
 
 
+def _spread(count: int, sample: int) -> list[int]:
+    """At most ``sample`` indices evenly spread over ``range(count)`` (first and last included)."""
+    n = min(sample, count)
+    return sorted({round(k * (count - 1) / max(n - 1, 1)) for k in range(n)})
+
+
 def probe_size(files: list[str], sample: int = SIZE_SAMPLE) -> int:
     """The median shorter side of (at most ``sample``, evenly spread) images, read from their headers only;
     below :data:`MIN_IMAGE_SIZE` pixels is an error (set ``data.image_size`` to upscale on purpose)."""
     from imgcls.errors import DataError
 
-    n = min(sample, len(files))
-    picks = sorted({round(k * (len(files) - 1) / max(n - 1, 1)) for k in range(n)})
+    picks = _spread(len(files), sample)
     sides: list[tuple[int, str]] = []
     for i in picks:
         try:
@@ -199,15 +205,27 @@ def probe_size(files: list[str], sample: int = SIZE_SAMPLE) -> int:
     return size
 
 
-def probe_channels(files: list[str]) -> int:
-    """1 when the first readable image is single-channel, else 3."""
-    for path in files[:20]:
+def probe_channels(files: list[str], sample: int = SIZE_SAMPLE) -> int:
+    """3 when any of (at most ``sample``, evenly spread) images is in colour, 1 when all readable ones are grey
+    (``L``, ``LA``, ``1``, 16-bit and float modes), read from their headers only; one grey file that happens to
+    sort first does not make a colour data set grey. ``data.channels`` overrides it."""
+    grey = colour = 0
+    for i in _spread(len(files), sample):
         try:
-            with Image.open(path) as img:
-                return 1 if img.mode in ("L", "1", *DEEP_GRAY_MODES) else 3
+            with Image.open(files[i]) as img:
+                is_grey = img.mode in ("L", "LA", "1", *DEEP_GRAY_MODES)
         except _BAD_IMAGE_ERRORS:
             continue
-    return 3
+        grey, colour = grey + is_grey, colour + (not is_grey)
+    channels = 3 if colour or not grey else 1
+    log.info(
+        "data: %d channel(s): %d colour and %d grey image(s) among %d sampled headers (set data.channels to force)",
+        channels,
+        colour,
+        grey,
+        grey + colour,
+    )
+    return channels
 
 
 def load_files_into_memory(
@@ -250,14 +268,26 @@ def warn_skipped(skipped: list[str] | set[str], where: str = "") -> None:
         )
 
 
+def _escape_line(path: str) -> str:
+    """One line per path in ``skipped_files.txt``: a backslash, newline or carriage return in a file name is
+    written as ``\\``, ``\\n``, ``\\r`` (so a name with a newline stays one entry)."""
+    return path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _unescape_line(line: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), line)
+
+
 def record_skipped_files(run_dir: Path, skipped: set[str] | list[str]) -> list[str]:
     """Add ``skipped`` (unreadable image files) to the run's ``skipped_files.txt``, one per line, warn once
     about the new ones (not about those :func:`warn_skipped` has named already), and return the whole list."""
     path = Path(run_dir) / "skipped_files.txt"
-    before = set(path.read_text().split("\n")) - {""} if path.is_file() else set()
+    before = (
+        {_unescape_line(line) for line in path.read_text().split("\n") if line} if path.is_file() else set()
+    )
     new = sorted(set(skipped) - before)
     if new:
-        path.write_text("\n".join(sorted(before | set(skipped))) + "\n")
+        path.write_text("".join(_escape_line(f) + "\n" for f in sorted(before | set(skipped))))
         unannounced = [f for f in new if f not in _ANNOUNCED]
         _ANNOUNCED.update(new)
         (log.warning if unannounced else log.info)(

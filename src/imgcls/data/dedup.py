@@ -240,8 +240,9 @@ def canonical_paths(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def load_exclusions(path: str | Path) -> dict[str, str]:
-    """Removed files of a dedup manifest: canonical absolute path → why it was removed."""
+def load_exclusion_entries(path: str | Path) -> dict[str, dict]:
+    """Removed files of a dedup manifest: canonical absolute path → ``{"reason": why it was removed,
+    "duplicate_class": the class of the kept image it duplicates (None when the manifest lacks it)}``."""
     path = Path(path)
     try:
         manifest = json.loads(path.read_text())
@@ -259,9 +260,17 @@ def load_exclusions(path: str | Path) -> dict[str, str]:
     entries = manifest.get("removed", [])
     paths = canonical_paths(os.path.join(root, e["path"]) for e in entries)
     return {
-        p: f"near-duplicate of {e['duplicate_of']} (Hamming distance {e['distance']})"
+        p: {
+            "reason": f"near-duplicate of {e['duplicate_of']} (Hamming distance {e['distance']})",
+            "duplicate_class": e.get("duplicate_class"),
+        }
         for p, e in zip(paths, entries, strict=True)
     }
+
+
+def load_exclusions(path: str | Path) -> dict[str, str]:
+    """Removed files of a dedup manifest: canonical absolute path → why it was removed."""
+    return {p: e["reason"] for p, e in load_exclusion_entries(path).items()}
 
 
 def exclude_removed(part: ImageData, removed: dict[str, str], what: str = "data") -> tuple[ImageData, int]:

@@ -158,6 +158,36 @@ def _require_every_class(
     )
 
 
+def _require_exclusions_leave_every_class(before: ImageData, after: ImageData, manifest: str) -> None:
+    """A dedup manifest that would take every training image of a class is an error, not an empty class."""
+    k = len(before.class_names)
+    had, left = torch.bincount(before.labels, minlength=k), torch.bincount(after.labels, minlength=k)
+    lost = torch.nonzero((had > 0) & (left == 0)).flatten().tolist()
+    if lost:
+        names = ", ".join(f"'{before.class_names[c]}' ({int(had[c])})" for c in lost[:5])
+        raise DataError(
+            f"the exclusions in data.exclude_manifest='{manifest}' would remove every training image of class(es) "
+            f"{names}: they duplicate images of other classes; fix or remove those class folders, or train without "
+            "the manifest"
+        )
+
+
+def _note_untested_classes(test: ImageData, notes: list[str]) -> None:
+    """Training classes left without a (readable) test image: the test metrics cover fewer classes; say so."""
+    k = len(test.class_names)
+    untested = [
+        test.class_names[c] for c in torch.nonzero(torch.bincount(test.labels, minlength=k) == 0).flatten()
+    ]
+    if untested:
+        listed = ", ".join(untested[:5]) + (" ..." if len(untested) > 5 else "")
+        line = (
+            f"training class(es) without a readable test image: {listed}; the test metrics cover "
+            f"{k - len(untested)} of {k} classes"
+        )
+        log.warning("warning: %s", line)
+        notes.append(line)
+
+
 def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedData:
     d = cfg.data
     source: DataSource = DATASETS.build(d.name, cfg=d)
@@ -170,7 +200,9 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     if d.exclude_manifest:  # near-duplicates removed by `imgcls data dedup`, before any split or subset
         from imgcls.data.dedup import apply_exclude_manifest
 
+        before = train
         train, test = apply_exclude_manifest(train, test, d.exclude_manifest)
+        _require_exclusions_leave_every_class(before, train, d.exclude_manifest)
     # every file's header, before the hold-out, subsets and splits (which then count readable files only)
     origin = train
     train, reasons = _screen_headers(train, d.num_workers)
@@ -221,6 +253,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         reasons.update(probe_reasons)
         _require_every_class(origin, before, train, reasons)
 
+    _note_untested_classes(test, notes)
     keep, held = stratified_split(train.labels, d.val_fraction, d.split_seed)
     val = train.subset(held)
     train = train.subset(keep)

@@ -31,6 +31,7 @@ from imgcls.data.layouts import (
     IMAGE_EXTENSIONS,
     carve_test,
     is_junk,
+    name_key,
     resolve_layout,
     scan_flat,
     scan_folder,
@@ -290,11 +291,11 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     else:
         test_files, test_labels, _ = scan_folder(layout.test_dir, names)
         test = _folder_split(test_files, test_labels, names)
-        known = {n.lower() for n in names}
+        known = {name_key(n) for n in names}
         extra = sorted(
             d.name
             for d in layout.test_dir.iterdir()
-            if d.is_dir() and not is_junk(d.name) and d.name.lower() not in known
+            if d.is_dir() and not is_junk(d.name) and name_key(d.name) not in known
         )
         if extra:
             log.warning(

@@ -80,7 +80,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.4f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    # a class named "a|b" or one with a line break in its folder name must not split the Markdown table
+    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
