@@ -11,6 +11,8 @@ project writes get the umask's normal mode.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
@@ -487,3 +489,137 @@ def test_written_files_get_the_umask_mode_not_0600(stopped_run, tmp_path):
         "model.safetensors",
         "state.pt",
     ]  # no temporary files
+
+
+# ------------------------------------------------------------------------------- audit findings (runs and locks)
+def test_a_lost_best_checkpoint_is_an_error_not_last_reported_as_best(run_copy):
+    (run_copy / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(CheckpointError) as info:
+        runs.load_run_checkpoint(run_copy, "best")
+    one_line(
+        info,
+        run_copy / "checkpoints" / "best.pt",
+        "is missing, although the run selected a best",
+        "--checkpoint last",
+    )
+    # a directory in its place is no checkpoint either
+    (run_copy / "checkpoints" / "best.pt").mkdir()
+    with pytest.raises(CheckpointError, match="is missing, although the run selected a best checkpoint"):
+        runs.load_run_checkpoint(run_copy, "best")
+    ckpt, which = runs.load_run_checkpoint(run_copy, "last")  # what the line says works
+    assert which == "last" and ckpt["progress"]["global_epoch"] == 1
+
+
+def test_without_a_validation_split_best_falls_back_to_last(tmp_path):
+    root = make_tree(tmp_path / "data")
+    with single_thread():
+        run_dir = api.train(
+            None,
+            [*TINY, "data.val_fraction=0", f"data.root={root}", f"output.dir={tmp_path / 'runs'}"],
+            evaluate_after=False,
+        ).run_dir
+    assert not (run_dir / "checkpoints" / "best.pt").exists()
+    ckpt, which = runs.load_run_checkpoint(run_dir, "best")
+    assert which == "best" and ckpt["progress"]["global_epoch"] == 1
+
+
+def test_damaged_preprocessing_or_integer_weights_are_one_line(run_copy):
+    path = run_copy / "checkpoints" / "best.pt"
+    good = ckpt_io.load_checkpoint(path)
+    for key, value, fragment in (
+        ("channels", "abc", "its 'preprocess' has channels='abc', not a positive integer"),
+        ("image_size", 0, "its 'preprocess' has image_size=0, not a positive integer"),
+        ("std", [0.0], "its 'preprocess' has std=[0.0], not 1 finite number(s) above 0"),
+        ("mean", [float("nan")], "its 'preprocess' has mean=[nan], not 1 finite number(s)"),
+    ):
+        ckpt = {**good, "preprocess": {**good["preprocess"], key: value}}
+        ckpt_io.atomic_save(ckpt, path)
+        with pytest.raises(CheckpointError) as info:
+            api.load(run_copy, "best")
+        one_line(info, path, "is damaged: ", fragment)
+    ckpt_io.atomic_save({**good, "model": {k: v.long() for k, v in good["model"].items()}}, path)
+    with pytest.raises(CheckpointError) as info:
+        api.load(run_copy, "best")
+    one_line(info, path, "holds no floating-point weights")
+    key = next(k for k, v in good["model"].items() if v.is_floating_point() and v.ndim == 4)
+    ckpt_io.atomic_save({**good, "model": {**good["model"], key: good["model"][key].long()}}, path)
+    with pytest.raises(
+        CheckpointError, match=rf"wrong type: {key} is torch.int64 in the file, torch.float32 in the model"
+    ):
+        api.load(run_copy, "best")
+    nan = {**good["model"], key: torch.full_like(good["model"][key], float("nan"))}
+    ckpt_io.atomic_save({**good, "model": nan}, path)
+    with pytest.raises(CheckpointError, match=rf"has non-finite weights \({key}\)"):
+        api.load(run_copy, "best")  # prediction too, not only the evaluation
+
+
+def test_a_second_process_training_the_same_run_is_refused(tmp_path):
+    from imgcls.runtime.run_lock import hold_run_lock
+
+    with hold_run_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(CheckpointError) as info, hold_run_lock(tmp_path):
+            pass
+    message = str(info.value)
+    assert (
+        "\n" not in message
+        and f"run '{tmp_path}' is being trained by another process (PID {os.getpid()})" in message
+    )
+    with hold_run_lock(tmp_path):  # released when the first holder is done
+        pass
+
+
+def test_resume_while_another_process_trains_the_run_leaves_its_files_alone(run_copy):
+    from imgcls.runtime.run_lock import hold_run_lock
+
+    stale = run_copy / "checkpoints" / ".last.pt.abc123.tmp"  # another process's write in flight
+    stale.write_bytes(b"half")
+    with hold_run_lock(run_copy), pytest.raises(CheckpointError, match="is being trained by another process"):
+        api.train(resume=run_copy, evaluate_after=False)
+    assert stale.is_file()
+
+
+def test_a_deleted_config_is_written_again_before_the_next_checkpoint(tmp_path, capsys):
+    class DeleteConfig(Callback):
+        name = "delete_config"
+
+        def on_epoch_end(self, trainer, metrics) -> None:
+            if metrics["epoch"] == 1:
+                saver = next(cb for cb in trainer.callbacks if cb.name == "checkpointer")
+                (saver.directory.parent / "config.yaml").unlink()
+
+    root = make_tree(tmp_path / "data")
+    with single_thread():
+        result = api.train(
+            None,
+            [*TINY, "train.epochs=2", f"data.root={root}", f"output.dir={tmp_path / 'runs'}"],
+            callbacks=[DeleteConfig()],
+        )
+    assert (result.run_dir / "config.yaml").is_file() and result.metrics["num_samples"] > 0
+    expected = f"warning: '{result.run_dir / 'config.yaml'}' was deleted during training"
+    assert squeeze(expected) in squeeze(capsys.readouterr().err)
+
+
+def test_training_time_adds_the_attempts_before_a_resume(run_copy):
+    before = ckpt_io.load_checkpoint(run_copy / "checkpoints" / "recovery.pt", resumable=True)["elapsed_s"]
+    assert before > 0
+    with single_thread():
+        api.train(resume=run_copy, evaluate_after=False)
+    summary = json.loads((run_copy / "train_summary.json").read_text())
+    last = ckpt_io.load_checkpoint(run_copy / "checkpoints" / "last.pt", resumable=True)
+    assert summary["train_time_s"] > before and last["elapsed_s"] > before
+
+
+def test_evaluating_a_read_only_run_is_refused_before_the_work(run_copy, monkeypatch):
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(
+        api, "prepare_data", lambda *a, **k: pytest.fail("evaluated a run it cannot write to")
+    )
+    with pytest.raises(CheckpointError) as info:
+        api.evaluate(run_copy, "last")
+    one_line(info, run_copy, "is not writable (Read-only file system)", "copy the run somewhere writable")

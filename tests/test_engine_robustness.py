@@ -273,3 +273,21 @@ def test_sigterm_during_the_final_evaluation_in_a_real_process(tmp_path):
     assert (run_dir / "checkpoints" / "best.pt").is_file() and not (run_dir / "metrics.json").exists()
     metrics = api.evaluate(run_dir)  # what the line says to do works
     assert metrics["num_samples"] == 100 and (run_dir / "metrics.json").is_file()
+
+
+def test_sighup_stops_training_gracefully_unless_started_under_nohup():
+    from imgcls.runtime.signals import graceful_stop, stop_requested
+
+    with graceful_stop():
+        os.kill(os.getpid(), signal.SIGHUP)  # the terminal or ssh session closed
+        time.sleep(0.05)
+        assert stop_requested() == signal.SIGHUP
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
+    try:
+        with graceful_stop():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            assert stop_requested() is None
+    finally:
+        signal.signal(signal.SIGHUP, before)

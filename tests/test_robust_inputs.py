@@ -310,10 +310,47 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, mo
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(CheckpointError) as info:
         ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": torch.zeros(3)}, path)
-    assert str(info.value).startswith(f"no space left on device at {path}; the previous checkpoint is intact")
+    assert str(info.value) == (
+        f"no space left on device at {path}; the file it replaces is intact (free some space and run the command again)"
+    )
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_disk_full_inside_torchs_zip_writer_is_one_line_naming_the_resume(tmp_path, monkeypatch):
+    """torch's writer, closing after an ENOSPC mid-record, raises its own RuntimeError ("unexpected pos") with the
+    OSError only as its context: still a full disk, still one line, the previous checkpoint intact."""
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def full_mid_record(obj, fh, *args, **kwargs):
+        class Full:
+            def __init__(self) -> None:
+                self.written = 0
+
+            def write(self, data) -> int:
+                self.written += len(data)
+                if self.written > 100:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return fh.write(data)
+
+            def flush(self) -> None:
+                fh.flush()
+
+        return real_save(obj, Full(), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_mid_record)
+    with pytest.raises(CheckpointError) as info:
+        ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "v": torch.zeros(1000)}, path)
+    assert str(info.value) == (
+        f"no space left on device at {path}; the file it replaces is intact (free some space, then resume with "
+        f"`imgcls train --resume {tmp_path / 'run'}`)"
+    )
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
 def test_disk_full_while_writing_a_report_is_one_line(tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from imgcls.runs import (  # noqa: F401  (public API)
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from imgcls.runtime.precision import configure_backends, resolve_device
+from imgcls.runtime.run_lock import hold_run_lock
 from imgcls.runtime.signals import (
     FinalEvaluationSignal,
     graceful_stop,
@@ -232,13 +234,14 @@ def train(
     )
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
-        ckpt_io.remove_stale_temp_files(run_dir)  # e.g. a model.safetensors write that was killed
-    start = time.perf_counter()
-    # one handler hands over to the next with no gap: graceful_stop's stays installed until the final evaluation's
-    # is in place (a signal between the two would otherwise meet Python's defaults: a silent exit on SIGTERM)
-    with graceful_stop():  # SIGTERM/SIGINT: finish the step, save, stop with a line saying how to resume
+    # one process trains a run folder at a time (two resumes would delete each other's temporary files);
+    # one signal handler hands over to the next with no gap: graceful_stop's stays installed until the final
+    # evaluation's is in place (a signal between the two would otherwise meet Python's defaults: a silent exit)
+    with hold_run_lock(run_dir) if dist.is_main else contextlib.nullcontext(), graceful_stop():
+        if dist.is_main:
+            ckpt_io.atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+            ckpt_io.remove_stale_temp_files(run_dir / "checkpoints")
+            ckpt_io.remove_stale_temp_files(run_dir)  # e.g. a model.safetensors write that was killed
         try:
             history = trainer.fit(resume=resume_ckpt)
         except TrainingInterrupted as exc:
@@ -257,8 +260,7 @@ def train(
             raise
         with signals_stop_final_evaluation(run_dir) if evaluate_after else contextlib.nullcontext():
             late_signal = stop_requested()  # arrived after the last step's check: training is complete
-            earlier = (resume_ckpt or {}).get("metrics", {}).get("train_time_s", 0.0)
-            train_time = time.perf_counter() - start + earlier
+            train_time = trainer.train_time_s  # the attempts before a resume included
             # the in-memory path decodes once; the streaming path skips as it goes
             skipped = set(data.skipped_files)
             for loader in (train_loader, val_loader):
@@ -266,15 +268,16 @@ def train(
             if dist.is_main and skipped:
                 record_skipped_files(run_dir, skipped)
             if dist.is_main:
-                (run_dir / "train_summary.json").write_text(
-                    json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch})
+                ckpt_io.atomic_write_text(
+                    run_dir / "train_summary.json",
+                    json.dumps({"train_time_s": train_time, "epochs": trainer.state.global_epoch}),
                 )
             barrier(dist)
             result = RunResult(run_dir, {}, history)
             if evaluate_after:
                 if late_signal:
                     raise FinalEvaluationSignal(late_signal)
-                result.metrics = evaluate(run_dir, data=data, dist=dist)
+                result.metrics = evaluate(run_dir, cfg.eval.checkpoint, data=data, dist=dist)
             elif dist.is_main:  # every run leaves inference weights (evaluation writes those it evaluated)
                 ckpt, which = load_run_checkpoint(run_dir)
                 weights, _, _ = model_from_checkpoint(ckpt, which)
@@ -324,6 +327,27 @@ def check_resume_fits(
 
 
 # ---------------------------------------------------------------------------------- evaluate
+def _require_writable(run_dir: Path) -> None:
+    """Evaluation writes metrics.json, report.md and figures into the run: refuse a read-only one up front,
+    not after the whole evaluation."""
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise CheckpointError(
+            f"run directory '{run_dir}' is not writable ({exc.strerror or exc}); evaluation writes metrics.json, "
+            "report.md and figures into it: copy the run somewhere writable (cp -r) and evaluate the copy"
+        ) from None
+
+
+def _recorded_train_time(path: Path) -> float:
+    """train_summary.json's training time (NaN when the file is missing or unreadable)."""
+    try:
+        return float(json.loads(path.read_text())["train_time_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
 def evaluate(
     run_dir: str | Path,
     checkpoint: str | None = None,
@@ -338,12 +362,14 @@ def evaluate(
 
     run_dir = Path(run_dir)
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
+    dist = dist or DistInfo()
+    if dist.is_main:
+        _require_writable(run_dir)
     model, cfg, taxonomy = model_from_checkpoint(ckpt, which)
     if ckpt.get("execution") and cfg.train.precision == "auto":  # the precision training measured
         cfg.train.precision = ckpt["execution"]["precision"]
     if data_overrides:
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), data_overrides))
-    dist = dist or DistInfo()
     device = resolve_device(cfg.train.device)
     if data is None or data_overrides:
         data = prepare_data(cfg, need_train=False)
@@ -357,10 +383,7 @@ def evaluate(
         "ema": "exponential moving average of the weights",
         "swa": "stochastic weight averaging",
     }[which]
-    summary_path = run_dir / "train_summary.json"
-    train_time = (
-        json.loads(summary_path.read_text())["train_time_s"] if summary_path.is_file() else float("nan")
-    )
+    train_time = _recorded_train_time(run_dir / "train_summary.json")
     return evaluate_model(
         model,
         cfg,
@@ -386,9 +409,11 @@ def load(
     """Load a run's model for inference (`imgcls.load(run_dir).predict(["shoe.png"])`); with ``calibrated``
     the temperature fitted by evaluation (``eval.calibration: temperature``) for this checkpoint is applied."""
     from imgcls.evaluation.calibration import stored_temperature
+    from imgcls.evaluation.evaluate import require_finite_weights
 
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, _, taxonomy = model_from_checkpoint(ckpt, which)
+    require_finite_weights(model, Path(run_dir), which)  # NaN weights would predict NaN probabilities
     temperature = stored_temperature(Path(run_dir), which, ckpt) if calibrated else 1.0
     return Predictor(model, ckpt["preprocess"], ckpt["class_names"], taxonomy, device, temperature)
 

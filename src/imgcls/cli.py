@@ -646,6 +646,17 @@ INTERRUPTED = (
 )
 
 
+def _exit_disk_full(filename: str | None) -> None:
+    where = f" at {filename}" if filename else ""
+    err.print(
+        f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
+        "(free some space and rerun)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(2)
+
+
 def exit_interrupted(code: int, message: str | None = INTERRUPTED) -> None:
     """Print ``message`` and exit with ``code``; a further Ctrl-C (pressed twice quickly, it lands while the
     interpreter shuts down) ends the process at once and quietly instead of showing a traceback from
@@ -678,18 +689,17 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:  # older typer / click let it through
         exit_interrupted(130)
+    except RuntimeError as exc:  # torch's zip writer closing after an ENOSPC: the OSError is its context
+        from imgcls.runtime.checkpoint import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        _exit_disk_full(None)
     except OSError as exc:
         from imgcls.runtime.checkpoint import is_disk_full
 
         if is_disk_full(exc):
-            where = f" at {exc.filename}" if exc.filename else ""
-            err.print(
-                f"[bold red]error:[/] no space left on device{escape(where)}; the files written before are intact "
-                "(free some space and rerun)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            sys.exit(2)
+            _exit_disk_full(exc.filename)
         if exc.filename is None:  # not about a file the user named: a real fault, keep its traceback
             raise
         err.print(

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from imgcls.config import ExperimentConfig, StageConfig, build_config, load_config
 from imgcls.errors import CheckpointError
 from imgcls.models.classifier import Classifier, build_head, build_model
@@ -91,6 +93,20 @@ def model_from_checkpoint(
 def load_weights(model: Classifier, weights: dict[str, Any], what: str) -> None:
     """``model.load_state_dict(weights)`` with one line naming the mismatching keys instead of a traceback."""
     expected = model.state_dict()
+    retyped = [
+        k
+        for k, v in weights.items()
+        if k in expected
+        and isinstance(v, torch.Tensor)
+        and v.is_floating_point() != expected[k].is_floating_point()
+    ]
+    if retyped:  # load_state_dict would cast float weights to integers (or back) without a word
+        first = retyped[0]
+        more = f" (+{len(retyped) - 1} more)" if len(retyped) > 1 else ""
+        raise CheckpointError(
+            f"{what} weights do not fit the model its config describes (wrong type: {first} is "
+            f"{weights[first].dtype} in the file, {expected[first].dtype} in the model{more})"
+        )
     wrong = [
         k
         for k, v in weights.items()
@@ -127,7 +143,18 @@ def load_run_checkpoint(
     if which is None:
         cfg = load_config(run_dir / "config.yaml")
         which = cfg.eval.checkpoint
-    return ckpt_io.load_checkpoint(checkpoint_path(run_dir, which), what=what), which
+    path = checkpoint_path(run_dir, which)
+    ckpt = ckpt_io.load_checkpoint(path, what=what)
+    if which == "best" and path.name != "best.pt":
+        best = (ckpt.get("callbacks") or {}).get("checkpointer", {}).get("best_epoch")
+        if (
+            best is not None
+        ):  # the run had a validation split, so best.pt was written: it is lost, not undefined
+            raise CheckpointError(
+                f"'{run_dir / 'checkpoints' / 'best.pt'}' is missing, although the run selected a best checkpoint "
+                f"(epoch {best}); restore it, or evaluate another checkpoint (--checkpoint last)"
+            )
+    return ckpt, which
 
 
 def resume_candidates(run_dir: str | Path) -> list[Path]:

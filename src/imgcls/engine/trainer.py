@@ -36,7 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgcls.config import ExperimentConfig, OptimConfig, ScheduleConfig, StageConfig, stage_section
+from imgcls.config import (
+    ExperimentConfig,
+    OptimConfig,
+    ScheduleConfig,
+    StageConfig,
+    config_to_yaml,
+    stage_section,
+)
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
 from imgcls.engine.autotune import (
@@ -156,6 +163,7 @@ class Trainer:
         self.stages = cfg.resolved_stages()
         self.total_epochs = cfg.total_epochs()
         self.state = TrainState()
+        self.train_time_s = 0.0  # wall clock of fit(), the attempts before a resume included (set by fit)
         self._apply_execution(default_execution(cfg.train, device))
         self.objective = (objective if objective is not None else HeadObjective()).to(device)
         # the loop also steps on a final partial accumulation group, so round up
@@ -329,6 +337,7 @@ class Trainer:
             "preprocess": dict(self.preprocess_meta),
             "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
             "progress": asdict(self.state),
+            "elapsed_s": self.elapsed_s(),  # wall clock (not in "progress": a resumed run's progress is bit-exact)
             "versions": ckpt_io.versions(),
             "execution": self.execution.to_dict(),
             "extra_weights": {},
@@ -352,7 +361,23 @@ class Trainer:
 
     def save_checkpoint(self, path: Path, full: bool, metrics: dict[str, Any] | None = None) -> None:
         self.check_finite_weights(f"not writing {path.name}")
+        self._restore_run_config(Path(path))
         ckpt_io.atomic_save(self.checkpoint_payload(full, metrics), path)
+
+    def _restore_run_config(self, path: Path) -> None:
+        """A run folder deleted (or stripped of its config.yaml) while training is written again before the next
+        checkpoint, config included: without config.yaml the checkpoints could not be resumed or evaluated."""
+        if path.parent.name != "checkpoints" or not self.dist.is_main:
+            return
+        config = path.parent.parent / "config.yaml"
+        if config.exists():
+            return
+        console.print(
+            f"warning: '{config}' was deleted during training; writing it again (the run's checkpoints follow)",
+            highlight=False,
+            markup=False,
+        )
+        ckpt_io.atomic_write_text(config, config_to_yaml(self.cfg))
 
     def where(self) -> str:
         """'epoch E, step S' of the step being trained (epochs counted from 1)."""
@@ -374,6 +399,10 @@ class Trainer:
         self.state = TrainState(
             **{k: ckpt["progress"][k] for k in ("stage", "epoch_in_stage", "global_epoch", "step")},
             skipped_steps=int(ckpt["progress"].get("skipped_steps", 0)),
+        )
+        # wall-clock seconds of the attempts before this one (older checkpoints: the last epoch's metrics)
+        self._elapsed_base = float(
+            ckpt.get("elapsed_s", (ckpt.get("metrics") or {}).get("train_time_s", 0.0))
         )
         planned = ckpt["progress"].get("planned_epochs")
         if planned is not None and self.cfg.train.time_budget_s is not None:
@@ -401,6 +430,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
+        self._fit_start, self._elapsed_base = time.perf_counter(), 0.0
         if resume is not None and resume.get("execution"):
             self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
         elif needs_tuning(
@@ -434,9 +464,15 @@ class Trainer:
                 self.state.stage += 1
                 self.state.epoch_in_stage = 0
         finally:
+            self.train_time_s = self.elapsed_s()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return list(self.history)
+
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of training so far, the attempts before a resume included (0 before fit)."""
+        start = getattr(self, "_fit_start", None)
+        return 0.0 if start is None else self._elapsed_base + time.perf_counter() - start
 
     def _run_epoch(self) -> None:
         for cb in self.callbacks:

@@ -141,7 +141,7 @@ def require_finite_weights(model: Classifier, run_dir: Path, checkpoint: str) ->
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise CheckpointError(
             f"the '{checkpoint}' checkpoint of {run_dir} has non-finite weights ({shown}), so it cannot be "
-            f"evaluated; the file is damaged: evaluate another checkpoint (`imgcls evaluate {run_dir} "
+            f"used; the file is damaged: evaluate another checkpoint (`imgcls evaluate {run_dir} "
             "--checkpoint last`) or train the run again"
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import pickle
 import platform
@@ -63,20 +64,32 @@ def _file_mode() -> int:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """A write failed for want of space (torch's zip writer and safetensors hide the errno in their message)."""
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, Exception) and (
-        "no space left" in text or "file write failed" in text or "quota exceeded" in text
-    )
+    """A write failed for want of space, anywhere in the exception's chain: torch's zip writer and safetensors
+    hide the errno in their message, and torch's writer, closing after an ENOSPC, raises a RuntimeError of its
+    own ("unexpected pos") whose ``__context__`` is the OSError."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in DISK_FULL:
+            return True
+        text = str(link).lower()
+        if isinstance(link, Exception) and (
+            "no space left" in text or "file write failed" in text or "quota exceeded" in text
+        ):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def disk_full_error(path: Path) -> CheckpointError:
-    return CheckpointError(
-        f"no space left on device at {path}; the previous checkpoint is intact "
-        "(free some space, then resume with `imgcls train --resume RUN_DIR`)"
+    path = Path(path)
+    then = (
+        f"free some space, then resume with `imgcls train --resume {path.parent.parent}`"
+        if path.parent.name == "checkpoints"
+        else "free some space and run the command again"
     )
+    return CheckpointError(f"no space left on device at {path}; the file it replaces is intact ({then})")
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -99,6 +112,11 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         if is_disk_full(exc):
             raise disk_full_error(path) from None
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) written to ``path`` atomically: a kill mid-write leaves the old file, never a torn one."""
+    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -262,6 +280,38 @@ def _describe_foreign(ckpt: Any) -> str | None:
     return f"is not an imgcls checkpoint (no format {FORMAT!r}; its keys: {keys})"
 
 
+def _describe_preprocess(pre: dict[str, Any]) -> str | None:
+    """What is wrong with the preprocessing a checkpoint records (None: channels and size are positive
+    integers, mean/std one finite number per channel, std positive)."""
+    channels, size = pre["channels"], pre["image_size"]
+    for key, value in (("channels", channels), ("image_size", size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"has {key}={value!r}, not a positive integer"
+    for key in ("mean", "std"):
+        values = pre[key]
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != channels
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            )
+            or (key == "std" and not all(v > 0 for v in values))
+        ):
+            return (
+                f"has {key}={values!r}, not {channels} finite number(s){' above 0' if key == 'std' else ''}"
+            )
+    return None
+
+
+def _describe_weights(weights: dict[str, torch.Tensor]) -> str | None:
+    """A model's weights are floating point (integer buffers such as BatchNorm's counter aside): a checkpoint
+    whose tensors were all cast to integers would predict nonsense silently. (NaN/inf weights are refused where
+    the model is built, ``evaluation.evaluate.require_finite_weights``, EMA/SWA weights included.)"""
+    if not any(v.is_floating_point() for v in weights.values()):
+        return "holds no floating-point weights (were they cast to integers?)"
+    return None
+
+
 def _describe_gap(ckpt: dict[str, Any], resumable: bool) -> str | None:
     """The first missing or mistyped part of an imgcls checkpoint (None when it has all a loader needs)."""
     wanted = {**REQUIRED, **(RESUMABLE if resumable else {})}
@@ -286,6 +336,12 @@ def _describe_gap(ckpt: dict[str, Any], resumable: bool) -> str | None:
     absent = [k for k in PREPROCESS_KEYS if k not in ckpt["preprocess"]]
     if absent:
         return f"is incomplete: its 'preprocess' has no {', '.join(repr(k) for k in absent)}"
+    problem = _describe_preprocess(ckpt["preprocess"])
+    if problem is not None:
+        return f"is damaged: its 'preprocess' {problem}"
+    problem = _describe_weights(ckpt["model"])
+    if problem is not None:
+        return f"is damaged: its 'model' {problem}"
     progress = ckpt.get("progress", {})
     if not isinstance(progress, dict):
         return f"is damaged: its 'progress' is a {type(progress).__name__}, not a dict"

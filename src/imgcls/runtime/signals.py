@@ -1,8 +1,8 @@
-"""Graceful stop on SIGTERM / SIGINT (preemption, ``scancel``, Kubernetes, Ctrl-C).
+"""Graceful stop on SIGTERM / SIGINT / SIGHUP (preemption, ``scancel``, Kubernetes, Ctrl-C, a closed terminal).
 
-While :func:`graceful_stop` is active, the first SIGTERM or SIGINT only records the request: the training
+While :func:`graceful_stop` is active, the first SIGTERM, SIGINT or SIGHUP only records the request: the training
 loop finishes its current optimiser step, writes a checkpoint to resume from and then stops with
-:class:`~imgcls.errors.TrainingInterrupted` (exit code 128 + signal: 143 / 130). A second SIGINT (Ctrl-C
+:class:`~imgcls.errors.TrainingInterrupted` (exit code 128 + signal: 143 / 130 / 129). A second SIGINT (Ctrl-C
 pressed twice) raises ``KeyboardInterrupt`` at once. Under DDP the ranks agree on the step to stop at by
 reducing the flag (:func:`imgcls.runtime.distributed.all_reduce_sum`) after every step.
 
@@ -23,6 +23,18 @@ from typing import Any
 from imgcls.errors import TrainingInterrupted
 
 _requested: list[int] = []  # signal numbers received while active
+
+#: the signals that stop a run gracefully: SIGTERM (preemption, kill), SIGINT (Ctrl-C), SIGHUP (the terminal or ssh
+#: session closed); not on Windows, which has no SIGHUP
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _stop_signals() -> tuple[int, ...]:
+    """:data:`STOP_SIGNALS` less a SIGHUP the process was started to ignore (``nohup imgcls train …``)."""
+    hup = getattr(signal, "SIGHUP", None)
+    return tuple(s for s in STOP_SIGNALS if not (s == hup and signal.getsignal(s) == signal.SIG_IGN))
 
 
 def stop_requested() -> int | None:
@@ -49,7 +61,7 @@ def graceful_stop() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, _handler) for s in _stop_signals()}
     try:
         yield
     finally:
@@ -84,7 +96,7 @@ def signals_stop_final_evaluation(run_dir: Path) -> Iterator[None]:
         raise FinalEvaluationSignal(signum)
 
     if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in _stop_signals():
             previous[s] = signal.signal(s, stop)
     try:
         yield
