@@ -170,3 +170,45 @@ def test_api_compare_formats(tmp_path):
     )
     with pytest.raises(UserError, match="markdown or csv"):
         api.compare([tmp_path], fmt="xlsx")
+
+
+def test_reruns_of_one_seed_are_marked_not_passed_off_as_a_seed_spread(tmp_path):
+    _fake_run(tmp_path, "fch", 1, 0.90)
+    again = _fake_run(tmp_path, "fch", 2, 0.90)
+    config = yaml.safe_load((again / "config.yaml").read_text())
+    config["train"]["seed"] = 1  # a rerun of seed 1
+    (again / "config.yaml").write_text(yaml.safe_dump(config))
+    md = compare_runs([tmp_path]).to_markdown()
+    assert "2: 1, 1 *(repeated seeds)*" in md and "their ± is not seed-to-seed variation" in md
+
+
+def test_a_re_evaluation_on_other_data_gets_a_row_of_its_own(tmp_path):
+    _fake_run(tmp_path, "fch", 1, 0.90)
+    other = _fake_run(tmp_path, "fch", 2, 0.50)
+    metrics = json.loads((other / "metrics.json").read_text())
+    (other / "metrics.json").write_text(
+        json.dumps({**metrics, "evaluation_overrides": ["data.test_subset=100"]})
+    )
+    table = compare_runs([tmp_path])
+    assert len(table.rows) == 2 and all(r.std("accuracy") is None for r in table.rows)
+    assert any("data.test_subset=100" in r.label for r in table.rows)
+
+
+def test_the_api_expands_globs_and_takes_one_path(tmp_path):
+    from imgcls import api
+
+    _fake_run(tmp_path, "fch", 1, 0.90)
+    _fake_run(tmp_path, "base", 1, 0.80)
+    assert api.compare(str(tmp_path)).count("\n| ") == 2  # one folder, not its characters
+    assert api.compare([f"{tmp_path}/*/*"]).count("\n| ") == 2
+    with pytest.raises(UserError, match=r"'.*/nothing\*' matches no folder"):
+        api.compare([f"{tmp_path}/nothing*"])
+
+
+def test_eval_plot_switches_do_not_split_rows(tmp_path):
+    _fake_run(tmp_path, "fch", 1, 0.90)
+    other = _fake_run(tmp_path, "fch", 2, 0.92)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["eval"]["plots"] = not config["eval"]["plots"]
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    assert len(compare_runs([tmp_path]).rows) == 1

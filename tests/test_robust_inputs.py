@@ -29,9 +29,9 @@ from imgcls import api, cli
 from imgcls.config import load_config
 from imgcls.data.decode import decode_image
 from imgcls.data.prepare import prepare_data
-from imgcls.errors import CheckpointError, DataError
+from imgcls.errors import CheckpointError, ConfigError, DataError, UserError
 from imgcls.runtime import checkpoint as ckpt_io
-from tiny_runs import single_thread
+from tiny_runs import requires_fashion_mnist, shared_run, single_thread
 
 TINY = [
     "data.name=imagefolder",
@@ -401,3 +401,33 @@ def test_hub_weights_offline_fail_within_seconds(monkeypatch):
     ):
         build_backbone(ModelConfig(backbone="timm:test_resnet.r160_in1k", pretrained=True), 3)
     assert time.perf_counter() - start < 10
+
+
+# ------------------------------------------------------------------------------- the Python API's arguments
+def test_api_train_takes_a_dict_config_and_one_override_string(tmp_path):
+    raw = {"data": {"name": "fashion_mnist", "train_subset": 300}, "train": {"epochs": 3}}
+    cfg = api._as_config(raw, f"output.dir={tmp_path}")
+    assert cfg.data.train_subset == 300 and cfg.train.epochs == 3 and cfg.output.dir == str(tmp_path)
+    assert raw == {
+        "data": {"name": "fashion_mnist", "train_subset": 300},
+        "train": {"epochs": 3},
+    }  # not mutated
+    with pytest.raises(ConfigError, match=r"train\.epochz"):
+        api._as_config({"train": {"epochz": 1}}, None)
+    with pytest.raises(UserError, match="overrides must be a list"):
+        api._as_config(None, 3)
+
+
+@requires_fashion_mnist
+def test_api_checkpoint_names_and_evaluation_overrides_are_checked(tmp_path_factory):
+    run_dir = shared_run(tmp_path_factory)
+    with pytest.raises(CheckpointError, match="checkpoint must be one of best, last, ema, swa, not 'foo'"):
+        api.load(run_dir, checkpoint="foo")
+    with pytest.raises(
+        ConfigError, match=r"evaluate --data takes data\.\* \(and eval\.\*\) keys.*'model\.head' is not one"
+    ):
+        api.evaluate(run_dir, data_overrides=["model.head=linear"])
+    with pytest.raises(
+        ConfigError, match=r"cannot change 'data\.image_size': the model was trained with its value"
+    ):
+        api.evaluate(run_dir, data_overrides=["data.image_size=32"])

@@ -428,3 +428,20 @@ def test_missing_wordnet_raises_data_error_naming_packages(tmp_path, monkeypatch
             (tmp_path / "partial" / f).write_text("")
     with pytest.raises(DataError, match="wordnet-sense-index"):
         wnmod.prepare_nltk_wordnet(tmp_path / "partial", tmp_path)
+
+
+def test_an_unwritable_cache_names_the_folder_and_the_setting(tmp_path):
+    source = tmp_path / "wordnet"
+    source.mkdir()
+    for f in wnmod.WORDNET_FILES:
+        (source / f).write_text("x")
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")  # unwritable even for root
+    with pytest.raises(DataError) as info:
+        wnmod.prepare_nltk_wordnet(source, blocker)
+    message = str(info.value)
+    assert (
+        "\n" not in message
+        and f"cannot write the WordNet copy NLTK reads to '{blocker / 'nltk_data' / 'corpora'}'" in message
+    )
+    assert message.endswith("set IMGCLS_CACHE to a writable folder")

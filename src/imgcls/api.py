@@ -11,12 +11,14 @@ training finished, where its checkpoint is and how to evaluate it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import json
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +76,31 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _as_config(cfg: ExperimentConfig | str | Path | None, overrides: list[str] | None) -> ExperimentConfig:
+def _as_list(values: Any, what: str) -> list:
+    """A list from an argument that may also be given as one ``str``/``Path`` (not iterated character by character)."""
+    if values is None:
+        return []
+    if isinstance(values, (str, Path)):
+        return [values]
+    try:
+        return list(values)
+    except TypeError:
+        raise UserError(f"{what} must be a list (or one string), not a {type(values).__name__}") from None
+
+
+def _as_config(
+    cfg: ExperimentConfig | Mapping[str, Any] | str | Path | None, overrides: list[str] | str | None
+) -> ExperimentConfig:
+    """The experiment config from a YAML file or shipped recipe name, a dict (as a YAML file would hold), or an
+    ``ExperimentConfig``, with dotted ``overrides`` (a list, or one ``"key=value"`` string) applied."""
+    overrides = _as_list(overrides, "overrides")
+    if isinstance(cfg, Mapping):
+        return build_config(apply_overrides(copy.deepcopy(dict(cfg)), overrides))
     if not isinstance(cfg, ExperimentConfig):
         return load_config(cfg, overrides)
     if not overrides:
         return cfg
-    return build_config(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+    return build_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
 
 
 def new_run_dir(cfg: ExperimentConfig) -> Path:
@@ -138,8 +159,8 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
 
 # ---------------------------------------------------------------------------------- train
 def train(
-    cfg: ExperimentConfig | str | Path | None = None,
-    overrides: list[str] | None = None,
+    cfg: ExperimentConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: list[str] | str | None = None,
     *,
     resume: str | Path | None = None,
     evaluate_after: bool = True,
@@ -154,7 +175,7 @@ def train(
             raise CheckpointError(
                 f"'{run_dir}' is not a run directory (no config.yaml); pass runs/<name>/<time>"
             )
-        cfg = load_config(run_dir / "config.yaml", overrides)
+        cfg = load_config(run_dir / "config.yaml", _as_list(overrides, "overrides"))
         resume_ckpt = resume_checkpoint(run_dir)  # a damaged recovery.pt falls back to last.pt with a warning
         if resume_ckpt is None:
             # stopped before its first checkpoint: continuing exactly means starting over, in the same folder
@@ -327,6 +348,35 @@ def check_resume_fits(
 
 
 # ---------------------------------------------------------------------------------- evaluate
+#: data keys the trained model fixed: evaluating with other values would feed it inputs it never saw
+MODEL_DEFINED_DATA_KEYS = (
+    "data.image_size",
+    "data.channels",
+    "data.mean",
+    "data.std",
+    "data.invert",
+    "data.taxonomy",
+    "data.taxonomy_rule",
+)
+
+
+def _check_evaluation_overrides(overrides: list[str]) -> None:
+    """``evaluate --data`` changes which data is evaluated (``data.*``) and how (``eval.*``), never the model:
+    a ``model.*`` key would be printed in report.md as if the weights had been trained with it."""
+    for item in overrides:
+        key = str(item).partition("=")[0].strip()
+        if not key.startswith(("data.", "eval.")):
+            raise ConfigError(
+                f"evaluate --data takes data.* (and eval.*) keys, e.g. data.root=/other/folder; '{key}' is not one "
+                "(the model is as it was trained: train a new run to change it)"
+            )
+        if key in MODEL_DEFINED_DATA_KEYS:
+            raise ConfigError(
+                f"evaluate --data cannot change '{key}': the model was trained with its value (the checkpoint's "
+                "preprocessing is used)"
+            )
+
+
 def _require_writable(run_dir: Path) -> None:
     """Evaluation writes metrics.json, report.md and figures into the run: refuse a read-only one up front,
     not after the whole evaluation."""
@@ -369,6 +419,7 @@ def evaluate(
     if ckpt.get("execution") and cfg.train.precision == "auto":  # the precision training measured
         cfg.train.precision = ckpt["execution"]["precision"]
     if data_overrides:
+        _check_evaluation_overrides(data_overrides)
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), data_overrides))
     device = resolve_device(cfg.train.device)
     if data is None or data_overrides:
@@ -398,6 +449,7 @@ def evaluate(
         class_names=ckpt["class_names"],
         train_time_s=train_time,
         checkpoint_identity=checkpoint_identity(ckpt),
+        evaluation_overrides=list(data_overrides or []),
     )
 
 
@@ -448,7 +500,7 @@ def compare(run_dirs: list[str | Path], fmt: str = "markdown", sort_by: str | No
 
     if fmt not in ("markdown", "csv"):
         raise UserError(f"table format must be markdown or csv, not '{fmt}'")
-    table = compare_runs(list(run_dirs), sort_by=sort_by)
+    table = compare_runs(_as_list(run_dirs, "run_dirs"), sort_by=sort_by)
     return table.to_markdown() if fmt == "markdown" else table.to_csv()
 
 

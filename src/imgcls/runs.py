@@ -50,8 +50,12 @@ def model_as_of_stage(
     return model
 
 
+#: the checkpoints a run can be evaluated with, and the file each is read from
+CHECKPOINT_FILES = {"best": "best.pt", "last": "last.pt", "ema": "last.pt", "swa": "last.pt"}
+
+
 def checkpoint_path(run_dir: Path, which: str) -> Path:
-    name = {"best": "best.pt", "last": "last.pt", "ema": "last.pt", "swa": "last.pt"}[which]
+    name = CHECKPOINT_FILES[which]
     path = run_dir / "checkpoints" / name
     if which == "best" and not path.is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
         path = run_dir / "checkpoints" / "last.pt"  # no validation split: best is undefined
@@ -143,6 +147,8 @@ def load_run_checkpoint(
     if which is None:
         cfg = load_config(run_dir / "config.yaml")
         which = cfg.eval.checkpoint
+    if which not in CHECKPOINT_FILES:
+        raise CheckpointError(f"checkpoint must be one of {', '.join(CHECKPOINT_FILES)}, not {which!r}")
     path = checkpoint_path(run_dir, which)
     ckpt = ckpt_io.load_checkpoint(path, what=what)
     if which == "best" and path.name != "best.pt":

@@ -172,6 +172,14 @@ def _require_exclusions_leave_every_class(before: ImageData, after: ImageData, m
         )
 
 
+def _note_subset_size(key: str, asked: int, got: int, classes: int, notes: list[str]) -> None:
+    """A stratified subset keeps at least one image per class, so it can exceed what was asked: say so."""
+    if asked < classes and got > asked:
+        line = f"data.{key}={asked} is below one image per class ({classes} classes): the subset holds {got} images"
+        log.warning("warning: %s", line)
+        notes.append(line)
+
+
 def _note_untested_classes(test: ImageData, notes: list[str]) -> None:
     """Training classes left without a (readable) test image: the test metrics cover fewer classes; say so."""
     k = len(test.class_names)
@@ -224,8 +232,10 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         )
     if d.train_subset:
         train = train.subset(stratified_subset(train.labels, d.train_subset, d.split_seed))
+        _note_subset_size("train_subset", d.train_subset, len(train), len(train.class_names), notes)
     if d.test_subset:
         test = test.subset(stratified_subset(test.labels, d.test_subset, d.split_seed))
+        _note_subset_size("test_subset", d.test_subset, len(test), len(test.class_names), notes)
 
     file_backed = train.images is None
     if file_backed:

@@ -10,7 +10,9 @@ label, so a sweep such as ``optim.lr=1e-3`` vs ``3e-3`` reads as two labelled ro
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import io
 import json
 import statistics
@@ -32,6 +34,12 @@ IGNORED_KEYS = {
     "data.root",
     "data.num_workers",
     "data.download",
+    # what evaluation draws, not what it measures
+    "eval.plots",
+    "eval.embeddings_plot",
+    "eval.gradcam",
+    "eval.max_plot_samples",
+    "eval.image_projection",
 }
 
 #: (key, header, format) of the numeric columns; keys are metrics.json keys
@@ -80,6 +88,11 @@ class ComparisonRow:
     def seeds(self) -> list[int | None]:
         return [r.seed for r in self.runs]
 
+    @property
+    def repeated_seeds(self) -> bool:
+        """Several runs of one seed in the row (reruns, not a spread over seeds)."""
+        return len(self.seeds) != len(set(self.seeds))
+
 
 @dataclass
 class Comparison:
@@ -98,10 +111,15 @@ class Comparison:
                     if mean is None
                     else fmt.format(mean) + (f" ± {fmt.format(std)}" if std is not None else "")
                 )
-            cells.append(_seeds_text(row.seeds))
+            cells.append(_seeds_text(row.seeds) + (" *(repeated seeds)*" if row.repeated_seeds else ""))
             lines.append("| " + " | ".join(cells) + " |")
         if any(len(r.runs) > 1 for r in self.rows):
             lines += ["", "Rows with several seeds show mean ± sample standard deviation over the seeds."]
+        if any(r.repeated_seeds for r in self.rows):
+            lines += [
+                "Rows marked *(repeated seeds)* hold reruns of one seed: their ± is not seed-to-seed variation; "
+                "train with other `train.seed` values to measure it."
+            ]
         return "\n".join(lines) + "\n"
 
     def to_csv(self) -> str:
@@ -153,8 +171,19 @@ def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
     """Run directories (holding ``metrics.json``) at or below each path; also the skipped runs, with reasons."""
     found: list[Path] = []
     skipped: list[str] = []
-    for raw in paths:
-        path = Path(raw)
+    expanded: list[Path] = []
+    for raw in paths:  # the API gets no shell: expand 'runs/*/*' here as the shell does for the CLI
+        text = str(raw)
+        if glob.has_magic(text) and not Path(text).exists():
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise UserError(
+                    f"'{text}' matches no folder; pass run directories such as runs/<name>/<time> or runs/*"
+                )
+            expanded += [Path(m) for m in matches]
+        else:
+            expanded.append(Path(raw))
+    for path in expanded:
         if not path.exists():
             raise UserError(
                 f"'{path}' does not exist; pass run directories such as runs/<name>/<time> or runs/*"
@@ -180,7 +209,12 @@ def load_record(run_dir: Path) -> RunRecord:
     except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read run '{run_dir}': {exc}") from None
     if "train_time_s" not in metrics and (run_dir / "train_summary.json").is_file():
-        metrics["train_time_s"] = json.loads((run_dir / "train_summary.json").read_text()).get("train_time_s")
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a damaged summary: no time, no crash
+            metrics["train_time_s"] = json.loads((run_dir / "train_summary.json").read_text()).get(
+                "train_time_s"
+            )
+    if metrics.get("evaluation_overrides"):  # re-evaluated on other data: a row of its own, labelled so
+        config = {**config, "evaluated_with": " ".join(map(str, metrics["evaluation_overrides"]))}
     return RunRecord(run_dir, config, metrics)
 
 

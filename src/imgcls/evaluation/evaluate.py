@@ -168,7 +168,11 @@ def evaluate_model(
     class_names: list[str],
     train_time_s: float,
     checkpoint_identity: dict[str, int] | None = None,
+    evaluation_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Predict the test set once, write metrics.json, figures and report.md; ``evaluation_overrides`` (the
+    ``imgcls evaluate --data`` items) are recorded in both, so that a re-evaluation on other data is never
+    mistaken for the run's own test result (``imgcls compare`` gives it a row of its own)."""
     require_finite_weights(model, run_dir, checkpoint)
     model = model.to(device).eval()
     prep = Preprocess.from_meta(preprocess, device)
@@ -224,6 +228,12 @@ def evaluate_model(
     if not dist.is_main:
         return metrics
     ctx_notes: list[str] = []
+    if evaluation_overrides:
+        metrics["evaluation_overrides"] = list(evaluation_overrides)
+        ctx_notes.append(
+            f"evaluated with `imgcls evaluate --data {' '.join(evaluation_overrides)}` on "
+            f"{metrics.get('num_samples', '?')} test images, not the test data the run was trained for."
+        )
     skipped = record_skipped_files(run_dir, set(data.skipped_files) | set(getattr(loader, "skipped", set())))
     if skipped:
         metrics["skipped_files"] = len(skipped)

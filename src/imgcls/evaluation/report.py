@@ -100,8 +100,11 @@ def _history_cell(key: str, value: Any) -> Any:
     return value
 
 
-def history_section(history: list[dict[str, Any]], monitor: str = "val_acc", max_rows: int = 30) -> list[str]:
-    """Summary of the training history (best epoch by ``monitor``) and a per-epoch table (thinned past ``max_rows``)."""
+def history_section(
+    history: list[dict[str, Any]], monitor: str = "val_acc", max_rows: int = 30, curves: bool = True
+) -> list[str]:
+    """Summary of the training history (best epoch by ``monitor``) and a per-epoch table (thinned past ``max_rows``);
+    ``curves``: whether ``curves.png`` was drawn (``eval.plots``), so the summary points to it."""
     if not history:
         return []
     lines = ["", "## Training history", ""]
@@ -111,7 +114,8 @@ def history_section(history: list[dict[str, Any]], monitor: str = "val_acc", max
         best = pick(numeric, key=lambda r: r[monitor])
         lines.append(
             f"{len(history)} epoch(s); best {monitor} {_fmt(best[monitor])} at epoch {int(best.get('epoch', 0))}; "
-            f"last epoch: {monitor} {_fmt(history[-1].get(monitor))}. Curves: `curves.png`."
+            f"last epoch: {monitor} {_fmt(history[-1].get(monitor))}."
+            + (" Curves: `curves.png`." if curves else "")
         )
     else:
         lines.append(f"{len(history)} epoch(s), no validation split.")
@@ -200,7 +204,9 @@ def write_report(
         ]
 
     monitor = config.get("train", {}).get("monitor", "val_acc")
-    lines += history_section(read_history(run_dir / "history.csv"), monitor)
+    lines += history_section(
+        read_history(run_dir / "history.csv"), monitor, curves="curves.png" in figures.values()
+    )
 
     if figures:
         lines += ["", "## Figures", ""]

@@ -157,8 +157,14 @@ def prepare_nltk_wordnet(source: Path = DEBIAN_WORDNET_DIR, cache: Path | None =
     stamp = "\n".join(f"{f} {(source / f).stat().st_size}" for f in WORDNET_FILES) + "\n"
     if (target / "imgcls-source.txt").is_file() and (target / "imgcls-source.txt").read_text() == stamp:
         return nltk_data
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
+    except OSError as exc:  # e.g. HOME not writable (a service account): say which setting picks the folder
+        raise DataError(
+            f"cannot write the WordNet copy NLTK reads to '{target.parent}' ({exc.strerror or exc}); set "
+            "IMGCLS_CACHE to a writable folder"
+        ) from None
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp gives 0700; the renamed folder gets the normal mode
