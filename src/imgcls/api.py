@@ -472,7 +472,7 @@ def load(
 
 def predict(
     run_dir: str | Path,
-    images: list[Any],
+    images: Any,
     top_k: int = 5,
     tta: int = 1,
     threshold: float | None = None,
@@ -482,12 +482,18 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Top-k predictions per image (``on_error="report"``: an unreadable image becomes an ``error`` row and the
     others are still predicted); with ``explain_dir`` also Grad-CAM and first-conv feature maps for each readable
-    image (its row gets an ``explain`` record with the files written)."""
+    image (its row gets an ``explain`` record with the files written, for the class and probability the row's
+    ``top_k[0]`` reports). ``images``: a list, or one image (:mod:`imgcls.evaluation.predict` lists the kinds);
+    ``top_k`` ≥ 1, ``tta`` 1..10 and ``threshold`` in [0, 1] as for ``imgcls predict`` (UserError otherwise)."""
+    from imgcls.evaluation.predict import as_image_list, check_predict_options
+
+    check_predict_options(top_k, tta, threshold, on_error)  # before the (slow) load
+    images = as_image_list(images)
     predictor = load(run_dir, checkpoint)
     rows = predictor.predict(images, top_k=top_k, tta=tta, threshold=threshold, on_error=on_error)
     if explain_dir is not None:
         readable = [i for i, row in enumerate(rows) if "error" not in row]
-        records = predictor.explain([images[i] for i in readable], explain_dir) if readable else []
+        records = predictor.explain([images[i] for i in readable], explain_dir, tta=tta) if readable else []
         for i, record in zip(readable, records, strict=True):
             rows[i]["explain"] = record
     return rows

@@ -71,21 +71,26 @@ def explain_image(
     class_names: list[str],
     out_dir: Path,
     stem: str,
+    *,
+    predicted: int,
+    probability: float,
 ) -> dict[str, Any]:
     """Write ``<stem>_gradcam.png`` and ``<stem>_feature_maps.png`` for one uint8 image ``(1, C, H, W)``
     (already at the model's size and channels) into ``out_dir``; returns the files written and, for
-    each figure that does not apply (a model without convolutions or attention), the reason."""
+    each figure that does not apply (a model without convolutions or attention), the reason.
+
+    ``predicted`` / ``probability`` are the class the prediction reports and its probability (after TTA and
+    temperature scaling, :meth:`~imgcls.evaluation.predict.Predictor.explain`): the Grad-CAM map is of that
+    class, on the image itself, and the figure and record show that same probability."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     device = next(model.parameters()).device
     inputs = prep(image.to(device))
     shown = prep.to_unit(image.to(device))[0].cpu()  # what the model sees (after data.invert), in [0, 1]
-    with torch.no_grad():
-        probs = model.head.predict(model(inputs)).float().cpu()[0]
-    pred = int(probs.argmax())
+    pred = int(predicted)
     record: dict[str, Any] = {
         "predicted": class_names[pred],
-        "probability": float(probs[pred]),
+        "probability": float(probability),
         "skipped": {},
     }
     target = find_cam_target(model, inputs)
@@ -93,7 +98,7 @@ def explain_image(
         record["skipped"]["gradcam"] = "the model has no convolutional feature map or attention block"
     else:
         maps = grad_cam(model, inputs, [pred], target)
-        title = f"pred: {class_names[pred]} ({float(probs[pred]):.2f})"
+        title = f"pred: {class_names[pred]} ({float(probability):.3f})"  # as `imgcls predict` prints it
         record["gradcam"] = str(
             plot_gradcam([shown], maps, [title], out_dir / f"{stem}_gradcam.png", target.name)
         )

@@ -372,11 +372,20 @@ def plot_embeddings(
 def plot_gradcam(
     images, maps: np.ndarray, titles: Sequence[str], path: Path, layer_name: str, columns: int = 5
 ) -> Path:
-    """Each sample as the image above its Grad-CAM map (jet, α = 0.45, per-image 0–1 scale) drawn over it."""
+    """Each sample as the image above its Grad-CAM map (jet, α = 0.45, per-image 0–1 scale) drawn over it.
+
+    Constrained layout keeps every label, the colorbar and the figure title inside the canvas; titles
+    longer than their column (or, for the figure title, the figure) are wrapped, so a single image with
+    a long layer name is not clipped."""
+    import textwrap
+
     n = len(titles)
     cols = max(1, min(columns, n))
     pairs = -(-n // cols)
-    fig, axes = plt.subplots(2 * pairs, cols, figsize=(2.1 * cols + 0.9, 4.3 * pairs + 0.4), squeeze=False)
+    width, height = 2.1 * cols + 1.2, 4.3 * pairs + 0.4
+    fig, axes = plt.subplots(2 * pairs, cols, figsize=(width, height), squeeze=False, layout="constrained")
+    # characters per line at ~0.6 em per character (DejaVu Sans averages less), points = inches × 72
+    fits = lambda inches, size: max(8, int(inches * 72 / (0.6 * size)))  # noqa: E731
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -386,16 +395,15 @@ def plot_gradcam(
         top, bottom = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
         img, cmap = image_for_display(images[k])
         top.imshow(img, cmap=cmap)
-        top.set_title(titles[k], fontsize=8)
+        top.set_title(textwrap.fill(str(titles[k]), fits(2.0, 8)), fontsize=8)
         bottom.imshow(img, cmap=cmap)
         im = bottom.imshow(maps[k], cmap="jet", alpha=0.45, vmin=0, vmax=1)
     for r in range(pairs):
         axes[2 * r, 0].set_ylabel("image")
         axes[2 * r + 1, 0].set_ylabel("Grad-CAM")
-    fig.suptitle(f"Grad-CAM for the predicted class (layer `{layer_name}`)")
-    fig.tight_layout(rect=(0, 0, 1 - 0.8 / fig.get_figwidth(), 1))
-    cax = fig.add_axes((1 - 0.65 / fig.get_figwidth(), 0.1, 0.12 / fig.get_figwidth(), 0.75))
-    fig.colorbar(im, cax=cax, label="relevance (0–1 per image)")
+    title = f"Grad-CAM for the predicted class (layer `{layer_name}`)"
+    fig.suptitle(textwrap.fill(title, fits(width - 0.3, 12)), fontsize=12)
+    fig.colorbar(im, ax=axes, label="relevance (0–1 per image)", shrink=0.75, fraction=0.08, aspect=30)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
