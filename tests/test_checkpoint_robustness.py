@@ -521,6 +521,9 @@ def test_without_a_validation_split_best_falls_back_to_last(tmp_path):
     assert not (run_dir / "checkpoints" / "best.pt").exists()
     ckpt, which = runs.load_run_checkpoint(run_dir, "best")
     assert which == "best" and ckpt["progress"]["global_epoch"] == 1
+    with single_thread():
+        metrics = api.evaluate(run_dir)
+    assert metrics["checkpoint_detail"] == "last epoch (1): no validation split, so no best checkpoint"
 
 
 def test_damaged_preprocessing_or_integer_weights_are_one_line(run_copy):

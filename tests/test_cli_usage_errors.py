@@ -117,6 +117,35 @@ def test_a_run_directory_as_config_suggests_resume(tiny, capsys, monkeypatch):
     assert_one_line_error(code, err, f"pass its config file '{run_dir / 'config.yaml'}'")
 
 
+def test_a_config_file_and_resume_together_are_refused(tiny, capsys, monkeypatch):
+    run_dir, _ = tiny
+    code, _, err = run_cli(
+        ["train", "configs/quickstart.yaml", "--resume", str(run_dir)], capsys, monkeypatch
+    )
+    assert_one_line_error(
+        code, err, "pass either a config file or --resume RUN_DIR, not both", "train.epochs=20"
+    )
+
+
+def test_huge_cache_and_dedup_sizes_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    for args in (
+        ["data", "cache", str(tmp_path), str(tmp_path / "c"), "--size", "100000"],
+        ["data", "dedup", str(tmp_path), "--size", "100000"],
+    ):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert code == 2 and "4096" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_batch_larger_than_the_test_set_times_inference_on_the_test_set(tiny, tmp_path):
+    run_dir, _ = tiny
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with single_thread():
+        metrics = api.evaluate(copy, data_overrides=["eval.batch_size=100000"])
+    assert metrics["inference_batch_size"] == metrics["num_samples"] <= 1024
+
+
 # ------------------------------------------------------------------------------- RUN_DIR and --checkpoint
 def command_for(name: str, run_dir: Path, image: Path) -> list[str]:
     return {

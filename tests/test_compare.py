@@ -212,3 +212,24 @@ def test_eval_plot_switches_do_not_split_rows(tmp_path):
     config["eval"]["plots"] = not config["eval"]["plots"]
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     assert len(compare_runs([tmp_path]).rows) == 1
+
+
+def test_one_damaged_run_is_skipped_with_its_reason_and_the_others_compared(tmp_path):
+    _fake_run(tmp_path, "good", 1, 0.90)
+    listed = _fake_run(tmp_path, "list", 1, 0.80)
+    (listed / "metrics.json").write_text("[1, 2]")
+    garbage = _fake_run(tmp_path, "garbage", 1, 0.80)
+    (garbage / "config.yaml").write_bytes(b"\xff\xfe: [")
+    summary = _fake_run(tmp_path, "summary", 1, 0.70)
+    metrics = json.loads((summary / "metrics.json").read_text())
+    del metrics["train_time_s"]
+    (summary / "metrics.json").write_text(json.dumps(metrics))
+    (summary / "train_summary.json").write_text("not json")
+    table = compare_runs([tmp_path])
+    assert [r.label for r in table.rows] == ["good", "summary"]
+    assert table.rows[1].mean("train_time_s") is None
+    reasons = "\n".join(table.skipped)
+    assert "its metrics.json holds a list, not a mapping" in reasons and str(garbage) in reasons
+    assert all("\n" not in reason for reason in table.skipped)
+    with pytest.raises(UserError, match="no readable evaluated runs to compare"):
+        compare_runs([listed])

@@ -494,3 +494,19 @@ def test_cifar_sources_convert_torchvision_sets_to_chw(
     monkeypatch.setattr(torchvision.datasets, dataset_class, missing)
     with pytest.raises(DataError, match=r"data\.download=true"):
         DATASETS.get(name)(DataConfig(name=name, root=str(tmp_path)))
+
+
+def test_a_set_data_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
+    write_fake_fashion(tmp_path / "env" / "fashion-mnist", n_train=20)
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "env"))  # another copy the run must not fall back to
+    with pytest.raises(DataError) as info:
+        DATASETS.build("fashion_mnist", cfg=DataConfig(root=str(tmp_path / "typo")))
+    message = str(info.value)
+    assert (
+        "\n" not in message
+        and f"not found in {tmp_path / 'typo'}, {tmp_path / 'typo' / 'fashion-mnist'}" in message
+    )
+    assert "data.root is set, so only it is searched" in message
+    assert (
+        len(DATASETS.build("fashion_mnist", cfg=DataConfig()).train) == 20
+    )  # without a root: the standard places

@@ -277,3 +277,22 @@ def test_exclude_manifest_errors(tmp_path):
     )
     with pytest.raises(DataError, match="file"):
         exclude_removed(in_memory, {"/some/file.png": "dup"})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\xff\xfe\x00garbage",
+        b'{"kind": "imgcls-dedup"}',
+        b'{"kind": "imgcls-dedup", "source": "/tmp", "removed": [{}]}',
+        b'{"kind": "imgcls-dedup", "source": "/tmp", "removed": 5}',
+    ],
+)
+def test_a_damaged_exclude_manifest_is_one_line(tmp_path, content):
+    path = tmp_path / "m.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_exclusions(path)
+    message = str(info.value)
+    assert "\n" not in message and f"'{path}'" in message
+    assert "is not a dedup manifest" in message or "cannot read exclude manifest" in message

@@ -429,7 +429,9 @@ def evaluate(
             f"the evaluation data's classes {data.class_names[:5]}... differ from the model's {ckpt['class_names'][:5]}..."
         )
     detail = {
-        "best": f"best validation {cfg.train.monitor} (epoch {ckpt.get('metrics', {}).get('epoch', '?')})",
+        "best": f"best validation {cfg.train.monitor} (epoch {ckpt.get('metrics', {}).get('epoch', '?')})"
+        if (run_dir / "checkpoints" / "best.pt").is_file()
+        else f"last epoch ({ckpt.get('metrics', {}).get('epoch', '?')}): no validation split, so no best checkpoint",
         "last": f"last epoch ({ckpt.get('metrics', {}).get('epoch', '?')})",
         "ema": "exponential moving average of the weights",
         "swa": "stochastic weight averaging",

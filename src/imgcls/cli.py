@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from imgcls.config import MAX_IMAGE_SIZE
 from imgcls.errors import CheckpointError, ConfigError, TrainingInterrupted, UserError
 
 app = typer.Typer(
@@ -189,6 +190,11 @@ def train(
         overrides, config = [str(config), *(overrides or [])], None
     elif config is None and resume is None:
         raise UserError("pass a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+    if config is not None and resume is not None:  # the run's own config.yaml is what a resume continues
+        raise UserError(
+            f"pass either a config file or --resume RUN_DIR, not both ('{config}' would be ignored); change a resumed "
+            "run with overrides, e.g. `imgcls train --resume RUN_DIR train.epochs=20`"
+        )
     check_config_argument(config, "train")
     result = api.train(config, overrides, resume=resume, evaluate_after=not no_eval)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -547,7 +553,9 @@ def data_cache(
     dst: Path = typer.Argument(
         ..., help="new folder for the cache (train from it with data.name=cached data.root=DST)"
     ),
-    size: int = typer.Option(96, "--size", min=1, help="resize every image to SIZE x SIZE (bilinear)"),
+    size: int = typer.Option(
+        96, "--size", min=1, max=MAX_IMAGE_SIZE, help="resize every image to SIZE x SIZE (bilinear)"
+    ),
     grayscale: bool = typer.Option(False, "--grayscale", help="store 1 grayscale channel instead of RGB"),
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="decoding processes (default: one per CPU)"
@@ -604,7 +612,11 @@ def data_dedup(
     ),
     hash_kind: str = typer.Option("phash", "--hash", help="phash | dhash (64-bit perceptual hash)"),
     size: int = typer.Option(
-        96, "--size", min=8, help="hash the SIZE x SIZE grayscale image (as cached/trained)"
+        96,
+        "--size",
+        min=8,
+        max=MAX_IMAGE_SIZE,
+        help="hash the SIZE x SIZE grayscale image (as cached/trained)",
     ),
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="hashing processes (default: one per CPU)"

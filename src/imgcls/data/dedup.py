@@ -245,27 +245,36 @@ def load_exclusion_entries(path: str | Path) -> dict[str, dict]:
     "duplicate_class": the class of the kept image it duplicates (None when the manifest lacks it)}``."""
     path = Path(path)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(
             f"exclude manifest '{path}' not found; write one with `imgcls data dedup SRC --out {path}`"
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSON and UTF-8 decoding errors
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise DataError(
-            f"cannot read exclude manifest '{path}' ({exc}); write it again with `imgcls data dedup`"
+            f"cannot read exclude manifest '{path}' ({reason}); write it again with `imgcls data dedup`"
         ) from None
+    not_ours = DataError(f"'{path}' is not a dedup manifest (written by `imgcls data dedup SRC --out FILE`)")
     if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
-        raise DataError(f"'{path}' is not a dedup manifest (written by `imgcls data dedup SRC --out FILE`)")
-    root = manifest["source"]
-    entries = manifest.get("removed", [])
-    paths = canonical_paths(os.path.join(root, e["path"]) for e in entries)
-    return {
-        p: {
-            "reason": f"near-duplicate of {e['duplicate_of']} (Hamming distance {e['distance']})",
-            "duplicate_class": e.get("duplicate_class"),
+        raise not_ours
+    try:
+        root = str(manifest["source"])
+        entries = list(manifest.get("removed", []))
+        paths = canonical_paths(os.path.join(root, str(e["path"])) for e in entries)
+        return {
+            p: {
+                "reason": f"near-duplicate of {e['duplicate_of']} (Hamming distance {e['distance']})",
+                "duplicate_class": e.get("duplicate_class"),
+            }
+            for p, e in zip(paths, entries, strict=True)
         }
-        for p, e in zip(paths, entries, strict=True)
-    }
+    except (
+        KeyError,
+        TypeError,
+        AttributeError,
+    ):  # a manifest missing fields, or hand-edited into other shapes
+        raise not_ours from None
 
 
 def load_exclusions(path: str | Path) -> dict[str, str]:

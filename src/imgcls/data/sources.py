@@ -79,10 +79,13 @@ def cache_dir() -> Path:
 
 
 def search_dirs(cfg: DataConfig, folder: str) -> list[Path]:
-    """Folders searched, in order, for a data set stored under ``folder``."""
-    dirs: list[Path] = []
+    """Folders searched, in order, for a data set stored under ``folder``: only ``data.root`` (and its
+    ``folder``) when it is set — a mistyped root must not fall back silently to another copy of the data (say
+    ``imgcls evaluate --data data.root=...`` evaluating the system's copy instead) — else ``$IMGCLS_DATA``, the
+    cache and ``/usr/share/datasets``."""
     if cfg.root:
-        dirs += [Path(cfg.root), Path(cfg.root) / folder]
+        return [Path(cfg.root).expanduser(), Path(cfg.root).expanduser() / folder]
+    dirs: list[Path] = []
     if os.environ.get("IMGCLS_DATA"):
         base = Path(os.environ["IMGCLS_DATA"])
         dirs += [base / folder, base]
@@ -129,14 +132,20 @@ def _load_idx_dataset(
     found = _find_idx(search_dirs(cfg, folder))
     if found is None:
         if cfg.download is False:
-            raise DataError(
-                f"{folder} not found in {', '.join(map(str, search_dirs(cfg, folder)))}; {how_to_get}"
+            only_root = (
+                " (data.root is set, so only it is searched; drop it to search the standard places)"
+                if cfg.root
+                else ""
             )
+            raise DataError(
+                f"{folder} not found in {', '.join(map(str, search_dirs(cfg, folder)))}{only_root}; {how_to_get}"
+            )
+        target = Path(cfg.root).expanduser() / folder if cfg.root else cache_dir() / folder
         try:
-            _download_idx(torchvision_cls, cache_dir() / folder)
+            _download_idx(torchvision_cls, target)
         except DataError as exc:
             raise DataError(f"{folder} not found locally and {exc}; {how_to_get}") from None
-        found = cache_dir() / folder
+        found = target
     parts = []
     for split in ("train", "test"):
         images_file, labels_file = IDX_FILES[split]

@@ -203,11 +203,18 @@ def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
 
 
 def load_record(run_dir: Path) -> RunRecord:
+    """A run's metrics.json and config.yaml; a UserError (one line) when either is unreadable or no mapping."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read run '{run_dir}': {exc}") from None
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: JSON and UTF-8 decoding errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read run '{run_dir}': {first}") from None
+    for name, value in (("metrics.json", metrics), ("config.yaml", config)):
+        if not isinstance(value, dict):
+            raise UserError(
+                f"cannot read run '{run_dir}': its {name} holds a {type(value).__name__}, not a mapping"
+            )
     if "train_time_s" not in metrics and (run_dir / "train_summary.json").is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):  # a damaged summary: no time, no crash
             metrics["train_time_s"] = json.loads((run_dir / "train_summary.json").read_text()).get(
@@ -245,8 +252,14 @@ def compare_runs(paths: list[str | Path], sort_by: str | None = "accuracy") -> C
         raise UserError(f"no evaluated runs to compare ({reasons})")
     groups: dict[str, list[RunRecord]] = {}
     for run_dir in run_dirs:
-        record = load_record(run_dir)
+        try:
+            record = load_record(run_dir)
+        except UserError as exc:  # one damaged run does not cost the table of the others
+            skipped.append(f"{run_dir}: {exc}")
+            continue
         groups.setdefault(experiment_key(record.config), []).append(record)
+    if not groups:
+        raise UserError(f"no readable evaluated runs to compare ({'; '.join(skipped)})")
     grouped = list(groups.values())
     rows = []
     for label, records in zip(_labels(grouped), grouped, strict=True):

@@ -105,6 +105,10 @@ FIGURES: list[tuple[str, FigureFn]] = [
 ]
 
 
+#: the largest batch the inference throughput is timed at
+THROUGHPUT_MAX_BATCH = 1024
+
+
 @torch.no_grad()
 def inference_throughput(
     model: Classifier,
@@ -242,7 +246,11 @@ def evaluate_model(
             f"`{skipped[0]}`; all are listed in skipped_files.txt."
         )
     shape = (int(preprocess["channels"]), int(preprocess["image_size"]), int(preprocess["image_size"]))
-    metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, batch_size, amp)
+    # timed at the evaluation batch, but never above the test set or THROUGHPUT_MAX_BATCH: a batch of 100,000
+    # random images (train.batch_size larger than the data) would take minutes to time and gigabytes to hold
+    timed_batch = max(1, min(batch_size, len(data.test), THROUGHPUT_MAX_BATCH))
+    metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, timed_batch, amp)
+    metrics["inference_batch_size"] = timed_batch
     ctx = EvalContext(
         model,
         cfg,
