@@ -5,12 +5,19 @@ component arguments; numbers have ranges (std > 0, betas in [0, 1), seeds up to 
 8 … 4096, a run of at least one epoch in total, ...) and a refused value names its key and range;
 overrides index lists (``stages.0.epochs=3``) and malformed ones (empty key, empty key part, empty value,
 bad index) say what is wrong; bad YAML files (a list, binary, syntax errors, NUL characters) are one line
-with the line number; and ``imgcls train`` stops with exit code 2 before anything is written.
+with the line number; and ``imgcls train`` stops with exit code 2 before anything is written. Hostile or
+unusual YAML too: alias bombs, deep nesting (files, overrides, sweep spaces, taxonomies), recursive anchors,
+merge keys (which work), booleans where numbers belong, run names that are paths, a pipe or an override in
+place of the config file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import time
 import types
 import typing
 from pathlib import Path
@@ -18,9 +25,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from imgcls.config import ExperimentConfig, apply_overrides, load_config
-from imgcls.errors import ConfigError
-from imgcls.registry import HEADS
+from imgcls.config import MAX_YAML_DEPTH, ExperimentConfig, apply_overrides, load_config, parse_yaml
+from imgcls.engine.search_space import load_space
+from imgcls.errors import ConfigError, UserError
+from imgcls.registry import BACKBONES, HEADS
+from imgcls.taxonomy import build_taxonomy
 from test_cli import QUICKSTART, start
 from test_config import config_error
 
@@ -271,8 +280,8 @@ def test_the_last_of_two_equal_override_keys_wins():
 
 
 def test_null_and_the_empty_string_are_spelled_out():
-    cfg = load_config(QUICKSTART, ["data.root=null", "output.name=''"])
-    assert cfg.data.root is None and cfg.output.name == ""
+    cfg = load_config(QUICKSTART, ["data.root=null", "data.train_dir=''"])
+    assert cfg.data.root is None and cfg.data.train_dir == ""
 
 
 # ------------------------------------------------------------------------------- YAML files
@@ -366,3 +375,272 @@ def test_imgcls_train_refuses_a_bad_value_before_training(cli_runs, case):
     for word in CLI_CASES[case][1]:
         assert word in flat, (word, stderr)
     assert stdout == "" and not folder.exists()  # nothing trained, no run directory
+
+
+# ------------------------------------------------------------------------------- hostile and unusual YAML
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail the block (instead of hanging the suite) once it has run ``seconds``, and assert it took less."""
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("needs signal.setitimer")
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.perf_counter() - started < seconds
+
+
+def alias_bomb(indent: str, levels: int = 9, width: int = 10) -> str:
+    """ "Billion laughs": level i lists level i − 1 ``width`` times, so 90 aliases expand to 10**9 values."""
+    lines = [f"{indent}a0: &a0 [lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        'model:\n  backbone: "timm:resnet18"\n  backbone_args:\n',  # untyped (extra) backbone arguments
+        "distill:\n  teacher_args:\n",
+    ],
+    ids=["backbone_args", "teacher_args"],
+)
+def test_an_alias_bomb_is_refused_at_once(tmp_path, head):
+    BACKBONES.names()  # import the backbones first: only the config's own cost is timed
+    path = tmp_path / "bomb.yaml"
+    path.write_text(head + alias_bomb("    "))
+    with deadline(1.0):
+        message = config_error([], path)
+    assert message.startswith(f"config file '{path}': its aliases (*name) expand to ")
+    assert "an alias bomb?" in message
+    with deadline(1.0):  # the same in an override value
+        message = config_error(["distill.teacher_args={" + alias_bomb("").replace("\n", ", ") + "}"])
+    assert message.startswith("override 'distill.teacher_args=") and "an alias bomb?" in message
+
+
+def test_a_few_aliases_and_a_recursive_one(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        "train: {epochs: 2}\n"
+        "stages:\n"
+        "  - {name: a, epochs: 1, optim: &slow {lr: 1.0e-4, weight_decay: 0.01}, freeze: &trunk [backbone]}\n"
+        "  - {name: b, epochs: 1, optim: *slow, train_only: *trunk}\n"
+        "  - {name: c, optim: *slow, freeze: *trunk}\n"
+    )
+    cfg = load_config(path)
+    assert [s.optim for s in cfg.stages] == [{"lr": 1e-4, "weight_decay": 0.01}] * 3
+    assert cfg.stages[1].train_only == cfg.stages[2].freeze == ["backbone"]
+    cfg = load_config(path, ["stages.0.optim.lr=0.5", "stages.1.train_only.0=head"])  # one place, not all
+    assert [s.optim["lr"] for s in cfg.stages] == [0.5, 1e-4, 1e-4]
+    assert [(s.freeze, s.train_only) for s in cfg.stages] == [
+        (["backbone"], []),
+        ([], ["head"]),
+        (["backbone"], []),
+    ]
+    path.write_text("distill:\n  teacher_args: &a {x: [1, *a]}\n")
+    message = config_error([], path)
+    assert "anchor at line 2 contains an alias of itself" in message
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "train: {epochs: " + nested(2000) + "}\n",  # flow style
+        "".join(f"{' ' * i}a{i}:\n" for i in range(2000)) + " " * 2000 + "1\n",  # block style
+    ],
+    ids=["flow", "block"],
+)
+def test_a_deeply_nested_config_file_is_one_line(tmp_path, content):
+    path = tmp_path / "deep.yaml"
+    path.write_text(content)
+    with deadline(1.0):
+        message = config_error([], path)
+    assert message.startswith(f"config file '{path}': the YAML is nested too deeply at line ")
+    assert f"(more than {MAX_YAML_DEPTH} levels" in message
+
+
+def test_deep_nesting_is_refused_in_overrides_space_files_and_taxonomies(tmp_path):
+    with deadline(1.0):
+        message = config_error(["train.epochs=" + nested(3000)])
+    assert message.startswith("override 'train.epochs=[[[") and "nested too deeply" in message
+    assert len(message) < 400  # the 6000-character value is shortened
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.lr: {choice: " + nested(3000) + "}\n")
+    with deadline(1.0), pytest.raises(ConfigError) as info:
+        load_space(space)
+    assert str(info.value).startswith(f"search space file '{space}': the YAML is nested too deeply")
+    for name, text in [
+        ("deep.yaml", "a: " + nested(3000) + "\n"),
+        ("deep.json", '{"a": ' + nested(3000) + "}"),
+    ]:
+        taxonomy = tmp_path / name
+        taxonomy.write_text(text)
+        with deadline(1.0), pytest.raises(UserError) as info:
+            build_taxonomy(str(taxonomy), ["a", "b"])
+        message = str(info.value)
+        assert message.startswith(f"cannot read taxonomy parent map '{taxonomy}'"), message
+        assert "nested too deeply" in message and "\n" not in message
+    # aliases that nest an anchor inside another go past the limit too
+    chained = "a0: &a0 " + nested(60) + "\n" + "a1: &a1 " + "[" * 60 + "*a0" + "]" * 60 + "\n"
+    with pytest.raises(ConfigError, match=r"nested too deeply .* with its aliases expanded"):
+        parse_yaml(chained)
+    assert parse_yaml("x: " + nested(20)) == {"x": [[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}
+
+
+def test_yaml_merge_keys_work_and_explicit_keys_override(tmp_path):
+    assert parse_yaml("base: &b {epochs: 1, seed: 2}\ntrain: {<<: *b, seed: 3}\n")["train"] == {
+        "epochs": 1,
+        "seed": 3,
+    }
+    # of several merged mappings the earlier wins; a merged mapping contributes its own merged-and-overridden values
+    raw = parse_yaml(
+        "a: &a {lr: 1, momentum: 0.5}\nb: &b {lr: 5, nesterov: false}\nc: &c {<<: [*a, *b], name: sgd}\n"
+        "d: {<<: *c, lr: 7}\ne: &e {<<: *a, lr: 2}\nf: {<<: *e}\n"
+    )
+    assert raw["c"] == {"lr": 1, "momentum": 0.5, "nesterov": False, "name": "sgd"}
+    assert raw["d"] == {"lr": 7, "momentum": 0.5, "nesterov": False, "name": "sgd"}
+    assert raw["f"] == {"lr": 2, "momentum": 0.5}
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "optim: &opt {name: sgd, lr: 0.1, momentum: 0.8}\n"
+        "stages:\n"
+        "  - {name: warm, epochs: 1, optim: {<<: *opt, lr: 0.01}}\n"
+        "  - name: main\n"
+        "    epochs: 2\n"
+        "    optim:\n"
+        "      <<: *opt\n"
+        "      momentum: 0.9\n"
+    )
+    cfg = load_config(path)
+    assert cfg.stages[0].optim == {"name": "sgd", "lr": 0.01, "momentum": 0.8}
+    assert cfg.stages[1].optim == {"name": "sgd", "lr": 0.1, "momentum": 0.9}
+    path.write_text(
+        "optim: &opt {lr: 0.1}\nstages:\n  - {epochs: 1, optim: {<<: *opt, lr: 0.01, lr: 0.02}}\n"
+    )
+    assert "duplicate key 'lr' at line 3" in config_error([], path)  # explicit keys stay unique
+    path.write_text("train: {<<: 3}\n")
+    message = config_error([], path)
+    assert (
+        "not valid YAML at line 1" in message
+        and "expected a mapping or list of mappings for merging" in message
+    )
+
+
+def test_a_bad_search_space_file_is_one_line_naming_the_file(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_bytes(b"optim.lr: {log_uniform: [1.0e-4, 1.0e-1]}\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(space)
+    assert str(info.value) == (
+        f"search space file '{space}' is not UTF-8 text (byte 0xe9 at offset 47); "
+        "pass a YAML file such as configs/sweeps/linear.yaml"
+    )
+    space.write_text("optim.lr: {uniform: [0.1, 0.2]}\noptim.lr: {uniform: [0.3, 0.4]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(space)
+    assert str(info.value).startswith(f"search space file '{space}': duplicate key 'optim.lr' at line 2")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "shown"),
+    [
+        (["optim.lr=true"], "optim.lr", "True"),
+        (["train.epochs=true"], "train.epochs", "True"),
+        (["train.threads=false"], "train.threads", "False"),  # int | None
+        (["train.grad_clip=true"], "train.grad_clip", "True"),  # float | None
+        (["data.channels=true"], "data.channels", "True"),
+        (["optim.betas=[true, 0.9]"], "optim.betas", "[True, 0.9]"),  # tuple of numbers
+        (["eval.top_k=[1, true]"], "eval.top_k", "[1, True]"),  # list of numbers
+        (["stages=[{epochs: 1, loss_weights: {ce: true}}]"], "stages.0.loss_weights", "{...}"),
+        (["stages=[{epochs: 1, optim: {lr: true}}]"], "stages.0.optim.lr", "True"),
+        (["model.head=mlp", "model.head_args.dropout=true"], "model.head_args.dropout", "True"),
+        (
+            ["model.backbone_args={blocks: [[32, true]]}"],
+            "model.backbone_args.blocks",
+            "[[32, True]]",
+        ),  # Literal[1, 2]
+    ],
+)
+def test_a_boolean_is_not_a_number(overrides, key, shown):
+    message = config_error(overrides)
+    assert message.startswith(f"invalid value {shown} for '{key}': ")
+    assert "a boolean (true/false), which is not a number here; write a number" in message
+
+
+def test_booleans_still_work_where_they_belong():
+    cfg = load_config(
+        None,
+        [
+            "optim.fused=true",  # bool | None
+            "train.channels_last=false",
+            "data.download=true",
+            "model.backbone=timm:resnet18",
+            "model.backbone_args={drop_path_rate: 0.1, features_only: false}",  # untyped extras take anything
+            "distill.teacher_args={global_pool: true}",
+        ],
+    )
+    assert cfg.optim.fused is True and cfg.train.channels_last is False and cfg.data.download is True
+    assert cfg.model.backbone_args["features_only"] is False
+    assert load_config(None, ["optim.lr=1", "train.epochs=1.0"]).optim.lr == 1.0  # numbers stay numbers
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escape", "runs/mine", "/tmp/elsewhere", "..", ".", "a\\b", "C:mine", "''", "' '"]
+)
+def test_output_name_is_a_run_name_not_a_path(name):
+    message = config_error([f"output.name={name}"])
+    assert "for 'output.name': output.name " in message
+    if name in ("''", "' '"):
+        assert "is empty; write a run name" in message
+    else:
+        assert "is a run name, not a path; use output.dir for the folder" in message
+
+
+def test_ordinary_run_names_are_accepted():
+    for name in ["baseline", "lr=3e-4", "a..b", "v1.2", "ünïcode"]:
+        assert load_config(None, [f"output.name={name}"]).output.name == name
+
+
+def test_a_pipe_or_an_override_in_place_of_the_config_file_says_so(tmp_path):
+    fifo = tmp_path / "q.yaml"
+    os.mkfifo(fifo)
+    message = config_error([], fifo)
+    assert message.startswith(f"config file '{fifo}' is not a regular file (a pipe, process substitution")
+    assert "save the config to a .yaml file" in message
+    message = config_error([], "train.epochs=3")
+    assert message == (
+        "config file 'train.epochs=3' not found: it looks like an override (section.key=value); the config file "
+        "comes first and the overrides after it, e.g. configs/quickstart.yaml train.epochs=3"
+    )
+
+
+def test_imgcls_config_show_refuses_hostile_yaml_in_one_line(tmp_path):
+    bomb, deep = tmp_path / "bomb.yaml", tmp_path / "deep.yaml"
+    bomb.write_text('model:\n  backbone: "timm:resnet18"\n  backbone_args:\n' + alias_bomb("    "))
+    deep.write_text("train: {epochs: " + nested(2000) + "}\n")
+    processes = [start("config", "show", str(path)) for path in (bomb, deep)]
+    try:
+        for process, words in zip(processes, ["an alias bomb?", "nested too deeply"], strict=True):
+            stdout, stderr = process.communicate(timeout=60)
+            assert process.returncode == 2, stderr
+            (line,) = stderr.strip().splitlines()
+            assert line.startswith("error: config file ") and words in line, stderr
+            assert stdout == ""
+    finally:
+        for process in processes:  # a hanging one (the bomb, unrefused) must not outlive the test
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -6,6 +6,13 @@ and every number has a range; a bad key or value becomes a one-line
 :class:`~imgcls.errors.ConfigError` naming the key, the value, what is allowed (the whole range
 for a number), and the closest valid key for typos. Overrides are ``section.key=value`` with
 list indices (``stages.0.epochs=3``); the last of two equal keys wins.
+
+YAML (files, override values, sweep spaces) is read safely (no tags that run code) with limits: nesting deeper
+than :data:`MAX_YAML_DEPTH` levels, aliases that expand to more than :data:`MAX_ALIAS_VALUES` values beyond the
+file's own (an "alias bomb") and an anchor that contains itself are one-line errors; keys are unique per
+mapping, and merge keys (``<<: *base``) follow YAML (explicit keys override merged ones, the earlier of
+several merged mappings wins). Booleans are true/false only, and only for on/off fields: ``optim.lr=true``
+is refused instead of read as 1.0.
 """
 
 from __future__ import annotations
@@ -13,15 +20,30 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from imgcls.errors import ConfigError, describe_validation_error
 from imgcls.recipes import resolve_config
-from imgcls.registry import BACKBONES, HEADS, Registry, first_nonfinite, with_allowed_ranges
+from imgcls.registry import (
+    BACKBONES,
+    HEADS,
+    Registry,
+    first_nonfinite,
+    refuse_bool_as_number,
+    with_allowed_ranges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +63,16 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated, NaN/inf refused."""
+    """Base of every config section: unknown keys are errors, assignments are validated, NaN/inf refused, and
+    a boolean is refused where a number is expected."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """true/false are booleans for on/off fields only: pydantic would read ``optim.lr=true`` as 1.0."""
+        return refuse_bool_as_number(cls, info.field_name, value)
 
 
 class DataConfig(Section):
@@ -377,13 +406,31 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: str = "runs"
-    name: str | None = Field(None, description="run name (default: the config file's stem)")
+    name: str | None = Field(
+        None, description="run name, a folder inside output.dir (default: the config file's stem)"
+    )
     tensorboard: bool = True
     keep_every_epochs: int | None = Field(
         None,
         ge=1,
         description="also keep checkpoints/epoch_{n}.pt every N epochs (other epoch_*.pt are pruned)",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        """A run goes to ``output.dir/output.name/<time>``: a name with a path in it would put it elsewhere
+        (``../../x``, or an absolute name replacing output.dir)."""
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError(
+                "output.name is empty; write a run name such as baseline, or null for the default "
+                "(the config file's name)"
+            )
+        if v in (".", "..") or "/" in v or "\\" in v or "\x00" in v or PureWindowsPath(v).drive:
+            raise ValueError("output.name is a run name, not a path; use output.dir for the folder")
+        return v
 
 
 class DistillTokensConfig(Section):
@@ -621,9 +668,130 @@ class ExperimentConfig(Section):
 # --------------------------------------------------------------------------------------------
 
 
-class ConfigLoader(yaml.SafeLoader):
+#: YAML safety limits, for config files, override values, sweep spaces and taxonomy files: nesting deeper than
+#: this is refused (a config needs a few levels; Python would recurse past its limit) ...
+MAX_YAML_DEPTH = 100
+#: ... and so are aliases (``*name``) that expand to more values than this beyond the file's own: an "alias bomb"
+#: of 9 levels of 10 aliases each is 90 aliases that expand to 10**9 values when the untyped fields are walked
+MAX_ALIAS_VALUES = 10_000
+
+
+class YamlLimits:
+    """A PyYAML loader mixin (``class L(YamlLimits, yaml.SafeLoader)``) that refuses, with a one-line
+    :class:`ConfigError`, YAML nested more than :data:`MAX_YAML_DEPTH` levels (counted while scanning and
+    composing, before anything recurses deeply, and again with aliases expanded), aliases that add more than
+    :data:`MAX_ALIAS_VALUES` values, and an alias inside its own anchor (a recursive structure)."""
+
+    _depth = 0
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        """The scanner reads ahead over every ``[``/``{`` that may start a key: refuse deep flow nesting here,
+        before that costs time."""
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise ConfigError(_too_deep(self.line + 1))
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self._depth >= MAX_YAML_DEPTH:
+            raise ConfigError(_too_deep(self.peek_event().start_mark.line + 1))
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+def _too_deep(line: int, how: str = "") -> str:
+    return (
+        f"the YAML is nested too deeply at line {line} (more than {MAX_YAML_DEPTH} levels of lists and "
+        f"mappings{how}); flatten it (a config needs only a few levels)"
+    )
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse aliases that expand ``root`` beyond the limits (depth, values) or into itself, in one iterative
+    pass over the distinct nodes (an alias shares its anchor's node, so the sizes are memoised by node)."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    entered: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if finished:
+            entered.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            if height[key] > MAX_YAML_DEPTH:
+                raise ConfigError(_too_deep(node.start_mark.line + 1, " with its aliases expanded"))
+            continue
+        if key in size:
+            continue
+        if key in entered:
+            raise ConfigError(
+                f"the anchor at line {node.start_mark.line + 1} contains an alias of itself (a structure that "
+                "contains itself); write the values out instead"
+            )
+        entered.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+    if size[id(root)] - len(size) > MAX_ALIAS_VALUES:
+        raise ConfigError(
+            f"its aliases (*name) expand to {size[id(root)]:,} values, more than {MAX_ALIAS_VALUES:,} beyond the "
+            "file's own (an alias bomb?); write the values out or use fewer aliases"
+        )
+
+
+class ConfigLoader(YamlLimits, yaml.SafeLoader):
     """YAML as people write configs (YAML 1.2 scalars): only true/false are booleans (``in_memory: no``
-    stays the string 'no'), and ``1e-3`` is a float, not a string."""
+    stays the string 'no'), and ``1e-3`` is a float, not a string. Deep nesting and alias bombs are refused
+    (:class:`YamlLimits`), and so are duplicate keys (:func:`_check_unique_keys`)."""
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Resolve merge keys in place, as YAML defines them: ``{<<: *base, lr: 0.1}`` holds base's keys, the
+        mapping's explicit keys override them, and of ``<<: [*a, *b]`` the earlier mapping wins (PyYAML's own
+        lets a later one win, and a mapping merged in turn contribute its merged values over its explicit
+        ones). The explicit keys are checked first (unique, plain names), once per mapping."""
+        checked = self.__dict__.setdefault("_unique_checked", set())
+        if id(node) in checked:  # flattened already (a merged mapping, or an alias's anchor)
+            return
+        checked.add(id(node))
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:value":  # as SafeLoader: '=' is a plain key
+                key_node.tag = "tag:yaml.org,2002:str"
+        _check_unique_keys(self, node)
+        merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        explicit = []
+        for key_node, value_node in node.value:
+            if key_node.tag != MERGE_TAG:
+                explicit.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"expected a mapping or list of mappings for merging, but found {source.id}",
+                        source.start_mark,
+                    )
+                self.flatten_mapping(source)
+                for pair in source.value:  # unique keys once flattened
+                    merged.setdefault(self.construct_object(pair[0], deep=True), pair)
+        if merged:
+            own = {self.construct_object(k, deep=True) for k, _ in explicit}
+            node.value = [pair for key, pair in merged.items() if key not in own] + explicit
 
 
 ConfigLoader.yaml_implicit_resolvers = {
@@ -640,10 +808,17 @@ ConfigLoader.add_implicit_resolver(
 )
 
 
-def _construct_mapping_unique(loader: ConfigLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    """A YAML mapping whose keys must be unique (PyYAML silently keeps the last of two equal keys)."""
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_unique_keys(loader: ConfigLoader, node: yaml.MappingNode) -> None:
+    """A YAML mapping's keys must be unique (PyYAML silently keeps the last of two equal keys). Merge keys
+    (``<<: *base``) are YAML's own: the merged keys come first and the mapping's explicit keys override them;
+    only the explicit keys must be unique."""
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool, type(None))):
             raise ConfigError(
@@ -655,14 +830,50 @@ def _construct_mapping_unique(loader: ConfigLoader, node: yaml.MappingNode, deep
                 "a key may appear once per section"
             )
         seen[key] = key_node.start_mark.line + 1
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_unique)
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=ConfigLoader)
+    """``text`` read with :class:`ConfigLoader`; deep nesting, alias bombs and duplicate keys are a one-line
+    :class:`ConfigError` (without a file name: the caller adds it), a syntax error a ``yaml.YAMLError``."""
+    try:
+        return _unshared(yaml.load(text, Loader=ConfigLoader))
+    except RecursionError:  # not expected past the composer's depth limit; one line all the same
+        raise ConfigError(
+            f"the YAML is nested too deeply (more than {MAX_YAML_DEPTH} levels of lists and mappings); "
+            "flatten it (a config needs only a few levels)"
+        ) from None
+
+
+def _unshared(value: Any) -> Any:
+    """``value`` with every list and mapping copied, so that no two places share one (PyYAML gives an alias
+    its anchor's object): an override of one place (``stages.0.optim.lr=...``) must not change the other.
+    Bounded by the loader's limits on depth and on the values aliases add."""
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
+
+
+def read_yaml_file(path: Path, what: str, example: str) -> Any:
+    """The YAML content of the UTF-8 file ``path``; any problem (unreadable, not UTF-8, invalid YAML, too deep,
+    an alias bomb, a duplicate key) is one :class:`ConfigError` line naming ``what`` and the file
+    (``config file 'x.yaml' ...``); ``example`` is a file to suggest in its place."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} '{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            f"pass a YAML file such as {example}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} '{path}' cannot be read ({exc.strerror or exc})") from None
+    try:
+        return parse_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what} '{path}': {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} '{path}' is not valid YAML{_yaml_problem(exc, text)}") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
@@ -684,8 +895,9 @@ def _parse_value(text: str, item: str = "") -> Any:
         return parse_yaml(text)
     except yaml.YAMLError:
         return text
-    except ConfigError as exc:  # e.g. a duplicate key inside {a: 1, a: 2}
-        raise ConfigError(f"override '{item}': {exc}") from None
+    except ConfigError as exc:  # e.g. a duplicate key inside {a: 1, a: 2}, or nesting too deep
+        shown = item if len(item) <= 80 else f"{item[:60]}…{item[-10:]}"
+        raise ConfigError(f"override '{shown}': {exc}") from None
 
 
 def _valid_keys(model: type[BaseModel], path: list[str]) -> list[str]:
@@ -811,21 +1023,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     name = None
     if path is not None:
         p = resolve_config(path)  # a file, else a shipped recipe by name (quickstart, fashion_mnist/fch_rbf)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"config file '{p}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-                "pass a YAML file such as configs/quickstart.yaml"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"config file '{p}' cannot be read ({exc.strerror or exc})") from None
-        try:
-            raw = parse_yaml(text)
-        except ConfigError as exc:
-            raise ConfigError(f"config file '{p}': {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{p}' is not valid YAML{_yaml_problem(exc, text)}") from None
+        raw = read_yaml_file(p, "config file", "configs/quickstart.yaml")
         if raw is None:
             log.warning("warning: config file '%s' is empty; training with all defaults", p)
             raw = {}

@@ -10,6 +10,7 @@ their one-line descriptions (the first comment line of each file).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ TAXONOMIES = "taxonomies"
 #: the sub-folder of sweep search spaces (``imgcls sweep --space``; not experiment configs)
 SWEEP_SPACES = "sweeps"
 SUFFIXES = (".yaml", ".yml")
+#: a command-line override (``train.epochs=3``) where a config file was expected
+_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)*=")
 
 
 def shipped_root() -> Path | None:
@@ -75,13 +78,26 @@ def _shipped(name: str, folder: str | None = None) -> Path | None:
 
 def resolve_config(spec: str | Path) -> Path:
     """``spec`` itself when it is a file; else the shipped recipe of that name (``quickstart``,
-    ``fashion_mnist/fch_rbf``, ``configs/quickstart.yaml``); else a one-line :class:`ConfigError`."""
+    ``fashion_mnist/fch_rbf``, ``configs/quickstart.yaml``); else a one-line :class:`ConfigError`. A path that
+    exists but is no regular file (a FIFO, a process substitution ``<(...)``, a device) is refused rather than
+    read: it can be read once only (or block), and a run is named after its config file. A spec that looks
+    like an override (``train.epochs=3``) gets a message saying that the config file comes first."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    if path.exists() and not path.is_dir():  # a pipe (`<(...)`), socket or device: read once, maybe never
+        raise ConfigError(
+            f"config file '{spec}' is not a regular file (a pipe, process substitution <(...) or device); "
+            "save the config to a .yaml file and pass its path"
+        )
     found = _shipped(str(spec))
     if found is not None:
         return found
+    if _OVERRIDE.match(str(spec)):
+        raise ConfigError(
+            f"config file '{spec}' not found: it looks like an override (section.key=value); the config file "
+            f"comes first and the overrides after it, e.g. configs/quickstart.yaml {spec}"
+        )
     names = [r.name for r in list_recipes()]
     close = difflib.get_close_matches(str(spec).removesuffix(".yaml").removeprefix("configs/"), names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""

@@ -20,9 +20,9 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Self, Union
+from typing import Annotated, Any, Literal, Self, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from imgcls.errors import ConfigError, describe_validation_error
@@ -50,6 +50,64 @@ def first_nonfinite(value: Any, path: str = "") -> tuple[str, float] | None:
         if found is not None:
             return found
     return None
+
+
+def _numeric_slot(annotation: Any) -> bool:
+    """Whether ``annotation`` takes a number but no boolean (``float``, ``int | None``, ``Literal[1, 2]``)."""
+    annotation, _ = _unwrap(annotation)
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (Union, types.UnionType)
+        else (annotation,)
+    )
+    kinds: list[Any] = []
+    for member in members:
+        member, _ = _unwrap(member)
+        if typing.get_origin(member) is Literal:
+            kinds.extend(type(v) for v in typing.get_args(member))
+        else:
+            kinds.append(member)
+    return bool not in kinds and any(kind in (int, float) for kind in kinds)
+
+
+def first_bool_as_number(annotation: Any, value: Any, path: str = "") -> str | None:
+    """The dotted location inside ``value`` (``''``: the value itself) of the first boolean that ``annotation``
+    would turn into a number (pydantic's lax mode reads true as 1 and 1.0), or None. Lists, tuples and
+    mappings are followed; nested models check their own fields, untyped values (``Any``) take anything."""
+    if isinstance(value, bool):
+        return path if _numeric_slot(annotation) else None
+    annotation, _ = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return None
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        below = _step(annotation, key)
+        found = (
+            None
+            if below is None
+            else first_bool_as_number(below[0], item, f"{path}.{key}" if path else str(key))
+        )
+        if found is not None:
+            return found
+    return None
+
+
+def refuse_bool_as_number(model: type[BaseModel], field: str | None, value: Any) -> Any:
+    """``value`` unchanged, unless it (or an item of it) is a boolean where ``model.field`` takes a number:
+    then a ValueError that says so (configs use true/false for on/off fields only). For a before-validator."""
+    info = model.model_fields.get(field or "")
+    found = None if info is None else first_bool_as_number(info.annotation, value)
+    if found is None:
+        return value
+    span = allowed_range(model, [field, *found.split(".")] if found else [field])
+    where = f"item {found} is" if found else "got"
+    allowed = f" (allowed: {span})" if span else ""
+    raise ValueError(f"{where} a boolean (true/false), which is not a number here; write a number{allowed}")
 
 
 def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
@@ -147,6 +205,11 @@ class ComponentArgs(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, arbitrary_types_allowed=True, allow_inf_nan=False
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_as_number(cls, info.field_name, value)
 
     @model_validator(mode="after")
     def _finite_extras(self) -> Self:

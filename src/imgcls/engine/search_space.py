@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from imgcls.config import ExperimentConfig, apply_overrides, build_config, parse_yaml
+from imgcls.config import ExperimentConfig, apply_overrides, build_config, read_yaml_file
 from imgcls.errors import ConfigError
 
 KINDS = ("uniform", "log_uniform", "int_uniform", "choice")
@@ -208,12 +206,7 @@ def load_space(path: str | Path) -> SearchSpace:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"search space file '{p}' not found; see configs/sweeps/*.yaml for examples")
-    try:
-        raw = parse_yaml(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(
-            f"search space file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-        ) from None
-    return parse_space(raw, f"search space file '{p}'")
+    # read like a config file: UTF-8, one line naming the file for any problem (deep nesting, alias bombs and
+    # duplicate keys included)
+    raw = read_yaml_file(p, "search space file", "configs/sweeps/linear.yaml")
+    return parse_space(raw, f"search space file '{p}'")  # a bad entry's line names its key

@@ -410,7 +410,9 @@ class Predictor:
         except FileNotFoundError:
             raise DataError(f"image '{item}' does not exist") from None
         except IsADirectoryError:
-            raise DataError(f"'{item}' is a folder, not an image") from None
+            raise DataError(
+                f"'{item}' is a folder, not an image; pass its images, e.g. '{item}/*.png'"
+            ) from None
         except _BAD_IMAGE_ERRORS as exc:
             shown = item if isinstance(item, (str, os.PathLike)) else label
             raise DataError(f"cannot read image '{shown}': {' '.join(str(exc).split())}") from None

@@ -31,6 +31,7 @@ from typing import Any
 import rustworkx as rx
 import yaml
 
+from imgcls.config import YamlLimits
 from imgcls.errors import ConfigError, DataError
 from imgcls.taxonomy.tree import SELF_SUFFIX, Taxonomy
 
@@ -250,14 +251,23 @@ def taxonomy_from_parent_map(
     return _tree_from_dag(dag, class_names, [str(c) for c in class_names], rule, {"source": source})
 
 
+class _ParentMapLoader(YamlLimits, yaml.SafeLoader):
+    """``yaml.safe_load`` with the config loader's limits: deep nesting and alias bombs are refused."""
+
+
 def read_parent_map(path: str | Path) -> dict[str, Any]:
     """Load a YAML or JSON parent map ``{child: parent | [parents] | null}``."""
     p = Path(path)
     try:
         text = p.read_text()
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.load(text, Loader=_ParentMapLoader)
+    except (OSError, ValueError, yaml.YAMLError, ConfigError) as exc:  # ConfigError: too deep, alias bomb
         raise DataError(f"cannot read taxonomy parent map '{p}': {exc}".splitlines()[0]) from None
+    except RecursionError:  # JSON nested past Python's recursion limit
+        raise DataError(
+            f"cannot read taxonomy parent map '{p}': it is nested too deeply (hundreds of levels); "
+            "a parent map is flat: child: parent or child: [parents]"
+        ) from None
     if not isinstance(data, dict):
         raise DataError(f"taxonomy parent map '{p}' must hold a mapping child: parent")
     return data
