@@ -125,3 +125,34 @@ def test_failing_rank_fails_the_job_with_its_message(tmp_path):
     output = proc.stdout + proc.stderr
     assert "not divisible by world size" in output and "DDP job failed: rank" in output
     assert "Traceback" not in output
+
+
+def test_a_signal_to_the_launcher_is_one_line_and_128_plus_signal(monkeypatch, capsys):
+    """torchrun forwards SIGTERM to the ranks (which save and stop) and raises SignalException in the launcher."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from imgcls import cli
+
+    def stopped(args):
+        raise SignalException("Process 1 got signal: 15", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torchrun, "run", stopped)
+    assert cli.launch_ddp(["--standalone", "--nproc-per-node=2", "-m", "imgcls", "train"]) == 143
+    err = capsys.readouterr().err
+    assert "DDP job stopped by SIGTERM: the ranks saved their state" in err and "Traceback" not in err
+
+
+def test_a_config_typo_is_one_line_before_torchrun_starts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgcls", "train", "optim.lrr=1", "--nproc", "2", f"output.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown config key 'optim.lrr'" in lines[0], proc.stderr

@@ -451,3 +451,37 @@ def test_epoch_summary_names_the_stage(small_data, capsys, stage_name):
 def test_freezing_an_unknown_module_is_a_config_error(small_data):
     with pytest.raises(ConfigError, match="no module named \\['backbon'\\]"):
         fit(small_data, ["stages=[{name: a, epochs: 1, freeze: [backbon]}]"])
+
+
+class CountSteps(Callback):
+    name = "count_steps"
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_train_step_end(self, trainer) -> None:
+        self.steps += 1
+
+
+def test_a_later_stage_naming_an_unknown_module_fails_before_the_first_step(small_data):
+    counter = CountSteps()
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.freeze: no module named \['bakbone'\]"):
+        fit(small_data, ["stages=[{name: a, epochs: 1}, {name: b, epochs: 1, freeze: [bakbone]}]"], [counter])
+    assert counter.steps == 0
+    # names under a head that a stage switches to are checked when that stage starts
+    trainer = fit(
+        small_data,
+        [
+            "stages=[{name: a, epochs: 1}, {name: b, epochs: 1, head: mlp, head_args: {hidden: [8]}, train_only: [head.body]}]"
+        ],
+    )
+    assert trainer.state.global_epoch == 2
+
+
+def test_evaluating_swa_that_never_began_says_why(shared):
+    ckpt = ckpt_io.load_checkpoint(shared / "checkpoints" / "last.pt")
+    ckpt["config"]["train"]["swa_start"] = 0.9  # set, but the run ended before it began
+    with pytest.raises(
+        CheckpointError, match=r"no SWA weights: training stopped after epoch 2, before they began"
+    ):
+        api.model_from_checkpoint(ckpt, "swa")

@@ -136,14 +136,44 @@ def check_config_argument(config: Path | None, command: str) -> None:
         raise UserError(f"config '{config}' is a folder, not a config file; {fix}") from None
 
 
+def check_before_launch(config: Path | None, overrides: list[str] | None, resume: Path | None) -> None:
+    """The config a DDP job would load, checked in the launcher before torchrun starts N processes."""
+    from imgcls.config import load_config
+
+    if resume is not None:
+        if config is not None:
+            return  # refused with one line by the ranks' own check (config and --resume together)
+        if (Path(resume) / "config.yaml").is_file():
+            load_config(Path(resume) / "config.yaml", list(overrides or []))
+        return
+    if config is not None and "=" in str(config) and not config.exists():
+        load_config(None, [str(config), *(overrides or [])])
+    elif config is not None:
+        check_config_argument(config, "train")
+        load_config(config, list(overrides or []))
+
+
 def launch_ddp(torchrun_args: list[str]) -> int:
     """Run torchrun in this process; a failing rank (which printed its own message) ends the job with
-    its exit code and one summary line instead of torchrun's traceback."""
+    its exit code and one summary line instead of torchrun's traceback. A SIGTERM/SIGINT/SIGHUP to this
+    launcher reaches the ranks (torchrun forwards it), which finish their step, save and stop: one line here too,
+    and exit code 128 + signal."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     try:
         run(get_args_parser().parse_args(torchrun_args))
+    except SignalException as exc:
+        signum = int(exc.sigval)
+        err.print(
+            f"DDP job stopped by {signal.Signals(signum).name}: the ranks saved their state (their line is above); "
+            "resume with the same command and --resume RUN_DIR",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        return 128 + signum
     except ChildFailedError as exc:
         # the rank that failed by itself (positive exit code), not those the launcher then stopped
         rank, failure = min(
@@ -173,6 +203,9 @@ def train(
 ) -> None:
     """Train an experiment, evaluate it once on the test set, and write a report."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        check_before_launch(
+            config, overrides, resume
+        )  # a typo is one line here, not one per rank after torchrun
         args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"] + (
             [str(config)] if config else []
         )
@@ -695,7 +728,8 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except TrainingInterrupted as exc:  # SIGTERM/SIGINT during training: the state was saved
-        exit_interrupted(exc.exit_code, f"interrupted: {exc}")
+        # DDP ranks stop together at the same step: rank 0 speaks for them
+        exit_interrupted(exc.exit_code, f"interrupted: {exc}" if os.environ.get("RANK", "0") == "0" else None)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -85,8 +85,14 @@ def model_from_checkpoint(
         extra = ckpt.get("extra_weights", {})
         if which not in extra:
             key = "ema_decay" if which == "ema" else "swa_start"
-            raise CheckpointError(
-                f"the checkpoint has no {which.upper()} weights; train with train.{key} set"
+            if getattr(cfg.train, key) is None:
+                raise CheckpointError(
+                    f"the checkpoint has no {which.upper()} weights; train with train.{key} set"
+                )
+            epoch = int(ckpt.get("progress", {}).get("global_epoch", 0))
+            raise CheckpointError(  # e.g. early stopping ended the run before SWA's first epoch
+                f"the checkpoint has no {which.upper()} weights: training stopped after epoch {epoch}, before they "
+                f"began; evaluate another checkpoint (--checkpoint best) or start them earlier (train.{key})"
             )
         weights = extra[which]
     load_weights(model, weights, "checkpoint")

@@ -141,14 +141,16 @@ class TimeBudget(Callback):
             return
         trainer.plan_stage_epochs(epochs)
         if trainer.dist.is_main:
+            configured = trainer.cfg.resolved_stages()[
+                0
+            ].epochs  # the cap as set (stage.epochs is the plan now)
             why = (
                 f"the first epoch took {times[0]:.1f} s"
                 if first
                 else f"epochs now take {pace:.1f} s (the last {len(recent)}), {sum(times):.0f} s spent"
             )
             console.print(
-                f"time budget {self.budget_s:.0f} s: {why} -> {epochs} epochs "
-                f"(train.epochs caps it at {trainer.cfg.train.epochs})",
+                f"time budget {self.budget_s:g} s: {why} -> {epochs} epochs (at most {configured}, as configured)",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

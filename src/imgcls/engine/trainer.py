@@ -261,8 +261,34 @@ class Trainer:
             top = sorted({n.split(".")[0] for n in modules if n})
             raise ConfigError(
                 f"stages[{self.state.stage}].{what}: no module named {missing}; top-level modules: {top}"
+                + self._continue_hint(self.state.stage, what)
             )
         return [modules[p] for p in prefixes]
+
+    def _continue_hint(self, index: int, what: str) -> str:
+        """How to go on once earlier steps are saved (nothing to continue before the first step)."""
+        if self.state.step == 0:
+            return ""
+        return f"; fix it and continue with `imgcls train --resume RUN_DIR 'stages.{index}.{what}=[...]'`"
+
+    def _check_stage_modules(self) -> None:
+        """Every stage's ``freeze``/``train_only`` names a module, checked before the first step (not when a later
+        stage starts, after the earlier ones trained). Names under ``head`` in or after a head switch are
+        checked when their stage starts: that head does not exist yet."""
+        modules = dict(self.model.named_modules())
+        top = sorted({n.split(".")[0] for n in modules if n})
+        switched = False
+        for index, stage in enumerate(self.stages):
+            switched = switched or bool(stage.head)
+            for what in ("freeze", "train_only"):
+                names = getattr(stage, what)
+                missing = [
+                    n for n in names if n not in modules and not (switched and n.split(".")[0] == "head")
+                ]
+                if missing:
+                    raise ConfigError(
+                        f"stages[{index}].{what}: no module named {missing}; top-level modules: {top}"
+                    )
 
     def _apply_stage_model_changes(self, stage: StageConfig) -> None:
         """Head switch (a new head with fresh parameters) — part of the model's structure."""
@@ -431,6 +457,7 @@ class Trainer:
     def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
         self._fit_start, self._elapsed_base = time.perf_counter(), 0.0
+        self._check_stage_modules()  # before autotuning and the first step: a typo costs nothing
         if resume is not None and resume.get("execution"):
             self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
         elif needs_tuning(
