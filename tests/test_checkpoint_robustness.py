@@ -626,3 +626,14 @@ def test_evaluating_a_read_only_run_is_refused_before_the_work(run_copy, monkeyp
     with pytest.raises(CheckpointError) as info:
         api.evaluate(run_copy, "last")
     one_line(info, run_copy, "is not writable (Read-only file system)", "copy the run somewhere writable")
+
+
+def test_a_checkpoints_folder_in_place_of_a_run_says_so(run_copy):
+    with pytest.raises(CheckpointError) as info:
+        runs.load_run_checkpoint(run_copy / "checkpoints")
+    one_line(
+        info,
+        run_copy / "checkpoints",
+        "is not a run directory (it has no config.yaml)",
+        "pass the run above it",
+    )

@@ -83,8 +83,10 @@ def test_tiny_fraction_holds_out_at_least_one_image_per_class_count():
 
 def test_split_with_a_singleton_class_is_a_data_error():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    with pytest.raises(DataError, match="fewer than 2 images"):
+    with pytest.raises(DataError, match=r"class #2 has only 1 image, so a stratified split is impossible"):
         stratified_split(labels, 0.3, seed=0)
+    with pytest.raises(DataError, match=r"class 'owl' has only 1 image"):
+        stratified_split(labels, 0.3, seed=0, class_names=["cat", "dog", "owl"])
 
 
 def test_stratified_subset_proportions_and_determinism(fashion):

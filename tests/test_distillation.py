@@ -458,3 +458,30 @@ def test_ddp_averages_student_and_projector_gradients(tmp_path):
     for k in g0:
         torch.testing.assert_close(g0[k], g1[k], msg=k)
     assert g0["objective.teacher_proj.0.net.0.weight"].abs().sum() > 0
+
+
+def test_teacher_view_undoes_the_students_inversion():
+    from imgcls.teacher import teacher_view
+
+    x = torch.rand(2, 1, 4, 4)
+    assert teacher_view("none", "none", "own", "t") is None
+    assert torch.allclose(teacher_view("always", "none", "own", "t")(1.0 - x), x)
+    assert torch.allclose(teacher_view("none", "always", "own", "t")(x), 1.0 - x)
+    dark = torch.full((1, 1, 4, 4), 0.2)  # auto leaves a dark image alone and inverts a bright one
+    assert torch.allclose(
+        teacher_view("none", "auto", "own", "t")(torch.cat([dark, 1 - dark])), torch.cat([dark, dark])
+    )
+    for student, normalization in (("auto", "own"), ("always", "student")):
+        with pytest.raises(
+            ConfigError, match=r"trained with data\.invert=none, the student uses data\.invert="
+        ):
+            teacher_view(student, "none", normalization, "t")
+
+
+@requires_fashion_mnist
+def test_an_imgcls_teacher_sees_images_as_it_was_trained_whatever_the_students_invert(teacher_run):
+    cfg = DistillConfig(teacher=str(teacher_run))
+    plain = load_teacher(cfg, student_invert="none")
+    inverting_student = load_teacher(cfg, student_invert="always")
+    unit = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(plain.logits(unit), inverting_student.logits(1.0 - unit), atol=1e-5)

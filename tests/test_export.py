@@ -131,3 +131,26 @@ def test_cli_export_of_a_tiny_run(tmp_path_factory, tmp_path):
     record = json.loads((tmp_path / "export.json").read_text())
     assert record["source"]["checkpoint"] == "best" and len(record["class_names"]) == 10
     assert "max |Δp|" in proc.stdout
+
+
+def test_batch_graph_heads_are_refused_and_exporter_failures_are_one_line(tmp_path):
+    cfg = load_config("configs/fashion_mnist/fch_knn.yaml", ["model.backbone_args.width_mult=0.25"])
+    model = build_model(cfg.model, len(CLASSES), 1, cfg.train.label_smoothing).eval()
+    assert model.head.inference_mode == "batch"
+    with pytest.raises(UserError, match=r"predicts each image from the whole batch \(eval_graph=batch\)"):
+        export_model(model, PREPROCESS, CLASSES, tmp_path)
+    assert not (tmp_path / "model.onnx").exists()
+
+    class Untraceable(nn.Module):
+        num_features = 4
+
+        def forward_features(self, x):
+            raise RuntimeError("We don't have an op for aten::scatter_\nsecond line")
+
+    plain = Classifier(Untraceable(), LinearHead(4, 3)).eval()
+    with pytest.raises(UserError) as info:
+        export_model(plain, PREPROCESS, ["a", "b", "c"], tmp_path, exporter="torchscript")
+    assert str(info.value).startswith(
+        "cannot export this model to ONNX: the exporter failed (RuntimeError: We don't"
+    )
+    assert "\n" not in str(info.value)

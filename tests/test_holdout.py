@@ -36,6 +36,8 @@ def test_per_class_holdout_is_exact_disjoint_and_seeded():
 def test_per_class_holdout_needs_images_left_to_train():
     with pytest.raises(DataError, match=r"holdout_per_class=7 would leave class #2 \(7 images\)"):
         per_class_holdout(labels_with_counts([30, 12, 7]), 7, seed=0)
+    with pytest.raises(DataError, match=r"would leave class 'owl' \(7 images\)"):
+        per_class_holdout(labels_with_counts([30, 12, 7]), 7, seed=0, class_names=["cat", "dog", "owl"])
 
 
 @pytest.fixture

@@ -147,3 +147,23 @@ def test_validation_errors_feed_the_next_epoch_weights():
 def test_sampler_is_off_by_default():
     cfg = load_config(None, [])
     assert cfg.data.sampler == "random" and sampling_callbacks(cfg) == []
+
+
+def test_m_per_class_refuses_a_class_it_could_never_draw_and_confusion_needs_validation():
+    from imgcls.data.prepare import _require_m_per_class
+    from imgcls.errors import ConfigError
+
+    labels = torch.tensor([0] + [1] * 8 + [2] * 8)
+    data = ImageData(
+        labels=labels, class_names=["owl", "cat", "dog"], images=torch.zeros(17, 1, 4, 4, dtype=torch.uint8)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"class\(es\) 'owl' \(1\) have fewer training images .* lower data.samples_per_class to 1",
+    ):
+        _require_m_per_class(data, 4)
+    _require_m_per_class(data, 1)
+    with pytest.raises(
+        ConfigError, match=r"data.sampler=confusion weights classes by their validation error"
+    ):
+        load_config(None, ["data.sampler=confusion", "data.val_fraction=0"])

@@ -445,3 +445,27 @@ def test_an_unwritable_cache_names_the_folder_and_the_setting(tmp_path):
         and f"cannot write the WordNet copy NLTK reads to '{blocker / 'nltk_data' / 'corpora'}'" in message
     )
     assert message.endswith("set IMGCLS_CACHE to a writable folder")
+
+
+def test_a_thousands_of_levels_deep_taxonomy_builds_without_recursion():
+    depth = 3000
+    chain = {"n0": None, **{f"n{i}": f"n{i - 1}" for i in range(1, depth)}}
+    classes = ["a", "b", "c"]
+    taxonomy = taxonomy_from_parent_map({**chain, **{c: f"n{depth - 1}" for c in classes}}, classes)
+    assert taxonomy.class_names == classes  # the single-child chain is spliced away
+    assert len(taxonomy.nodes) == 3
+
+
+def test_parent_map_files_refuse_duplicate_keys_and_keep_yes_no_names(tmp_path):
+    from imgcls.taxonomy.builders import read_parent_map
+
+    yaml_file = tmp_path / "map.yaml"
+    yaml_file.write_text("clothing: null\nfootwear: null\nDress: clothing\nyes: footwear\nDress: footwear\n")
+    with pytest.raises(DataError, match=r"duplicate key 'Dress' at line 5 \(first at line 3\)"):
+        read_parent_map(yaml_file)
+    yaml_file.write_text("clothing: null\nyes: clothing\nno: clothing\n")
+    assert read_parent_map(yaml_file) == {"clothing": None, "yes": "clothing", "no": "clothing"}
+    json_file = tmp_path / "map.json"
+    json_file.write_text('{"clothing": null, "Dress": "clothing", "Dress": "footwear"}')
+    with pytest.raises(DataError, match=r"duplicate key 'Dress'"):
+        read_parent_map(json_file)

@@ -586,6 +586,11 @@ class ExperimentConfig(Section):
             raise ValueError("eval.checkpoint=swa needs train.swa_start (e.g. 0.75)")
         self._check_components_and_stages()
         self._check_augment_ranges()
+        if self.data.sampler == "confusion" and self.data.val_fraction == 0:
+            raise ValueError(
+                "data.sampler=confusion weights classes by their validation error: set data.val_fraction > 0 "
+                "(or use data.sampler=balanced)"
+            )
         if self.eval.calibration == "temperature" and self.data.val_fraction == 0:
             raise ValueError(
                 "eval.calibration=temperature is fitted on the validation split: set data.val_fraction > 0"

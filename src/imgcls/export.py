@@ -17,9 +17,11 @@ default since 2.9), else the TorchScript-based one; ``export.json`` says which w
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,7 @@ def _onnx_export(
                 f"torch.export-based ONNX export failed ({type(exc).__name__}); using the TorchScript exporter",
                 stacklevel=2,
             )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exporter_failure("ONNX"):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             wrapper,
@@ -112,6 +114,19 @@ def _onnx_export(
             **names,
         )
     return "torchscript"
+
+
+@contextlib.contextmanager
+def _exporter_failure(fmt: str) -> Iterator[None]:
+    """An exporter that cannot trace the model (an op it has no conversion for) is one line, not its traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(
+            f"cannot export this model to {fmt}: the exporter failed ({type(exc).__name__}: {first}); the model "
+            "uses an operation it cannot convert"
+        ) from None
 
 
 def onnx_max_difference(wrapper: nn.Module, path: Path, inputs: list[torch.Tensor]) -> float:
@@ -156,6 +171,13 @@ def export_model(
     """Export ``model`` (a Classifier) into ``out_dir`` and check parity; returns the ``export.json`` record."""
     if not onnx and not torchscript:
         raise UserError("nothing to export: pass --onnx and/or --torchscript")
+    mode = getattr(getattr(model, "head", None), "inference_mode", "sample")
+    if mode in ("batch", "memory"):  # FCH batch-graph heads: a prediction depends on the other images
+        raise UserError(
+            f"cannot export this model: its {type(model.head).__name__} predicts each image from the "
+            f"{'whole batch' if mode == 'batch' else 'memory bank of training features'} (eval_graph={mode}), which "
+            "an exported graph of one input cannot reproduce; export heads that predict each image alone"
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(
@@ -211,7 +233,7 @@ def export_model(
             )
     if torchscript:
         path = out_dir / "model.torchscript.pt"
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _exporter_failure("TorchScript"):
             warnings.simplefilter("ignore")  # torch.jit.trace deprecation / tracer notices
             torch.jit.trace(wrapper, inputs[-1]).save(str(path))
         diff = torchscript_max_difference(wrapper, path, inputs)

@@ -151,6 +151,15 @@ def load_run_checkpoint(
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory '{run_dir}' does not exist")
     if which is None:
+        if not (run_dir / "config.yaml").is_file():
+            inside = (
+                " (it is a run's checkpoints folder: pass the run above it)"
+                if run_dir.name == "checkpoints"
+                else ""
+            )
+            raise CheckpointError(
+                f"'{run_dir}' is not a run directory (it has no config.yaml){inside}; pass runs/<name>/<time>"
+            )
         cfg = load_config(run_dir / "config.yaml")
         which = cfg.eval.checkpoint
     if which not in CHECKPOINT_FILES:

@@ -28,6 +28,7 @@ RGB by repetition, RGB → grey by the mean) and normalises with the teacher's m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcls.config import DistillConfig
+from imgcls.data.preprocess import invert_images
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.timm_weights import checked_timm_weights_file
@@ -59,9 +61,11 @@ class FrozenTeacher:
         name: str,
         normalization: str = "own",
         class_names: list[str] | None = None,
+        view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if normalization not in ("own", "student"):
             raise ConfigError(f"distill.teacher_normalization must be own or student, got '{normalization}'")
+        self.view = view  # the student's unit images as the teacher was trained to see them (data.invert)
         self.model = model.eval()
         self.model.requires_grad_(False)
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
@@ -90,6 +94,8 @@ class FrozenTeacher:
             x = student_images.float()
         else:
             x = unit_images.float()
+            if self.view is not None:
+                x = self.view(x)
         if x.shape[1] != self.channels:
             if x.shape[1] == 1:
                 x = x.expand(-1, self.channels, -1, -1)
@@ -211,7 +217,29 @@ def latest_run(path: Path) -> Path:
     return path
 
 
-def _imgcls_teacher(source: str, cfg: DistillConfig, class_names: list[str] | None) -> FrozenTeacher:
+def teacher_view(
+    student_invert: str, teacher_invert: str, normalization: str, source: str
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What turns the student's unit images (inverted by the student's ``data.invert``) into what an imgcls teacher
+    trained with ``teacher_invert`` saw; None when they agree. A student inverting by ``auto`` (per image) cannot
+    be undone, nor can images the teacher takes in the student's normalisation: those are one line instead."""
+    if student_invert == teacher_invert:
+        return None
+    if student_invert == "auto" or normalization == "student":
+        raise ConfigError(
+            f"the teacher '{source}' was trained with data.invert={teacher_invert}, the student uses "
+            f"data.invert={student_invert}; train both with the same data.invert"
+        )
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        return invert_images(1.0 - x if student_invert == "always" else x, teacher_invert)
+
+    return view
+
+
+def _imgcls_teacher(
+    source: str, cfg: DistillConfig, class_names: list[str] | None, student_invert: str
+) -> FrozenTeacher:
     from imgcls.runs import load_run_checkpoint, model_from_checkpoint
 
     what = "distill.teacher checkpoint"
@@ -246,6 +274,7 @@ def _imgcls_teacher(source: str, cfg: DistillConfig, class_names: list[str] | No
         name=str(source),
         normalization=cfg.teacher_normalization,
         class_names=teacher_classes,
+        view=teacher_view(student_invert, str(pre.get("invert", "none")), cfg.teacher_normalization, source),
     )
 
 
@@ -329,9 +358,13 @@ def _timm_teacher(name: str, cfg: DistillConfig, num_classes: int | None) -> Fro
 
 
 def load_teacher(
-    cfg: DistillConfig, class_names: list[str] | None = None, device: torch.device | str = "cpu"
+    cfg: DistillConfig,
+    class_names: list[str] | None = None,
+    device: torch.device | str = "cpu",
+    student_invert: str = "none",
 ) -> FrozenTeacher:
-    """The frozen teacher ``cfg.teacher`` names (see the module docstring)."""
+    """The frozen teacher ``cfg.teacher`` names (see the module docstring); ``student_invert`` is the student's
+    ``data.invert``, which an imgcls teacher trained with another one is shown undone."""
     if not cfg.teacher:
         raise ConfigError("distill.teacher is not set")
     if cfg.teacher.startswith("timm:"):
@@ -339,5 +372,5 @@ def load_teacher(
             cfg.teacher.removeprefix("timm:"), cfg, len(class_names) if class_names else None
         )
     else:
-        teacher = _imgcls_teacher(cfg.teacher, cfg, class_names)
+        teacher = _imgcls_teacher(cfg.teacher, cfg, class_names, student_invert)
     return teacher.to(device)

@@ -35,7 +35,7 @@ from imgcls.data.images import ImageData, convert_channels, resize_uint8
 from imgcls.data.loader import FileLoader, InMemoryLoader
 from imgcls.data.sources import DataSource
 from imgcls.data.splits import per_class_holdout, stratified_split, stratified_subset
-from imgcls.errors import DataError
+from imgcls.errors import ConfigError, DataError
 from imgcls.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
     if (
         d.holdout_per_class
     ):  # after any exclusion (dedup) and before subsets and the validation split (SPEC §2.7)
-        keep, held = per_class_holdout(train.labels, d.holdout_per_class, d.split_seed)
+        keep, held = per_class_holdout(train.labels, d.holdout_per_class, d.split_seed, train.class_names)
         holdout, train = train.subset(held), train.subset(keep)
         notes.append(
             f"hold-out set: {len(holdout)} unused training images ({d.holdout_per_class} per class, seed {d.split_seed}), "
@@ -264,7 +264,7 @@ def prepare_data(cfg: ExperimentConfig, *, need_train: bool = True) -> PreparedD
         _require_every_class(origin, before, train, reasons)
 
     _note_untested_classes(test, notes)
-    keep, held = stratified_split(train.labels, d.val_fraction, d.split_seed)
+    keep, held = stratified_split(train.labels, d.val_fraction, d.split_seed, train.class_names)
     val = train.subset(held)
     train = train.subset(keep)
 
@@ -317,6 +317,19 @@ def _estimate_stats(
     return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
+def _require_m_per_class(data: ImageData, m: int) -> None:
+    """m_per_class draws ``m`` images of a class at a time: a class with fewer would never be trained on."""
+    counts = torch.bincount(data.labels, minlength=len(data.class_names)).tolist()
+    short = [(name, n) for name, n in zip(data.class_names, counts, strict=True) if 0 < n < m]
+    if short:
+        listed = ", ".join(f"'{name}' ({n})" for name, n in short[:5]) + (" ..." if len(short) > 5 else "")
+        raise ConfigError(
+            f"data.sampler=m_per_class draws data.samples_per_class={m} images of a class at a time, but class(es) "
+            f"{listed} have fewer training images and would never be trained on; lower data.samples_per_class to "
+            f"{min(n for _, n in short)} or use data.sampler=balanced"
+        )
+
+
 def make_loader(
     data: ImageData,
     prepared: PreparedData,
@@ -328,6 +341,8 @@ def make_loader(
     world_size: int = 1,
     device: torch.device | None = None,
 ):
+    if train and cfg.data.sampler == "m_per_class" and cfg.data.samples_per_class:
+        _require_m_per_class(data, cfg.data.samples_per_class)
     common = dict(
         shuffle=train,
         drop_last=train and len(data) >= batch_size,

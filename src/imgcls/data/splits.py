@@ -9,16 +9,25 @@ from sklearn.model_selection import train_test_split
 from imgcls.errors import DataError
 
 
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices into (keep, held_out) with ``held_out`` ≈ ``fraction`` of each class (seeded)."""
+def _class_name(c: int, class_names: list[str] | None) -> str:
+    return f"'{class_names[c]}'" if class_names is not None and c < len(class_names) else f"#{c}"
+
+
+def stratified_split(
+    labels: torch.Tensor, fraction: float, seed: int, class_names: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (keep, held_out) with ``held_out`` ≈ ``fraction`` of each class (seeded);
+    ``class_names`` name a class too small to split in the error."""
     n = int(labels.shape[0])
     indices = torch.arange(n)
     if fraction <= 0:
         return indices, indices[:0]
     counts = torch.bincount(labels)
     if int(counts[counts > 0].min()) < 2:
+        c = int(torch.nonzero((counts > 0) & (counts < 2)).flatten()[0])
         raise DataError(
-            "a class has fewer than 2 images, so a stratified split is impossible; set data.val_fraction=0"
+            f"class {_class_name(c, class_names)} has only 1 image, so a stratified split is impossible; add "
+            "images, or set data.val_fraction=0"
         )
     n_held = max(round(fraction * n), int((counts > 0).sum()))
     try:
@@ -39,7 +48,9 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     return chosen
 
 
-def per_class_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def per_class_holdout(
+    labels: torch.Tensor, per_class: int, seed: int, class_names: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices into (keep, held_out) with exactly ``per_class`` random images of every class held out
     (seeded; seed 001's "200 unused training images per class"). A class needs more than ``per_class``
     images, so that some remain to train on."""
@@ -47,7 +58,8 @@ def per_class_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[
     small = [int(c) for c in torch.nonzero((counts > 0) & (counts <= per_class)).flatten()]
     if small:
         raise DataError(
-            f"data.holdout_per_class={per_class} would leave class #{small[0]} ({int(counts[small[0]])} images) "
+            f"data.holdout_per_class={per_class} would leave class {_class_name(small[0], class_names)} "
+            f"({int(counts[small[0]])} images) "
             "nothing to train on; lower data.holdout_per_class"
         )
     gen = torch.Generator().manual_seed(seed * 7_919 + 104_729)

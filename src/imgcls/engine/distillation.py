@@ -270,7 +270,7 @@ def distillation_factory(
     if not cfg.distill.teacher:
         return None
     class_names = list(data.class_names) if data is not None else None
-    teacher = load_teacher(cfg.distill, class_names, device or "cpu")
+    teacher = load_teacher(cfg.distill, class_names, device or "cpu", cfg.data.invert)
     return DistillationObjective(cfg.distill, teacher, model)
 
 

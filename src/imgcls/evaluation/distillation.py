@@ -46,7 +46,7 @@ def two_token_accuracies(
 @torch.no_grad()
 def teacher_predictions(ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """(test indices, teacher logits) over the whole test set, and the teacher."""
-    teacher = load_teacher(ctx.cfg.distill, ctx.class_names, ctx.device)
+    teacher = load_teacher(ctx.cfg.distill, ctx.class_names, ctx.device, ctx.cfg.data.invert)
     batch_size = ctx.cfg.eval.batch_size or ctx.cfg.train.batch_size
     loader = make_loader(
         ctx.data.test, ctx.data, ctx.cfg, train=False, batch_size=batch_size, device=ctx.device

@@ -31,7 +31,7 @@ from typing import Any
 import rustworkx as rx
 import yaml
 
-from imgcls.config import YamlLimits
+from imgcls.config import ConfigLoader
 from imgcls.errors import ConfigError, DataError
 from imgcls.taxonomy.tree import SELF_SUFFIX, Taxonomy
 
@@ -130,12 +130,20 @@ def _tree_from_dag(
     # --- drop nodes that no longer lead to a class (their classes chose another parent)
     class_set = set(class_node_names)
 
-    def keep(n: str) -> bool:
-        kids = [k for k in children[n] if keep(k)]
-        children[n] = kids
-        return bool(kids) or n in class_set
-
-    keep(root)
+    # (iteratively, children before parents: a taxonomy thousands of levels deep must not overflow the stack)
+    post_order: list[str] = []
+    stack: list[tuple[str, bool]] = [(root, False)]
+    while stack:
+        n, expanded = stack.pop()
+        if expanded:
+            post_order.append(n)
+        else:
+            stack.append((n, True))
+            stack.extend((k, False) for k in children[n])
+    leads_to_class: dict[str, bool] = {}
+    for n in post_order:
+        children[n] = [k for k in children[n] if leads_to_class[k]]
+        leads_to_class[n] = bool(children[n]) or n in class_set
 
     # --- a class at an internal node gets its own "#self" leaf
     node_of_class = list(class_node_names)
@@ -149,19 +157,18 @@ def _tree_from_dag(
             node_of_class[c] = leaf
 
     # --- remove dead nodes (out-degree 1), repeatedly; a single-child root hands over to its child
-    def splice(n: str) -> list[str]:
-        out = []
+    while len(children[root]) == 1:
+        root = children[root][0]
+    pending = [root]  # parents before children, iteratively (see above)
+    while pending:
+        n = pending.pop()
+        spliced = []
         for k in children[n]:
             while len(children[k]) == 1:
                 k = children[k][0]
-            out.append(k)
-            splice(k)
-        children[n] = out
-        return out
-
-    while len(children[root]) == 1:
-        root = children[root][0]
-    splice(root)
+            spliced.append(k)
+        children[n] = spliced
+        pending.extend(spliced)
 
     # --- breadth-first node order and parent indices
     names: list[str] = []
@@ -251,8 +258,13 @@ def taxonomy_from_parent_map(
     return _tree_from_dag(dag, class_names, [str(c) for c in class_names], rule, {"source": source})
 
 
-class _ParentMapLoader(YamlLimits, yaml.SafeLoader):
-    """``yaml.safe_load`` with the config loader's limits: deep nesting and alias bombs are refused."""
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key '{key}'; list several parents as \"{key}\": [a, b]")
+        seen[key] = value
+    return seen
 
 
 def read_parent_map(path: str | Path) -> dict[str, Any]:
@@ -260,7 +272,13 @@ def read_parent_map(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
         text = p.read_text()
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.load(text, Loader=_ParentMapLoader)
+        # the config loader: its limits (nesting, alias bombs), unique keys, and YAML 1.2 scalars (a class
+        # named `no` or `yes` stays a name, not a boolean)
+        data = (
+            json.loads(text, object_pairs_hook=_unique_json_keys)
+            if p.suffix.lower() == ".json"
+            else yaml.load(text, Loader=ConfigLoader)
+        )
     except (OSError, ValueError, yaml.YAMLError, ConfigError) as exc:  # ConfigError: too deep, alias bomb
         raise DataError(f"cannot read taxonomy parent map '{p}': {exc}".splitlines()[0]) from None
     except RecursionError:  # JSON nested past Python's recursion limit
