@@ -512,3 +512,15 @@ def test_a_set_data_root_is_the_only_place_looked_at(tmp_path, monkeypatch):
     assert (
         len(DATASETS.build("fashion_mnist", cfg=DataConfig()).train) == 20
     )  # without a root: the standard places
+
+
+def test_a_subset_larger_than_the_data_or_below_one_per_class_is_noted(tmp_path, monkeypatch):
+    write_fake_fashion(tmp_path / "fashion-mnist", n_train=40, n_test=20)
+    monkeypatch.setenv("IMGCLS_DATA", str(tmp_path))
+    data = prepare_data(
+        load_config(None, ["data.val_fraction=0.25", "data.train_subset=100", "data.test_subset=5"])
+    )
+    assert "data.train_subset=100 asks for more than the 40 images available: all 40 are used" in data.notes
+    assert any(
+        n.startswith("data.test_subset=5 is below one image per class (10 classes)") for n in data.notes
+    )

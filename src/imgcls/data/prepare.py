@@ -176,8 +176,12 @@ def _note_subset_size(key: str, asked: int, got: int, classes: int, notes: list[
     """A stratified subset keeps at least one image per class, so it can exceed what was asked: say so."""
     if asked < classes and got > asked:
         line = f"data.{key}={asked} is below one image per class ({classes} classes): the subset holds {got} images"
-        log.warning("warning: %s", line)
-        notes.append(line)
+    elif got < asked:  # fewer images than asked (after a hold-out or exclusions): all of them are used
+        line = f"data.{key}={asked} asks for more than the {got} images available: all {got} are used"
+    else:
+        return
+    log.warning("warning: %s", line)
+    notes.append(line)
 
 
 def _note_untested_classes(test: ImageData, notes: list[str]) -> None:

@@ -284,7 +284,8 @@ def taxonomy_from_wordnet(
         if synsets is None:
             raise DataError(
                 "data.taxonomy=wordnet needs WordNet-id class names (n01443537 ...) or a synset map; "
-                f"classes like '{class_names[0]}' have none: use a parent-map or CSV taxonomy file instead"
+                f"classes like '{next(c for c in class_names if not _WNID.match(c))}' have none: use a parent-map or "
+                "CSV taxonomy file instead"
             )
     if synsets is not None:
         missing = [c for c in class_names if c not in synsets]
