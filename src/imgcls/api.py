@@ -610,36 +610,61 @@ def sweep(
         space_name=space_name,
     )
     start = time.perf_counter()
-    the_study = sw.open_study(plan, worker_index)
-    if worker_index == 0:
-        sw.write_inputs(plan)
-        sw.enqueue_baseline(plan, the_study, enqueue, baseline)
-    if workers > 1:
-        sw.run_local_workers(plan, workers)
-    else:
-        sw.run_worker(
-            plan,
-            the_study,
-            lambda trial_cfg, cbs: train(trial_cfg, callbacks=cbs, evaluate_after=False),
-            worker_index,
-        )
-    if not report:
-        return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
-    if not final_seeds or not sw.has_result(
-        the_study
-    ):  # a sweep without any completed trial still gets its report
-        result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
-    if final_seeds:
-        final = _sweep_final_runs(plan, the_study, final_seeds)
-        result = sw.write_report(plan, the_study, final, wall_s=time.perf_counter() - start)
+
+    def train_trial(trial_cfg: ExperimentConfig, cbs: list, resume: Path | None = None) -> RunResult:
+        if resume is not None:  # a retried trial continues its run from the checkpoint
+            return train(resume=resume, callbacks=cbs, evaluate_after=False)
+        return train(trial_cfg, callbacks=cbs, evaluate_after=False)
+
+    def report_before_stopping() -> None:
+        try:  # the trials (and final runs) finished so far
+            sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
+        except Exception as exc:  # the interruption is what must be said
+            log.warning("warning: the sweep report could not be written (%s)", str(exc).splitlines()[0])
+
+    # SIGTERM/SIGINT/SIGHUP are handled for the whole sweep (the workers and each run nest their own handling):
+    # a signal ends it with one line and exit code 128 + signal, never with Python's silent default
+    with graceful_stop():
+        the_study = sw.open_study(plan, worker_index)
+        if worker_index == 0:
+            sw.write_inputs(plan)
+            sw.enqueue_baseline(plan, the_study, enqueue, baseline)
+        try:
+            if workers > 1:
+                sw.run_local_workers(plan, workers)
+            else:
+                sw.run_worker(plan, the_study, train_trial, worker_index)
+        except TrainingInterrupted:
+            if report:
+                report_before_stopping()
+            raise
+        if not report:
+            return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
+        if not final_seeds or not sw.has_result(
+            the_study
+        ):  # a sweep without any completed trial still gets its report
+            result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
+        if final_seeds:
+            try:
+                final = _sweep_final_runs(plan, the_study, final_seeds)
+            except TrainingInterrupted:
+                report_before_stopping()
+                raise
+            result = sw.write_report(plan, the_study, final, wall_s=time.perf_counter() - start)
     return result
 
 
 def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
-    """Re-train the best trial's config with seeds 0..n-1 (seeds already trained there are kept) and
-    evaluate each once on the test set; the only test-set evaluations a sweep makes."""
+    """Re-train the best trial's config with seeds 0..n-1 and evaluate each once on the test set; the only
+    test-set evaluations a sweep makes. Resumable seed by seed, from the runs in the final folder whose
+    config.yaml has that ``train.seed``: an evaluated run is kept (the newest, if there are several: one run
+    per seed in the result), a trained but unevaluated one is evaluated, an interrupted one is resumed from
+    its checkpoint in its own folder; only a seed without any run is trained anew. A signal stops the
+    current run gracefully and ends the sweep with one line saying that the same command resumes it."""
+    import yaml
+
     from imgcls.engine import sweep as sw
-    from imgcls.evaluation.compare import METRIC_COLUMNS, compare_runs, find_run_dirs, load_record
+    from imgcls.evaluation.compare import METRIC_COLUMNS, compare_runs
 
     if not sw.has_result(study):
         raise UserError(
@@ -649,14 +674,54 @@ def _sweep_final_runs(plan, study, n_seeds: int) -> dict[str, Any]:
     number = study.best_trial.number
     folder = plan.out_dir / "final" / f"trial_{number:04d}"
     raw = sw.best_config(plan, study)
-    done = {load_record(d).seed for d in find_run_dirs([folder])[0]} if folder.is_dir() else set()
+
+    def runs_of_seed(seed: int) -> list[Path]:
+        """The run folders of ``seed``, newest (by their latest file) first."""
+        runs = []
+        for config in folder.rglob("config.yaml") if folder.is_dir() else []:
+            try:
+                run_seed = (yaml.safe_load(config.read_text(encoding="utf-8")) or {})["train"]["seed"]
+            except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+                continue  # not a run this sweep can use
+            if run_seed == seed:
+                runs.append(config.parent)
+
+        def latest(run_dir: Path) -> int:
+            files = [run_dir / "config.yaml", run_dir / "metrics.json", *resume_candidates(run_dir)]
+            return max(f.stat().st_mtime_ns for f in files if f.is_file())
+
+        return sorted(runs, key=latest, reverse=True)
+
+    chosen: list[Path] = []
     for s in range(n_seeds):
-        if s in done:
-            continue
-        run_raw = json.loads(json.dumps(raw))
-        run_raw["train"]["seed"], run_raw["output"]["dir"] = s, str(folder)
-        train(build_config(run_raw), evaluate_after=True)
-    table = compare_runs([folder], sort_by=None)
+        runs = runs_of_seed(s)
+        try:
+            if (signum := stop_requested()) is not None:  # arrived between two runs
+                raise TrainingInterrupted("stopped before the run", 128 + signum)
+            evaluated = [d for d in runs if (d / "metrics.json").is_file()]
+            trained = [d for d in runs if (d / "train_summary.json").is_file()]
+            if evaluated:  # done (reruns of one seed, e.g. a resumed copy: the newest counts)
+                chosen.append(evaluated[0])
+            elif trained:  # training finished, the evaluation did not
+                with signals_stop_final_evaluation(trained[0]):
+                    evaluate(trained[0])
+                chosen.append(trained[0])
+            elif runs:  # interrupted: continue it in its own folder (from the start if it has no checkpoint)
+                chosen.append(train(resume=runs[0], evaluate_after=True).run_dir)
+            else:
+                run_raw = json.loads(json.dumps(raw))
+                run_raw["train"]["seed"], run_raw["output"]["dir"] = s, str(folder)
+                chosen.append(train(build_config(run_raw), evaluate_after=True).run_dir)
+        except TrainingInterrupted as exc:
+            where = runs_of_seed(s)
+            raise TrainingInterrupted(
+                f"sweep '{plan.study_name}' stopped by {sw.signal_name(exc.exit_code - 128)} during the final "
+                f"run of seed {s}"
+                + (f" ({where[0]}: its progress is saved)" if where else "")
+                + "; final runs already evaluated are kept: rerun the same `imgcls sweep` command to resume",
+                exc.exit_code,
+            ) from None
+    table = compare_runs(chosen, sort_by=None)
     row = table.rows[0]
     metrics = {
         key: {"mean": row.mean(key), "std": row.std(key), "values": row.values.get(key, [])}

@@ -12,7 +12,13 @@ interrupted sweep resumes by running the same command again; a PostgreSQL/MySQL 
 on several machines share one study (Optuna's distributed design; nothing home-made here). A
 trial whose process dies stops sending heartbeats, is marked failed once they are older than the
 grace period, and is queued again with the same parameters (``RetryHeartbeatStaleTrialCallback``);
-a trial interrupted with Ctrl-C is queued again the same way. Neither counts as a result.
+a trial interrupted with Ctrl-C or SIGTERM is queued again the same way. Neither counts as a result, and
+the retry continues the run's checkpoint when the run directory is on this machine.
+
+Signals: a worker handles SIGTERM/SIGINT/SIGHUP for its whole run (:func:`imgcls.runtime.signals.graceful_stop`,
+nested around each trial's ``api.train``): it starts no trial after one, and ends with one line and exit
+code 128 + signal. ``--workers K`` starts the K workers in their own session and forwards the signals the
+parent gets to them (so a Ctrl-C reaches each worker once), waits for them and stops the same way.
 
 This module is the machinery (study, workers, pruning callback, report); training itself is
 passed in as a function by :func:`imgcls.api.sweep`, which also trains and tests the final seeds.
@@ -20,13 +26,19 @@ passed in as a function by :func:`imgcls.api.sweep`, which also trains and tests
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
+import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +52,9 @@ from imgcls.config import ExperimentConfig, build_config
 from imgcls.engine.callbacks import Callback
 from imgcls.engine.search_space import SearchSpace, decode_choice, load_space, parse_space
 from imgcls.errors import ConfigError, TrainingError, TrainingInterrupted, UserError
+from imgcls.runtime.signals import graceful_stop, stop_requested
+
+log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "hyperband", "none")
 #: keys a search space may not change: they define what is optimised and where runs go
@@ -174,7 +189,9 @@ def make_storage(plan: SweepPlan):
         kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=3)
     engine_kwargs = {"connect_args": {"timeout": 60}} if plan.storage_url.startswith("sqlite") else None
     if plan.storage_url.startswith("sqlite"):
-        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        _make_folder(plan.out_dir, "the sweep folder", "--out")
+        if (folder := _sqlite_folder(plan.storage_url)) is not None:
+            _make_folder(folder, f"the folder of {redacted(plan.storage_url)}", "--storage")
     try:
         return RDBStorage(plan.storage_url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as exc:
@@ -184,10 +201,38 @@ def make_storage(plan: SweepPlan):
         ) from None
     except Exception as exc:  # sqlalchemy's connection errors
         if type(exc).__module__.startswith("sqlalchemy"):
+            hint = (
+                " (check that its folder exists and is writable)"
+                if "unable to open database file" in str(exc)
+                else ""
+            )
             raise UserError(
-                f"cannot open storage {redacted(plan.storage_url)}: {str(exc).splitlines()[0]}"
+                f"cannot open storage {redacted(plan.storage_url)}: {str(exc).splitlines()[0]}{hint}"
             ) from None
         raise
+
+
+def _sqlite_folder(url: str) -> Path | None:
+    """The folder of an SQLite URL's database file (None: in memory, or a URL sqlalchemy cannot parse)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database
+    except Exception:  # let RDBStorage report the URL itself
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).parent
+
+
+def _make_folder(folder: Path, what: str, option: str) -> None:
+    """Create ``folder`` (as --out is); a folder that cannot be made is one line saying so."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create {what} '{folder}': {exc.strerror or exc}; create the folder or pass another {option}"
+        ) from None
 
 
 def retry_callback(storage):
@@ -198,15 +243,41 @@ def retry_callback(storage):
     )
 
 
-def make_sampler(plan: SweepPlan, worker_index: int, n_existing: int):
-    """Seeded multivariate TPE. Workers and restarts get distinct seeds (derived from the base seed, the
-    worker index and the trials already in the study), so they never replay each other's random draws;
-    a single uninterrupted worker is reproducible."""
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number``'s random draws: a hash of the sweep's seed and the trial number, which
+    the storage makes unique in the study (across workers, commands and machines)."""
+    digest = hashlib.sha256(f"imgcls-sweep:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@functools.lru_cache(maxsize=1)
+def _trial_seeded_tpe() -> type:
     optuna = _optuna()
+
+    class TrialSeededTPESampler(optuna.samplers.TPESampler):
+        """TPE whose random draws for a trial are seeded by :func:`trial_seed` (the sweep's seed, the trial's
+        number) just before the trial samples. Two workers or commands that opened the study at the same
+        moment, with the same trials in it, still draw different parameters (their trials have different
+        numbers); the same study state and trial number give the same parameters."""
+
+        def __init__(self, *, seed: int, **kwargs: Any) -> None:
+            super().__init__(seed=seed, **kwargs)
+            self.base_seed = seed
+
+        def before_trial(self, study, trial) -> None:
+            seed = trial_seed(self.base_seed, trial.number)
+            self._rng.rng.seed(seed)  # TPE's own draws
+            self._random_sampler._rng.rng.seed(seed)  # the startup trials' (random sampling)
+            super().before_trial(study, trial)
+
+    return TrialSeededTPESampler
+
+
+def make_sampler(plan: SweepPlan):
+    """Seeded multivariate TPE; each trial's random draws come from (seed, trial number), so workers and
+    restarts never replay each other's draws and a single uninterrupted worker is reproducible."""
     startup = min(10, max(2, plan.trials // 3))
-    return optuna.samplers.TPESampler(
-        seed=plan.seed + 1000 * worker_index + n_existing, n_startup_trials=startup, multivariate=True
-    )
+    return _trial_seeded_tpe()(seed=plan.seed, n_startup_trials=startup, multivariate=True)
 
 
 def make_pruner(plan: SweepPlan):
@@ -237,7 +308,8 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_study(plan: SweepPlan, worker_index: int = 0):
-    """Create the study, or load it and check that it was created for the same experiment and space."""
+    """Create the study, or load it and check that it was created for the same experiment and space.
+    (``worker_index`` no longer changes anything: each trial's draws are seeded by its number.)"""
     optuna = _optuna()
     storage = make_storage(plan)
     study = optuna.create_study(
@@ -247,7 +319,7 @@ def open_study(plan: SweepPlan, worker_index: int = 0):
         load_if_exists=True,
         pruner=make_pruner(plan),
     )
-    study.sampler = make_sampler(plan, worker_index, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(plan)
     mine = {
         ATTR_CONFIG: plan.cfg.model_dump(mode="json"),
         ATTR_SPACE: plan.space.to_dict(),
@@ -289,6 +361,15 @@ class PruningReporter(Callback):
         self.trial, self.monitor = trial, monitor
         self.epochs = 0
 
+    def on_fit_start(self, trainer) -> None:
+        """A resumed run (a retried trial continuing its checkpoint): report the epochs trained before, so
+        the trial's learning curve and epoch count are whole."""
+        for row in trainer.history:
+            value, epoch = float(row[self.monitor]), int(row["epoch"])
+            self.epochs = epoch
+            if not math.isnan(value):
+                self.trial.report(value, epoch)
+
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
         import optuna
 
@@ -315,7 +396,9 @@ def objective_value(history: list[dict[str, Any]], monitor: str, checkpoint: str
     return float(history[-1][monitor])
 
 
-TrainFn = Callable[[ExperimentConfig, list[Callback]], Any]  # returns an object with .run_dir and .history
+#: trains one trial: ``train_fn(cfg, callbacks)`` → an object with .run_dir and .history; a retried trial whose
+#: run has a checkpoint is continued with ``train_fn(cfg, callbacks, resume=run_dir)``
+TrainFn = Callable[..., Any]
 
 
 def trial_config(plan: SweepPlan, values: dict[str, Any], run_name: str, folder: Path) -> ExperimentConfig:
@@ -341,23 +424,87 @@ class TrialStopped(Exception):
         self.interrupted = interrupted
 
 
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _retry_history(trial) -> list[int]:
+    """The numbers of the trials this one retries (oldest first; empty for a new trial)."""
+    attrs = getattr(trial, "system_attrs", None)
+    if attrs is None:  # optuna.trial.Trial keeps them in the storage only
+        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    history = attrs.get("retry_history")
+    if history:
+        return [int(n) for n in history]
+    return [int(attrs["failed_trial"])] if attrs.get("failed_trial") is not None else []
+
+
+def _in_use(run_dir: Path) -> bool:
+    """Whether another process is training ``run_dir`` (a trial turned stale while its worker still runs):
+    the retry then trains anew rather than fail on the run's lock."""
+    from imgcls.errors import CheckpointError
+    from imgcls.runtime.run_lock import hold_run_lock
+
+    try:
+        with hold_run_lock(run_dir):
+            return False
+    except CheckpointError:
+        return True
+
+
 class TrialObjective:
-    """Optuna objective: one imgcls run per trial, in ``<sweep>/trials/trial_NNNN/<time>``."""
+    """Optuna objective: one imgcls run per trial, in ``<sweep>/trials/trial_NNNN/<time>``; a retried trial
+    continues the run of the trial it retries when that run has a checkpoint here."""
 
     def __init__(self, plan: SweepPlan, train_fn: TrainFn, worker_index: int = 0) -> None:
         self.plan, self.train_fn, self.worker_index = plan, train_fn, worker_index
         self.interrupted: int | None = None
 
+    def resumable_run(self, trial) -> Path | None:
+        """For a retry of a killed or interrupted trial: the newest run of its retry history that has a
+        checkpoint to continue from (None: train anew, e.g. its run is on another machine)."""
+        from imgcls.runs import resume_candidates
+
+        history = _retry_history(trial)
+        if not history:
+            return None
+        candidates = []
+        if inherited := trial.user_attrs.get("run_dir"):  # set when the interrupted trial ended
+            candidates.append(Path(inherited))
+        for number in reversed(history):  # a killed trial never recorded its run: look in its folder
+            found = _run_dir_under(self.plan.out_dir / "trials" / f"trial_{number:04d}")
+            if found is not None:
+                candidates.append(found)
+        for run_dir in candidates:
+            if (run_dir / "config.yaml").is_file() and resume_candidates(run_dir) and not _in_use(run_dir):
+                return run_dir
+        return None
+
     def __call__(self, trial) -> float:
         name = f"trial_{trial.number:04d}"
         folder = self.plan.out_dir / "trials"
-        trial.set_user_attr("run_dir", None)
+        resume = self.resumable_run(trial)
+        trial.set_user_attr("run_dir", str(resume) if resume else None)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()} (worker {self.worker_index})")
         reporter = PruningReporter(trial, self.plan.monitor)
         start = time.perf_counter()
         try:
             cfg = trial_config(self.plan, self.plan.space.suggest(trial), name, folder)
-            result = self.train_fn(cfg, [reporter])
+            if (signum := stop_requested()) is not None:  # arrived while Optuna set the trial up
+                raise TrainingInterrupted(f"stopped by {signal_name(signum)} before it started", 128 + signum)
+            if resume is not None:
+                log.warning(
+                    "trial %d retries trial %d: continuing its run %s from its checkpoint",
+                    trial.number,
+                    _retry_history(trial)[-1],
+                    resume,
+                )
+                result = self.train_fn(cfg, [reporter], resume=resume)
+            else:
+                result = self.train_fn(cfg, [reporter])
             value = objective_value(result.history, self.plan.monitor, cfg.eval.checkpoint)
             if math.isnan(value):
                 raise TrainingError(f"validation {self.plan.monitor} is NaN")
@@ -371,7 +518,7 @@ class TrialObjective:
             self.interrupted = trial.number
             raise
         finally:
-            run_dir = _run_dir_under(folder / name)
+            run_dir = resume or _run_dir_under(folder / name)
             trial.set_user_attr("run_dir", str(run_dir) if run_dir else None)
             trial.set_user_attr("epochs", reporter.epochs)
             trial.set_user_attr("wall_s", time.perf_counter() - start)
@@ -402,44 +549,96 @@ def counts(study) -> Counts:
 
 
 def sweep_interrupted(plan: SweepPlan, number: int | None, exc: TrainingInterrupted) -> TrainingInterrupted:
-    """The one-line stop of a sweep whose trial was signalled (same exit code: 128 + the signal)."""
-    try:
-        name = signal.Signals(exc.exit_code - 128).name
-    except ValueError:
-        name = "a signal"
+    """The one-line stop of a sweep whose trial (``number``; None: between trials) was signalled (same exit
+    code: 128 + the signal)."""
+    name = signal_name(exc.exit_code - 128) if exc.exit_code > 128 else "a signal"
+    where = "between trials" if number is None else f"during trial {number}, which is queued again"
     return TrainingInterrupted(
-        f"sweep '{plan.study_name}' stopped by {name} during trial {number}, which is queued again; finished "
-        f"trials are kept in {redacted(plan.storage_url)}: rerun the same `imgcls sweep` command to resume",
+        f"sweep '{plan.study_name}' stopped by {name} {where}; finished trials are kept in "
+        f"{redacted(plan.storage_url)}: rerun the same `imgcls sweep` command to resume",
         exc.exit_code,
     )
+
+
+#: the logger Optuna reports failed trials on (``optuna.study._optimize``)
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+
+
+class QuietExpectedFailures(logging.Filter):
+    """Optuna logs every failed trial with its traceback. For the expected outcomes that is noise: a run that
+    failed by itself (a :class:`UserError`, e.g. a diverged loss) becomes one line with its message, and a
+    trial stopped by a signal (:class:`TrialStopped`, a second Ctrl-C) is not logged at all, as the sweep's
+    own last line says what happened. Any other exception keeps its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet: set[int] = set()  # trials whose "failed with value None" follow-up line adds nothing
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = record.getMessage()
+        match = re.match(r"Trial (\d+) failed", message)
+        number = int(match.group(1)) if match else None
+        if isinstance(exc, (TrialStopped, KeyboardInterrupt)):
+            self.quiet.add(number if number is not None else -1)
+            return False
+        if isinstance(exc, UserError):
+            head = message.split(" because of the following error:")[0]
+            record.msg, record.args = f"{head}: {exc} (a result: the sweep goes on)", ()
+            record.exc_info, record.exc_text = None, None
+            self.quiet.add(number if number is not None else -1)
+            return True
+        return not (number in self.quiet and "failed with value" in message)
 
 
 def run_worker(plan: SweepPlan, study, train_fn: TrainFn, worker_index: int = 0) -> None:
     """Run trials until the study holds ``plan.trials`` results. Trials other workers are running count
     toward the budget; while only those remain, wait: if their worker died they turn stale after the
-    grace period, and their retry is run here."""
+    grace period, and their retry is run here.
+
+    SIGTERM/SIGINT/SIGHUP are handled for the whole run: a signal during a trial stops its training
+    gracefully (the trial is queued again), and no trial starts after one; either way a
+    :class:`TrainingInterrupted` (exit code 128 + signal) ends the worker. A local worker (``worker_index``
+    > 0) whose parent ``imgcls sweep`` process has gone starts no further trial either."""
     from optuna.storages import fail_stale_trials
 
     objective = TrialObjective(plan, train_fn, worker_index)
-    while True:
-        fail_stale_trials(study)
-        c = counts(study)
-        if c.done >= plan.trials:
-            return
-        if c.done + c.running >= plan.trials:
-            time.sleep(1.0)  # a cheap query; a dead worker's trial turns stale after 2 × heartbeat
-            continue
-        try:
-            study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=False)
-        except (KeyboardInterrupt, TrialStopped) as exc:
-            # a signalled trial: FAIL now; queue it again like a dead one
-            if objective.interrupted is not None:
-                retry = retry_callback(study._storage)
-                if retry is not None:
-                    retry(study, study.trials[objective.interrupted])
-            if isinstance(exc, TrialStopped):
-                raise sweep_interrupted(plan, objective.interrupted, exc.interrupted) from None
-            raise
+    parent = os.getppid() if worker_index > 0 else None
+    quiet = QuietExpectedFailures()
+    optuna_log = logging.getLogger(OPTUNA_TRIAL_LOGGER)
+    optuna_log.addFilter(quiet)
+    try:
+        with graceful_stop():
+            while True:
+                if (signum := stop_requested()) is not None:
+                    raise sweep_interrupted(plan, None, TrainingInterrupted("", 128 + signum))
+                if parent is not None and os.getppid() != parent:
+                    raise TrainingInterrupted(
+                        f"sweep worker #{worker_index} stopped: the `imgcls sweep` process that started it has "
+                        f"ended; finished trials are kept in {redacted(plan.storage_url)}: rerun the same "
+                        "`imgcls sweep` command to resume",
+                        128 + int(getattr(signal, "SIGHUP", 1)),
+                    )
+                fail_stale_trials(study)
+                c = counts(study)
+                if c.done >= plan.trials:
+                    return
+                if c.done + c.running >= plan.trials:
+                    time.sleep(1.0)  # a cheap query; a dead worker's trial turns stale after 2 × heartbeat
+                    continue
+                try:
+                    study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=False)
+                except (KeyboardInterrupt, TrialStopped) as exc:
+                    # a signalled trial: FAIL now; queue it again like a dead one
+                    if objective.interrupted is not None:
+                        retry = retry_callback(study._storage)
+                        if retry is not None:
+                            retry(study, study.trials[objective.interrupted])
+                    if isinstance(exc, TrialStopped):
+                        raise sweep_interrupted(plan, objective.interrupted, exc.interrupted) from None
+                    raise
+    finally:
+        optuna_log.removeFilter(quiet)
 
 
 def worker_command(plan: SweepPlan, worker_index: int) -> list[str]:
@@ -488,8 +687,25 @@ def write_inputs(plan: SweepPlan) -> None:
     plan.space_file.write_text(yaml.safe_dump(plan.space.to_dict(), sort_keys=False))
 
 
+def _stopped_by(code: int) -> int | None:
+    """The stop signal (SIGTERM/SIGINT/SIGHUP) a worker's exit code says it ended by: 128 + n when it stopped
+    gracefully, -n when the signal killed it; None for any other exit."""
+    from imgcls.runtime.signals import STOP_SIGNALS
+
+    signum = -code if code < 0 else code - 128
+    return signum if signum in STOP_SIGNALS else None
+
+
 def run_local_workers(plan: SweepPlan, workers: int) -> None:
-    """``--workers K``: K worker processes on this machine, sharing the study through its storage."""
+    """``--workers K``: K worker processes on this machine, sharing the study through its storage.
+
+    The workers run in their own session, so a terminal's Ctrl-C / hang-up reaches only this process, and
+    this process forwards every SIGTERM/SIGINT/SIGHUP it gets to each worker (exactly once each, so a
+    single Ctrl-C is a graceful stop and a second one stops at once, as for ``imgcls train``). It waits for
+    them and raises :class:`TrainingInterrupted` (exit code 128 + signal); workers that were all stopped by
+    a signal someone sent them directly end the sweep the same way rather than as "failed"."""
+    from imgcls.runtime.signals import _stop_signals
+
     write_inputs(plan)
     import imgcls
 
@@ -500,19 +716,62 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
     }
-    procs = [subprocess.Popen(worker_command(plan, i + 1), env=env) for i in range(workers)]
+    procs: list[subprocess.Popen] = []
+    received: list[int] = []
+    told: set[int] = set()  # workers the first signal was forwarded to
+
+    def forward(signum: int, frame) -> None:
+        received.append(signum)
+        for p in list(procs):
+            with contextlib.suppress(OSError):
+                p.send_signal(signum)
+            told.add(p.pid)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, forward) for s in _stop_signals()}
     try:
+        if (pending := stop_requested()) is not None:  # arrived before this handler (api.sweep's recorded it)
+            received.append(pending)
+        for i in range(workers):
+            if received:  # no new worker once the sweep is asked to stop
+                break
+            procs.append(subprocess.Popen(worker_command(plan, i + 1), env=env, start_new_session=True))
+        for p in procs:  # started while the first signal was being forwarded
+            if received and p.pid not in told:
+                with contextlib.suppress(OSError):
+                    p.send_signal(received[0])
+                told.add(p.pid)
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.wait()
-        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    where = f"finished trials are kept in {redacted(plan.storage_url)}: rerun the same `imgcls sweep` command to resume"
+    if received:
+        raise TrainingInterrupted(
+            f"sweep '{plan.study_name}' stopped by {signal_name(received[0])}: its {len(procs)} worker(s) "
+            f"stopped, their running trials are queued again; {where}",
+            128 + received[0],
+        )
     bad = [(i + 1, c) for i, c in enumerate(codes) if c != 0]
+    if bad and all(_stopped_by(c) is not None for _, c in bad):
+        signum = _stopped_by(bad[0][1])
+        assert signum is not None
+        raise TrainingInterrupted(
+            f"sweep '{plan.study_name}' stopped: worker(s) "
+            + ", ".join(f"#{i} by {signal_name(_stopped_by(c) or 0)}" for i, c in bad)
+            + f", their running trials are queued again; {where}",
+            128 + signum,
+        )
     if bad:
         raise UserError(
-            f"sweep worker(s) {', '.join(f'#{i} (exit code {c})' for i, c in bad)} failed; "
+            f"sweep worker(s) {', '.join(f'#{i} ({_exit_text(c)})' for i, c in bad)} failed; "
             "their messages are above; run the same command again to resume"
         )
+
+
+def _exit_text(code: int) -> str:
+    return f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
 
 
 def enqueue_baseline(

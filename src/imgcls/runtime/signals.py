@@ -9,6 +9,7 @@ reducing the flag (:func:`imgcls.runtime.distributed.all_reduce_sum`) after ever
 After training, :func:`signals_stop_final_evaluation` makes the same signals stop the test-set evaluation at once
 (there is no step to finish) with a :class:`~imgcls.errors.TrainingInterrupted` saying where the trained run is.
 ``imgcls.api.train`` enters it inside :func:`graceful_stop`, so there is no instant between the two without a handler.
+:func:`graceful_stop` nests: a sweep worker holds it for its whole run, around each trial's ``api.train``.
 """
 
 from __future__ import annotations
@@ -54,20 +55,33 @@ def _handler(signum: int, frame) -> None:
     request_stop(signum)
 
 
+_depth = 0  # graceful_stop blocks open in the main thread (a sweep's worker holds one around api.train's)
+
+
 @contextlib.contextmanager
 def graceful_stop() -> Iterator[None]:
-    """Install the handlers for the duration of a ``with`` block (only possible in the main thread)."""
-    _requested.clear()
+    """Install the handlers for the duration of a ``with`` block (only possible in the main thread).
+
+    Nestable: the outermost block starts with no request and clears it on exit; an inner one (``api.train``
+    inside a sweep's worker) keeps a request that arrived before it (e.g. during a trial's data setup) and
+    leaves one it received for the outer block to act on."""
+    global _depth
+    if _depth == 0:
+        _requested.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    outermost = _depth == 0
     previous = {s: signal.signal(s, _handler) for s in _stop_signals()}
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
         for s, h in previous.items():
             signal.signal(s, h)
-        _requested.clear()
+        if outermost:
+            _requested.clear()
 
 
 class FinalEvaluationSignal(BaseException):
