@@ -642,6 +642,7 @@ def test_workers_stopped_by_signals_are_an_interruption_not_a_failure(tmp_path, 
         assert info.value.exit_code == code and "rerun the same `imgcls sweep` command" in str(info.value)
 
 
+@pytest.mark.slow  # ≈ 20 s (the real CLI, two training workers); the stand-in worker tests above cover the forwarding
 @requires_fashion_mnist
 def test_sigterm_to_a_sweep_with_two_workers_stops_the_workers_and_reports(tmp_path):
     """The audit's case: SIGTERM to `imgcls sweep --workers 2` while both workers train. Before, the parent
