@@ -637,3 +637,17 @@ def test_a_checkpoints_folder_in_place_of_a_run_says_so(run_copy):
         "is not a run directory (it has no config.yaml)",
         "pass the run above it",
     )
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    from imgcls.runtime.run_lock import hold_run_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), hold_run_lock(tmp_path):
+        pass
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text

@@ -10,6 +10,7 @@ process ends, however it ends (kill -9 included), so a crashed run never leaves 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ except ImportError:  # pragma: no cover - Windows
 
 LOCK_FILE = ".lock"
 
+log = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def hold_run_lock(run_dir: Path) -> Iterator[None]:
@@ -31,7 +34,12 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     path = Path(run_dir) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a read-only run folder: the run's own writes say so next, in one line
+        log.debug("no run lock in %s: %s", run_dir, exc)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,8 +49,13 @@ def hold_run_lock(run_dir: Path) -> Iterator[None]:
                 f"run '{run_dir}' is being trained by another process (PID {holder}); wait for it to finish, or stop "
                 "it (its state is saved) and run the command again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:  # a file system without flock (some network mounts: ENOLCK, EOPNOTSUPP)
+            log.warning(
+                "warning: cannot lock '%s' (%s); nothing stops a second process training this run", path, exc
+            )
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
