@@ -330,6 +330,17 @@ def timm_teacher(pretrained_file: Path, **changes) -> DistillConfig:
     )
 
 
+def features_only_teacher(pretrained_file: Path) -> DistillConfig:
+    """A timm teacher for feature (token) distillation only: no classifier needed."""
+    return DistillConfig(
+        teacher="timm:vit_tiny_patch16_224",
+        pretrained_file=str(pretrained_file),
+        teacher_args=VIT,
+        logits="none",
+        tokens={},
+    )
+
+
 @pytest.fixture(scope="module")
 def vit_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("vit") / "vit.safetensors"
@@ -360,14 +371,7 @@ def test_a_logit_teacher_without_its_classifier_is_refused(tmp_path):
         "missing: head.weight, head.bias",
     )
     # feature-only distillation needs no classifier: the same file loads
-    features_only = DistillConfig(
-        teacher="timm:vit_tiny_patch16_224",
-        pretrained_file=str(headless),
-        teacher_args=VIT,
-        logits="none",
-        tokens={},
-    )
-    assert load_teacher(features_only).model.num_classes == 0
+    assert load_teacher(features_only_teacher(headless)).model.num_classes == 0
 
 
 def test_a_hub_teacher_whose_classifier_has_other_classes_is_refused_before_downloading():
@@ -416,21 +420,37 @@ def test_a_feature_teacher_file_lacking_weights_is_refused_not_left_random(tmp_p
     del state["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.bias"]
     partial = tmp_path / "partial.safetensors"
     save_file(state, str(partial))
-    features_only = DistillConfig(
-        teacher="timm:vit_tiny_patch16_224",
-        pretrained_file=str(partial),
-        teacher_args=VIT,
-        logits="none",
-        tokens={},
-    )
     with pytest.raises(CheckpointError) as info:
-        load_teacher(features_only)
+        load_teacher(features_only_teacher(partial))
     one_line(
         info,
         partial,
         "does not fit teacher timm:vit_tiny_patch16_224",
         "missing: blocks.1.attn.qkv.weight, blocks.1.attn.qkv.bias; they would stay randomly initialised",
     )
+
+
+def test_checked_timm_weights_file_collects_the_report_and_restores_the_logger():
+    from imgcls.runtime.timm_weights import TIMM_LOADER_LOGGER, checked_timm_weights_file
+
+    logger = logging.getLogger(TIMM_LOADER_LOGGER)
+    level, filters = logger.level, list(logger.filters)
+    with (
+        pytest.raises(CheckpointError) as info,
+        checked_timm_weights_file("w.pt", "model.pretrained_file", "timm:x", "fix"),
+    ):
+        logger.info(
+            "Missing keys (a.weight, b.bias) discovered while loading pretrained weights. This is expected"
+        )
+    assert str(info.value) == (
+        "model.pretrained_file 'w.pt' does not fit timm:x (missing: a.weight, b.bias; they would stay randomly "
+        "initialised); fix"
+    )
+    assert (logger.level, logger.filters) == (level, filters)
+    with checked_timm_weights_file(
+        None, "model.pretrained_file", "timm:x", "fix"
+    ):  # no file: nothing checked
+        logger.info("Missing keys (a.weight) discovered while loading pretrained weights.")
 
 
 def test_timm_backbone_pretrained_file_must_hold_every_backbone_weight(tmp_path, caplog):

@@ -309,6 +309,15 @@ def test_pruning_stops_a_clearly_worse_trial(tmp_path):
     }
 
 
+def _trials_so_far(url: str, storage):
+    """``(storage, the tiny study's trials)`` once its database and study exist, else ``(storage, None)``."""
+    try:
+        storage = storage or optuna.storages.RDBStorage(url)
+        return storage, storage.get_all_trials(storage.get_study_id_from_name("tiny-space"))
+    except Exception:  # the database or the study does not exist yet
+        return storage, None
+
+
 @requires_fashion_mnist
 def test_resume_after_the_sweep_process_is_killed(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({}))
@@ -334,10 +343,8 @@ def test_resume_after_the_sweep_process_is_killed(tmp_path):
     try:
         while killed is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            try:
-                storage = storage or optuna.storages.RDBStorage(url)
-                trials = storage.get_all_trials(storage.get_study_id_from_name("tiny-space"))
-            except Exception:  # the database or the study does not exist yet
+            storage, trials = _trials_so_far(url, storage)
+            if trials is None:
                 continue
             running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
             if running:  # mid-run: at least one epoch reported, more to come
@@ -678,10 +685,8 @@ def test_sigterm_to_a_sweep_with_two_workers_stops_the_workers_and_reports(tmp_p
     try:
         while len(running) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            try:
-                storage = storage or optuna.storages.RDBStorage(url)
-                trials = storage.get_all_trials(storage.get_study_id_from_name("tiny-space"))
-            except Exception:  # the database or the study does not exist yet
+            storage, trials = _trials_so_far(url, storage)
+            if trials is None:
                 continue
             running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
         assert len(running) == 2, "the two workers never ran trials together"

@@ -19,7 +19,7 @@ import importlib
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
@@ -34,18 +34,21 @@ NUMBER_ERRORS = frozenset(
 )
 
 
+def _children(value: Any) -> Iterable[tuple[Any, Any]]:
+    """``(key, item)`` of a mapping's items or a list's/tuple's entries (none for anything else)."""
+    if isinstance(value, Mapping):
+        return value.items()
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    return ()
+
+
 def first_nonfinite(value: Any, path: str = "") -> tuple[str, float] | None:
     """``(dotted location, value)`` of the first NaN/inf float inside ``value`` (nested mappings, lists and
     tuples), or None: for untyped values (``Any``) that pydantic's ``allow_inf_nan=False`` does not see."""
     if isinstance(value, float) and not math.isfinite(value):
         return path, value
-    if isinstance(value, Mapping):
-        items: Any = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
+    for key, item in _children(value):
         found = first_nonfinite(item, f"{path}.{key}" if path else str(key))
         if found is not None:
             return found
@@ -79,13 +82,7 @@ def first_bool_as_number(annotation: Any, value: Any, path: str = "") -> str | N
     annotation, _ = _unwrap(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return None
-    if isinstance(value, Mapping):
-        items: Any = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
+    for key, item in _children(value):
         below = _step(annotation, key)
         found = (
             None
