@@ -318,6 +318,7 @@ def _trials_so_far(url: str, storage):
         return storage, None
 
 
+@pytest.mark.slow  # ≈ 13 s (a real sweep killed with SIGKILL); the retry continuing a run is covered by test_a_retried_trial_continues_the_interrupted_run_from_its_checkpoint
 @requires_fashion_mnist
 def test_resume_after_the_sweep_process_is_killed(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({}))
@@ -374,6 +375,7 @@ def test_resume_after_the_sweep_process_is_killed(tmp_path):
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["trials_counted"] == 3
 
 
+@pytest.mark.slow  # ≈ 13 s (two real workers); trial-number seeding and the worker handling are covered by the fast tests above
 @requires_fashion_mnist
 def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path):
     cfg = load_config(None, [*TINY, f"output.dir={tmp_path}", "output.name=pair"])
