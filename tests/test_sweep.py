@@ -582,6 +582,7 @@ got = []
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, lambda n, f: got.append(n))
 folder, index = pathlib.Path(sys.argv[1]), sys.argv[2]
+(folder / f"quiet{index}").write_text(os.environ.get("IMGCLS_QUIET_INTERRUPTION", ""))
 (folder / f"ready{index}").write_text(f"{os.getpid()} {os.getpgid(0)}")
 start = time.time()
 while not got and time.time() - start < 20:
@@ -626,6 +627,26 @@ def test_local_workers_get_a_signal_to_the_sweep_once_and_the_sweep_stops_in_one
         assert (tmp_path / f"got{i}").read_text() == str(int(signum))  # once, not twice
         _, pgid = map(int, (tmp_path / f"ready{i}").read_text().split())
         assert pgid != os.getpgrp()  # their own session: a terminal's Ctrl-C reaches only the parent
+        assert (tmp_path / f"quiet{i}").read_text() == "1"  # the parent's line is the only one
+
+
+def test_a_local_sweep_worker_leaves_the_interruption_line_to_its_parent(monkeypatch, capsys):
+    from imgcls import cli
+    from imgcls.runtime.signals import QUIET_INTERRUPTION_ENV
+
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        for quiet, expected in (("1", ""), (None, "interrupted: stopped by SIGTERM\n")):
+            if quiet is None:
+                monkeypatch.delenv(QUIET_INTERRUPTION_ENV, raising=False)
+            else:
+                monkeypatch.setenv(QUIET_INTERRUPTION_ENV, quiet)
+            with pytest.raises(SystemExit) as info:
+                cli.exit_interrupted(143, "interrupted: stopped by SIGTERM")
+            assert info.value.code == 143
+            assert capsys.readouterr().err == expected
+    finally:
+        signal.signal(signal.SIGINT, sigint)
 
 
 @pytest.mark.parametrize(
@@ -705,6 +726,8 @@ def test_sigterm_to_a_sweep_with_two_workers_stops_the_workers_and_reports(tmp_p
         stderr
     )
     assert last.endswith("rerun the same `imgcls sweep` command to resume")
+    # one line for the whole sweep: the workers' own interruptions are the parent's to report
+    assert sum(line.startswith("interrupted:") for line in stderr.splitlines()) == 1, stderr
     pids = {int(t.user_attrs["worker"].split(":")[1].split()[0]) for t in running}
     for pid in pids:  # no worker goes on training after the sweep has stopped
         with pytest.raises(ProcessLookupError):

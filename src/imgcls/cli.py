@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from imgcls.config import MAX_IMAGE_SIZE
 from imgcls.errors import CheckpointError, ConfigError, TrainingInterrupted, UserError
+from imgcls.runtime.signals import QUIET_INTERRUPTION_ENV
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Train, evaluate, compare and explain image classifiers."
@@ -705,8 +706,9 @@ def _exit_disk_full(filename: str | None) -> None:
 def exit_interrupted(code: int, message: str | None = INTERRUPTED) -> None:
     """Print ``message`` and exit with ``code``; a further Ctrl-C (pressed twice quickly, it lands while the
     interpreter shuts down) ends the process at once and quietly instead of showing a traceback from
-    whatever atexit handler it interrupts."""
-    if message:
+    whatever atexit handler it interrupts. A local sweep worker (:data:`QUIET_INTERRUPTION_ENV` set) prints
+    nothing: its parent reports the whole sweep's interruption in one line."""
+    if message and not os.environ.get(QUIET_INTERRUPTION_ENV):
         err.print(message, highlight=False, markup=False, soft_wrap=True)
     with contextlib.suppress(ValueError):  # only the main thread may set signal handlers
         signal.signal(signal.SIGINT, _exit_quietly)

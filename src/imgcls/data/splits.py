@@ -4,7 +4,6 @@ fixed number of held-out training images per class (seed 001's unused-training e
 from __future__ import annotations
 
 import torch
-from sklearn.model_selection import train_test_split
 
 from imgcls.errors import DataError
 
@@ -30,6 +29,9 @@ def stratified_split(
             "images, or set data.val_fraction=0"
         )
     n_held = max(round(fraction * n), int((counts > 0).sum()))
+    # imported here: sklearn.model_selection costs 1.6 s of start-up, which every command paid (predict included)
+    from sklearn.model_selection import train_test_split
+
     try:
         keep, held = train_test_split(
             indices.numpy(), test_size=n_held, stratify=labels.numpy(), random_state=seed

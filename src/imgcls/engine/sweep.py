@@ -254,21 +254,43 @@ def trial_seed(seed: int, number: int) -> int:
 def _trial_seeded_tpe() -> type:
     optuna = _optuna()
 
-    class TrialSeededTPESampler(optuna.samplers.TPESampler):
-        """TPE whose random draws for a trial are seeded by :func:`trial_seed` (the sweep's seed, the trial's
-        number) just before the trial samples. Two workers or commands that opened the study at the same
-        moment, with the same trials in it, still draw different parameters (their trials have different
-        numbers); the same study state and trial number give the same parameters."""
+    class TrialSeededTPESampler(optuna.samplers.BaseSampler):
+        """Multivariate TPE whose draws for a trial come from a TPE sampler seeded by :func:`trial_seed` (the
+        sweep's seed, the trial's number), made for that trial. Two workers or commands that opened the study at
+        the same moment, with the same trials in it, still draw different parameters (their trials have
+        different numbers); the same study state and trial number give the same parameters. Only Optuna's public
+        sampler interface is used: every call is handed to the trial's own TPE sampler, which reads the study's
+        finished trials from the storage as a single TPE sampler would."""
 
-        def __init__(self, *, seed: int, **kwargs: Any) -> None:
-            super().__init__(seed=seed, **kwargs)
+        def __init__(self, *, seed: int, **tpe_args: Any) -> None:
             self.base_seed = seed
+            self.tpe_args = tpe_args
+            self._per_trial: dict[int, Any] = {}  # trial number -> its TPE sampler, until the trial ends
+
+        def _tpe(self, trial):
+            if (tpe := self._per_trial.get(trial.number)) is None:
+                tpe = optuna.samplers.TPESampler(seed=trial_seed(self.base_seed, trial.number), **self.tpe_args)
+                self._per_trial[trial.number] = tpe
+            return tpe
+
+        def infer_relative_search_space(self, study, trial):
+            return self._tpe(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._tpe(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._tpe(trial).sample_independent(study, trial, param_name, param_distribution)
 
         def before_trial(self, study, trial) -> None:
-            seed = trial_seed(self.base_seed, trial.number)
-            self._rng.rng.seed(seed)  # TPE's own draws
-            self._random_sampler._rng.rng.seed(seed)  # the startup trials' (random sampling)
-            super().before_trial(study, trial)
+            self._tpe(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._tpe(trial).after_trial(study, trial, state, values)
+            self._per_trial.pop(trial.number, None)
+
+        def reseed_rng(self) -> None:  # each trial's draws are seeded by its number, by design
+            pass
 
     return TrialSeededTPESampler
 
@@ -704,7 +726,7 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
     single Ctrl-C is a graceful stop and a second one stops at once, as for ``imgcls train``). It waits for
     them and raises :class:`TrainingInterrupted` (exit code 128 + signal); workers that were all stopped by
     a signal someone sent them directly end the sweep the same way rather than as "failed"."""
-    from imgcls.runtime.signals import _stop_signals
+    from imgcls.runtime.signals import QUIET_INTERRUPTION_ENV, _stop_signals
 
     write_inputs(plan)
     import imgcls
@@ -714,6 +736,7 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
+        QUIET_INTERRUPTION_ENV: "1",  # this process reports the interruption, once for all workers
         "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
     }
     procs: list[subprocess.Popen] = []

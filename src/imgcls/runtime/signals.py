@@ -25,6 +25,10 @@ from imgcls.errors import TrainingInterrupted
 
 _requested: list[int] = []  # signal numbers received while active
 
+#: set in the environment of child processes whose interruption their parent reports in one line of its own
+#: (``imgcls sweep --workers K``'s local workers); such a child exits with the same code but prints nothing
+QUIET_INTERRUPTION_ENV = "IMGCLS_QUIET_INTERRUPTION"
+
 #: the signals that stop a run gracefully: SIGTERM (preemption, kill), SIGINT (Ctrl-C), SIGHUP (the terminal or ssh
 #: session closed); not on Windows, which has no SIGHUP
 STOP_SIGNALS = tuple(
