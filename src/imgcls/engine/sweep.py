@@ -269,7 +269,9 @@ def _trial_seeded_tpe() -> type:
 
         def _tpe(self, trial):
             if (tpe := self._per_trial.get(trial.number)) is None:
-                tpe = optuna.samplers.TPESampler(seed=trial_seed(self.base_seed, trial.number), **self.tpe_args)
+                tpe = optuna.samplers.TPESampler(
+                    seed=trial_seed(self.base_seed, trial.number), **self.tpe_args
+                )
                 self._per_trial[trial.number] = tpe
             return tpe
 
