@@ -478,6 +478,22 @@ def test_a_later_stage_naming_an_unknown_module_fails_before_the_first_step(smal
     assert trainer.state.global_epoch == 2
 
 
+def test_a_later_stage_head_too_large_for_the_machine_fails_before_the_first_step(small_data):
+    """A stage-2 head of 2**21 x 2**21 hidden units (4.4 T parameters) is refused at once, built on the meta
+    device: no memory error after stage 1 has trained. A fitting head of the same kind trains."""
+    from imgcls.engine.trainer import device_memory_bytes
+
+    memory = device_memory_bytes(torch.device("cpu"))
+    assert memory is not None and 2**30 < memory < 2**50  # this machine's RAM, read from the OS
+    counter = CountSteps()
+    huge = "stages=[{name: a, epochs: 1}, {name: b, epochs: 1, head: mlp, head_args: {hidden: [2097152, 2097152]}}]"
+    with pytest.raises(
+        ConfigError, match=r"stages\.1\.head 'mlp' would have 4,398,\d{3},\d{3},\d{3} parameters"
+    ):
+        fit(small_data, [huge], [counter])
+    assert counter.steps == 0
+
+
 def test_evaluating_swa_that_never_began_says_why(shared):
     ckpt = ckpt_io.load_checkpoint(shared / "checkpoints" / "last.pt")
     ckpt["config"]["train"]["swa_start"] = 0.9  # set, but the run ended before it began

@@ -40,6 +40,31 @@ def apply_stage_head(model: Classifier, stage: StageConfig, label_smoothing: flo
     return True
 
 
+def stage_head_parameters(
+    model: Classifier, stage: StageConfig, label_smoothing: float, taxonomy=None
+) -> int | None:
+    """How many parameters the head ``stage`` switches to would have, counted on a head built on the meta device
+    (no memory, no time); None when the stage keeps its head, or the head cannot be built without real tensors."""
+    if not stage.head:
+        return None
+    try:
+        with torch.device("meta"):
+            head = build_head(
+                stage.head,
+                stage.head_args,
+                model.head.in_features,
+                model.head.num_classes,
+                label_smoothing,
+                taxonomy,
+            )
+    except (
+        NotImplementedError,
+        RuntimeError,
+    ):  # its construction reads tensor values: built when its stage starts
+        return None
+    return sum(p.numel() for p in head.parameters())
+
+
 def model_as_of_stage(
     model: Classifier, cfg: ExperimentConfig, stage_index: int, taxonomy=None
 ) -> Classifier:

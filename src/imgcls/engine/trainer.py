@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import signal
 import time
@@ -62,12 +63,22 @@ from imgcls.engine.objective import HeadObjective, Objective
 from imgcls.engine.optim import build_optimizer, build_scheduler
 from imgcls.errors import ConfigError, TrainingError, TrainingInterrupted
 from imgcls.models.classifier import Classifier
-from imgcls.runs import apply_stage_head, load_weights
+from imgcls.runs import apply_stage_head, load_weights, stage_head_parameters
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.batch import Batch
 from imgcls.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object
 from imgcls.runtime.precision import autocast
 from imgcls.runtime.signals import stop_requested
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The total memory of ``device`` (a GPU's, or this machine's for the CPU); None where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
 
 
 @dataclass
@@ -289,6 +300,24 @@ class Trainer:
                     raise ConfigError(
                         f"stages[{index}].{what}: no module named {missing}; top-level modules: {top}"
                     )
+        self._check_stage_head_sizes()
+
+    def _check_stage_head_sizes(self) -> None:
+        """A head a later stage switches to, too large for this device's memory, is one line before the first
+        step, not a memory error once the earlier stages have trained. Counted on the meta device; the bound
+        is the parameters with their gradients and two optimiser moments (16 bytes each in fp32)."""
+        memory = device_memory_bytes(self.device)
+        if memory is None:
+            return
+        for index in range(self.state.stage + 1, len(self.stages)):
+            stage = self.stages[index]
+            n = stage_head_parameters(self.model, stage, self.cfg.train.label_smoothing, self.taxonomy)
+            if n is not None and 16 * n > memory:
+                raise ConfigError(
+                    f"stages.{index}.head '{stage.head}' would have {n:,} parameters, {16 * n / 2**30:,.1f} GiB "
+                    f"with their gradients and optimiser state, more than this {self.device.type} device's "
+                    f"{memory / 2**30:,.1f} GiB of memory; make stages.{index}.head_args smaller"
+                )
 
     def _apply_stage_model_changes(self, stage: StageConfig) -> None:
         """Head switch (a new head with fresh parameters) — part of the model's structure."""
