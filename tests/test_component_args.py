@@ -53,6 +53,17 @@ def test_config_module_does_not_import_the_models_until_a_lookup():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
+def test_start_up_leaves_the_slow_imports_to_the_commands_that_need_them():
+    """torchmetrics (3-6 s: it imports all its domains) and sklearn.model_selection (1.6 s) are imported when
+    metrics are computed or a split is made, not by every command (predict, export, a config error)."""
+    code = (
+        "import sys; import imgcls.api, imgcls.evaluation.evaluate, imgcls.data.prepare\n"
+        "slow = [m for m in ('torchmetrics', 'sklearn', 'scipy.signal') if m in sys.modules]\n"
+        "assert not slow, slow\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
 # ------------------------------------------------------------------------------- head args at load time
 def test_head_unknown_key_is_suggested_at_load():
     message = load_error("model.head=fch", "model.head_args.knn_kk=4")

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_auroc,
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from imgcls.errors import CheckpointError
 
 log = logging.getLogger(__name__)
+
+
+def _torchmetrics():
+    """torchmetrics' classification functions, imported on first use: importing torchmetrics imports all of
+    its domains (audio and image pull in scipy.signal), 3-6 s that ``imgcls predict`` or a config error used to
+    pay at start-up."""
+    from torchmetrics.functional import classification
+
+    return classification
 
 
 def topk_accuracy(probs: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -62,8 +62,9 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
     """ECE (L1): Σ_b (n_b / N) · |accuracy_b − confidence_b| over ``bins`` equal-width confidence bins."""
     probs = torch.as_tensor(probs).float()
     targets = torch.as_tensor(targets).long()
+    tm = _torchmetrics()
     return float(
-        multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=bins, norm="l1")
+        tm.multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=bins, norm="l1")
     )
 
 
@@ -86,20 +87,21 @@ def classification_metrics(
             c,
         )
     kw = {"num_classes": c}
-    per_p = multiclass_precision(probs, targets, average="none", **kw)
-    per_r = multiclass_recall(probs, targets, average="none", **kw)
-    per_f = multiclass_f1_score(probs, targets, average="none", **kw)
+    tm = _torchmetrics()
+    per_p = tm.multiclass_precision(probs, targets, average="none", **kw)
+    per_r = tm.multiclass_recall(probs, targets, average="none", **kw)
+    per_f = tm.multiclass_f1_score(probs, targets, average="none", **kw)
     support = torch.bincount(targets, minlength=c)
     present = support > 0
     out = {
         "num_samples": int(targets.numel()),
-        "accuracy": float(multiclass_accuracy(probs, targets, average="micro", **kw)),
-        "balanced_accuracy": float(multiclass_accuracy(probs, targets, average="macro", **kw)),
+        "accuracy": float(tm.multiclass_accuracy(probs, targets, average="micro", **kw)),
+        "balanced_accuracy": float(tm.multiclass_accuracy(probs, targets, average="macro", **kw)),
         **{f"top{k}_accuracy": topk_accuracy(probs, targets, k) for k in ks},
         "macro_precision": float(per_p[present].mean()),
         "macro_recall": float(per_r[present].mean()),
         "macro_f1": float(per_f[present].mean()),
-        "weighted_f1": float(multiclass_f1_score(probs, targets, average="weighted", **kw)),
+        "weighted_f1": float(tm.multiclass_f1_score(probs, targets, average="weighted", **kw)),
         "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), targets)),
         "ece": expected_calibration_error(probs, targets, calibration_bins),
         "ece_bins": calibration_bins,
@@ -112,9 +114,9 @@ def classification_metrics(
             }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": multiclass_confusion_matrix(probs, targets, **kw).tolist(),
+        "confusion_matrix": tm.multiclass_confusion_matrix(probs, targets, **kw).tolist(),
     }
     if bool(present.all()):
-        out["roc_auc_macro"] = float(multiclass_auroc(probs, targets, average="macro", **kw))
-        out["roc_auc_weighted"] = float(multiclass_auroc(probs, targets, average="weighted", **kw))
+        out["roc_auc_macro"] = float(tm.multiclass_auroc(probs, targets, average="macro", **kw))
+        out["roc_auc_weighted"] = float(tm.multiclass_auroc(probs, targets, average="weighted", **kw))
     return out
