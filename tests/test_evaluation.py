@@ -4,6 +4,7 @@ cases, and the files a run directory holds after its one test-set evaluation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -127,6 +128,37 @@ def test_ece_of_a_completely_wrong_confident_model():
 
 
 # ------------------------------------------------------------------------------- plots
+def test_inference_throughput_is_timed_for_the_configured_seconds_and_at_least_one_batch():
+    """``eval.throughput_s``: the model is timed for that long after one warm-up batch; 0 times one batch."""
+    import time
+
+    from imgcls.data.preprocess import Preprocess
+    from imgcls.evaluation import evaluate
+
+    timed = evaluate.inference_throughput.timed  # tests/conftest.py shortens the function the evaluations call
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            time.sleep(0.01)
+            return x.flatten(1)
+
+    prep = Preprocess(mean=[0.5], std=[0.5], device=torch.device("cpu"))
+    ips = timed(Counting(), prep, torch.device("cpu"), (1, 4, 4), 8, contextlib.nullcontext, seconds=0.0)
+    assert calls == [8, 8] and 0 < ips <= 8 / 0.01  # warm-up + one timed batch
+    calls.clear()
+    start = time.perf_counter()
+    timed(Counting(), prep, torch.device("cpu"), (1, 4, 4), 8, contextlib.nullcontext, seconds=0.2)
+    assert time.perf_counter() - start >= 0.2 and len(calls) >= 1 + 0.2 / 0.05
+    from imgcls.config import load_config
+    from imgcls.errors import ConfigError
+
+    assert load_config(None, []).eval.throughput_s == 1.5
+    with pytest.raises(ConfigError, match=r"eval\.throughput_s"):
+        load_config(None, ["eval.throughput_s=-1"])
+
+
 def test_plot_functions_write_pngs(tmp_path):
     history = [
         {"epoch": 1.0, "train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.5, "val_acc": 0.4, "lr": 0.1},

@@ -388,6 +388,12 @@ class EvalConfig(Section):
         1, ge=1, le=10, description="test-time views averaged (1: none; 2: + horizontal flip; more: + shifts)"
     )
     calibration_bins: int = Field(15, ge=2)
+    throughput_s: float = Field(
+        1.5,
+        ge=0.0,
+        le=600.0,
+        description="seconds of timed inference behind the reported img/s (0: one timed batch, a rough figure)",
+    )
     calibration: Literal["none", "temperature"] = Field(
         "none",
         description="temperature: fit temperature scaling on the validation split; applied in evaluate and predict",

@@ -119,7 +119,8 @@ def inference_throughput(
     autocast_fn,
     seconds: float = 1.5,
 ) -> float:
-    """Images per second of ``model`` in eval mode on random uint8 inputs at ``batch_size``."""
+    """Images per second of ``model`` in eval mode on random uint8 inputs at ``batch_size``, timed over
+    ``seconds`` (at least one batch after a warm-up one)."""
     model.eval()
     images = torch.randint(0, 256, (batch_size, *image_shape), dtype=torch.uint8, device=device)
     with autocast_fn():
@@ -249,7 +250,9 @@ def evaluate_model(
     # timed at the evaluation batch, but never above the test set or THROUGHPUT_MAX_BATCH: a batch of 100,000
     # random images (train.batch_size larger than the data) would take minutes to time and gigabytes to hold
     timed_batch = max(1, min(batch_size, len(data.test), THROUGHPUT_MAX_BATCH))
-    metrics["inference_img_per_s"] = inference_throughput(model, prep, device, shape, timed_batch, amp)
+    metrics["inference_img_per_s"] = inference_throughput(
+        model, prep, device, shape, timed_batch, amp, seconds=cfg.eval.throughput_s
+    )
     metrics["inference_batch_size"] = timed_batch
     ctx = EvalContext(
         model,
