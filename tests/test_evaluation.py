@@ -135,7 +135,9 @@ def test_inference_throughput_is_timed_for_the_configured_seconds_and_at_least_o
     from imgcls.data.preprocess import Preprocess
     from imgcls.evaluation import evaluate
 
-    timed = evaluate.inference_throughput.timed  # tests/conftest.py shortens the function the evaluations call
+    timed = (
+        evaluate.inference_throughput.timed
+    )  # tests/conftest.py shortens the function the evaluations call
     calls = []
 
     class Counting(torch.nn.Module):
