@@ -114,7 +114,11 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown rows {unknown}; choose from {', '.join(RECIPES)}, peer")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    extra = ["train.epochs=1", "data.train_subset=2000", "data.test_subset=500"] if args.quick else []
+    extra = (
+        ["train.epochs=1", "data.train_subset=2000", "data.test_subset=500", "eval.throughput_s=0"]
+        if args.quick
+        else []
+    )
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows.split(","):
