@@ -57,11 +57,8 @@ def stage_head_parameters(
                 label_smoothing,
                 taxonomy,
             )
-    except (
-        NotImplementedError,
-        RuntimeError,
-    ):  # its construction reads tensor values: built when its stage starts
-        return None
+    except (NotImplementedError, RuntimeError):
+        return None  # its construction reads tensor values: it is built when its stage starts
     return sum(p.numel() for p in head.parameters())
 
 
