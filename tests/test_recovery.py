@@ -45,6 +45,7 @@ RUN = [
     "train.ema_decay=0.9",
     "output.tensorboard=false",
     "eval.plots=false",
+    "eval.throughput_s=0",  # one timed batch: real-process runs miss tests/conftest.py's fixture
 ]
 
 

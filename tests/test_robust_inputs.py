@@ -47,6 +47,7 @@ TINY = [
     "train.precision=fp32",
     "output.tensorboard=false",
     "eval.plots=false",
+    "eval.throughput_s=0",  # one timed batch: real-process runs miss tests/conftest.py's fixture
 ]
 
 

@@ -27,6 +27,7 @@ TINY_OVERRIDES = [
     "train.progress=false",
     "output.tensorboard=false",
     "eval.plots=false",
+    "eval.throughput_s=0",  # one timed batch: real-process runs miss tests/conftest.py's fixture
 ]
 
 #: the shared run: small enough for seconds of training, large enough to beat chance clearly
