@@ -625,7 +625,7 @@ def sweep(
     # SIGTERM/SIGINT/SIGHUP are handled for the whole sweep (the workers and each run nest their own handling):
     # a signal ends it with one line and exit code 128 + signal, never with Python's silent default
     with graceful_stop():
-        the_study = sw.open_study(plan, worker_index)
+        the_study = sw.open_study(plan)
         if worker_index == 0:
             sw.write_inputs(plan)
             sw.enqueue_baseline(plan, the_study, enqueue, baseline)
@@ -640,9 +640,8 @@ def sweep(
             raise
         if not report:
             return sw.SweepResult(plan.out_dir, plan.study_name, sw.redacted(plan.storage_url), None, [])
-        if not final_seeds or not sw.has_result(
-            the_study
-        ):  # a sweep without any completed trial still gets its report
+        # a sweep without any completed trial still gets its report
+        if not final_seeds or not sw.has_result(the_study):
             result = sw.write_report(plan, the_study, None, wall_s=time.perf_counter() - start)
         if final_seeds:
             try:

@@ -204,9 +204,8 @@ def train(
 ) -> None:
     """Train an experiment, evaluate it once on the test set, and write a report."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        check_before_launch(
-            config, overrides, resume
-        )  # a typo is one line here, not one per rank after torchrun
+        # a typo is one line here, not one per rank after torchrun
+        check_before_launch(config, overrides, resume)
         args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "imgcls", "train"] + (
             [str(config)] if config else []
         )

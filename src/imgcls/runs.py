@@ -28,14 +28,19 @@ log = logging.getLogger(__name__)
 RESUME_FILES = ("recovery.pt", "last.pt")
 
 
+def _stage_head(model: Classifier, stage: StageConfig, label_smoothing: float, taxonomy=None):
+    """The head ``stage`` switches to, built for ``model``'s features and classes (fresh parameters)."""
+    return build_head(
+        stage.head, stage.head_args, model.head.in_features, model.head.num_classes, label_smoothing, taxonomy
+    )
+
+
 def apply_stage_head(model: Classifier, stage: StageConfig, label_smoothing: float, taxonomy=None) -> bool:
     """Switch ``model`` to the head ``stage`` names (fresh parameters); returns whether it switched."""
     if not stage.head:
         return False
     device = next(model.head.parameters(), None)
-    head = build_head(
-        stage.head, stage.head_args, model.head.in_features, model.head.num_classes, label_smoothing, taxonomy
-    )
+    head = _stage_head(model, stage, label_smoothing, taxonomy)
     model.head = head.to(device.device) if device is not None else head
     return True
 
@@ -44,21 +49,15 @@ def stage_head_parameters(
     model: Classifier, stage: StageConfig, label_smoothing: float, taxonomy=None
 ) -> int | None:
     """How many parameters the head ``stage`` switches to would have, counted on a head built on the meta device
-    (no memory, no time); None when the stage keeps its head, or the head cannot be built without real tensors."""
+    (no memory, no time); None when the stage keeps its head, or when building the head reads tensor values
+    (meta tensors have none: that head is sized when its stage starts)."""
     if not stage.head:
         return None
     try:
         with torch.device("meta"):
-            head = build_head(
-                stage.head,
-                stage.head_args,
-                model.head.in_features,
-                model.head.num_classes,
-                label_smoothing,
-                taxonomy,
-            )
-    except (NotImplementedError, RuntimeError):
-        return None  # its construction reads tensor values: it is built when its stage starts
+            head = _stage_head(model, stage, label_smoothing, taxonomy)
+    except (NotImplementedError, RuntimeError):  # what torch raises for a meta tensor's values
+        return None
     return sum(p.numel() for p in head.parameters())
 
 

@@ -141,9 +141,8 @@ class TimeBudget(Callback):
             return
         trainer.plan_stage_epochs(epochs)
         if trainer.dist.is_main:
-            configured = trainer.cfg.resolved_stages()[
-                0
-            ].epochs  # the cap as set (stage.epochs is the plan now)
+            # the cap as set (the stage's own epochs are the plan now)
+            configured = trainer.cfg.resolved_stages()[0].epochs
             why = (
                 f"the first epoch took {times[0]:.1f} s"
                 if first

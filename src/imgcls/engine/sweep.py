@@ -331,9 +331,8 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in MACHINE_LOCAL_KEYS}
 
 
-def open_study(plan: SweepPlan, worker_index: int = 0):
-    """Create the study, or load it and check that it was created for the same experiment and space.
-    (``worker_index`` no longer changes anything: each trial's draws are seeded by its number.)"""
+def open_study(plan: SweepPlan):
+    """Create the study, or load it and check that it was created for the same experiment and space."""
     optuna = _optuna()
     storage = make_storage(plan)
     study = optuna.create_study(
@@ -728,7 +727,7 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
     single Ctrl-C is a graceful stop and a second one stops at once, as for ``imgcls train``). It waits for
     them and raises :class:`TrainingInterrupted` (exit code 128 + signal); workers that were all stopped by
     a signal someone sent them directly end the sweep the same way rather than as "failed"."""
-    from imgcls.runtime.signals import QUIET_INTERRUPTION_ENV, _stop_signals
+    from imgcls.runtime.signals import QUIET_INTERRUPTION_ENV, active_stop_signals
 
     write_inputs(plan)
     import imgcls
@@ -754,7 +753,7 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, forward) for s in _stop_signals()}
+        previous = {s: signal.signal(s, forward) for s in active_stop_signals()}
     try:
         if (pending := stop_requested()) is not None:  # arrived before this handler (api.sweep's recorded it)
             received.append(pending)

@@ -300,7 +300,6 @@ class Trainer:
                     raise ConfigError(
                         f"stages[{index}].{what}: no module named {missing}; top-level modules: {top}"
                     )
-        self._check_stage_head_sizes()
 
     def _check_stage_head_sizes(self) -> None:
         """A head a later stage switches to, too large for this device's memory, is one line before the first
@@ -486,7 +485,9 @@ class Trainer:
     def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run every stage (from where ``resume``, a full ``last.pt`` payload, left off)."""
         self._fit_start, self._elapsed_base = time.perf_counter(), 0.0
-        self._check_stage_modules()  # before autotuning and the first step: a typo costs nothing
+        # before autotuning and the first step: a typo or an impossible head costs nothing
+        self._check_stage_modules()
+        self._check_stage_head_sizes()
         if resume is not None and resume.get("execution"):
             self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
         elif needs_tuning(

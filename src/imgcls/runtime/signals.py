@@ -36,7 +36,7 @@ STOP_SIGNALS = tuple(
 )
 
 
-def _stop_signals() -> tuple[int, ...]:
+def active_stop_signals() -> tuple[int, ...]:
     """:data:`STOP_SIGNALS` less a SIGHUP the process was started to ignore (``nohup imgcls train …``)."""
     hup = getattr(signal, "SIGHUP", None)
     return tuple(s for s in STOP_SIGNALS if not (s == hup and signal.getsignal(s) == signal.SIG_IGN))
@@ -76,7 +76,7 @@ def graceful_stop() -> Iterator[None]:
         yield
         return
     outermost = _depth == 0
-    previous = {s: signal.signal(s, _handler) for s in _stop_signals()}
+    previous = {s: signal.signal(s, _handler) for s in active_stop_signals()}
     _depth += 1
     try:
         yield
@@ -114,7 +114,7 @@ def signals_stop_final_evaluation(run_dir: Path) -> Iterator[None]:
         raise FinalEvaluationSignal(signum)
 
     if threading.current_thread() is threading.main_thread():
-        for s in _stop_signals():
+        for s in active_stop_signals():
             previous[s] = signal.signal(s, stop)
     try:
         yield
