@@ -5,6 +5,7 @@ DataError for truncated files, bad magic numbers and broken gzip streams."""
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -78,6 +79,30 @@ def test_write_read_round_trip_int32(tmp_path):
     array = np.array([[1, -5], [123456, 0]], dtype=np.int32)
     write_idx(tmp_path / "ints", array)
     np.testing.assert_array_equal(read_idx(tmp_path / "ints"), array)
+
+
+def test_a_file_read_again_is_not_decompressed_again_until_it_changes(tmp_path, monkeypatch):
+    import imgcls.data.idx as idx
+
+    path = tmp_path / "images.gz"
+    path.write_bytes(gzip.compress(IMAGES))
+    parsed, parse = [], idx._parse_idx
+
+    def counted_parse(p):
+        parsed.append(p)
+        return parse(p)
+
+    monkeypatch.setattr(idx, "_parse_idx", counted_parse)
+    first = read_idx(path)
+    again = read_idx(tmp_path / "." / "images.gz")  # the same file by another spelling
+    assert again is first and len(parsed) == 1
+    with pytest.raises(ValueError, match="read-only"):
+        first[0, 0, 0] = 99  # shared between readers, so nobody may change it
+    changed = bytearray(IMAGES)
+    changed[-1] = 99
+    path.write_bytes(gzip.compress(bytes(changed)))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # coarse clocks
+    assert read_idx(path)[1, 2, 3] == 99 and len(parsed) == 2
 
 
 # ------------------------------------------------------------------------------------ broken files
