@@ -162,15 +162,16 @@ def write_table(rows: dict, args: argparse.Namespace) -> None:
         )
     lines += [
         "",
-        "| recipe | seed | test accuracy % | validation accuracy % (tested weights) | training s | epochs |",
-        "|---|---|---|---|---|---|",
+        "| recipe | seed | test accuracy % | validation accuracy % (tested weights) | training s | epochs "
+        "| s per epoch (the machine's pace: budgeted recipes plan their epochs from it) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row, r in rows.items():
         for run in r["runs"]:
             val = "–" if run.get("val_acc") is None else f"{100 * run['val_acc']:.2f}"
             lines.append(
                 f"| {row} | {run['seed']} | {100 * run['test_acc']:.2f} | {val} | {run['train_s']:.1f} | "
-                f"{run['epochs']} |"
+                f"{run['epochs']} | {run['train_s'] / run['epochs']:.1f} |"
             )
     if args.quick:
         lines.append("\n(--quick smoke run: 1 epoch on 2,000 images; no accuracy claim)")
