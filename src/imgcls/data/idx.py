@@ -42,7 +42,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         stat = path.stat()
     except OSError as exc:
-        raise DataError(f"cannot read IDX file '{path}': {exc}; delete it so it is fetched again") from None
+        raise _unreadable(path, exc) from None
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _READ:
         _READ.move_to_end(key)
@@ -55,13 +55,17 @@ def read_idx(path: str | Path) -> np.ndarray:
     return array
 
 
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"cannot read IDX file '{path}': {exc}; delete it so it is fetched again")
+
+
 def _parse_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read IDX file '{path}': {exc}; delete it so it is fetched again") from None
+        raise _unreadable(path, exc) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"'{path}' is not an IDX file (bad magic number); delete it so it is fetched again")
     dtype, ndim = np.dtype(_DTYPES[raw[2]]), raw[3]
