@@ -163,8 +163,13 @@ def launch_ddp(torchrun_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    from imgcls.runtime.cpu_threads import shared_cpu_threads
+
+    args = get_args_parser().parse_args(torchrun_args)
     try:
-        run(get_args_parser().parse_args(torchrun_args))
+        # torchrun gives each rank one thread unless OMP_NUM_THREADS is set, which idles most of a larger machine
+        with shared_cpu_threads(int(args.nproc_per_node)):
+            run(args)
     except SignalException as exc:
         signum = int(exc.sigval)
         err.print(

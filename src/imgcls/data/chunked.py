@@ -8,21 +8,19 @@ that an interrupted run does not redo.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from imgcls.runtime.cpu_threads import usable_cpus
 
 T = TypeVar("T")
 
 
 def default_workers() -> int:
     """One worker per CPU this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 @contextmanager

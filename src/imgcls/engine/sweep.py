@@ -727,6 +727,7 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
     single Ctrl-C is a graceful stop and a second one stops at once, as for ``imgcls train``). It waits for
     them and raises :class:`TrainingInterrupted` (exit code 128 + signal); workers that were all stopped by
     a signal someone sent them directly end the sweep the same way rather than as "failed"."""
+    from imgcls.runtime.cpu_threads import shared_cpu_env
     from imgcls.runtime.signals import QUIET_INTERRUPTION_ENV, active_stop_signals
 
     write_inputs(plan)
@@ -735,7 +736,8 @@ def run_local_workers(plan: SweepPlan, workers: int) -> None:
     # the workers import the same imgcls as this process (e.g. a source checkout on PYTHONPATH)
     src = str(Path(imgcls.__file__).resolve().parents[1])
     env = {
-        **os.environ,
+        # the workers share this machine's cores: cores // K threads each, not K × all of them
+        **shared_cpu_env(workers),
         "PYTHONUNBUFFERED": "1",
         QUIET_INTERRUPTION_ENV: "1",  # this process reports the interruption, once for all workers
         "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
