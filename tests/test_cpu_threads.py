@@ -87,3 +87,113 @@ def test_the_ddp_launcher_gives_each_rank_its_share(monkeypatch):
     monkeypatch.setattr(torchrun, "run", lambda args: seen.append(os.environ.get(THREADS_ENV)))
     assert cli.launch_ddp(["--standalone", "--nproc-per-node=2", "-m", "imgcls", "train"]) == 0
     assert seen == ["4"] and THREADS_ENV not in os.environ
+
+
+def _fake_proc(tmp_path, memberships: str, mounts: list[tuple[str, str, str, str]]):
+    """A /proc/self with ``cgroup`` and ``mountinfo``; mounts are (fstype, root, mount point, super options)."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text(memberships)
+    (proc / "mountinfo").write_text(
+        "".join(
+            f"{30 + i} 23 0:{28 + i} {root} {point} rw,relatime - {fstype} {fstype} {options}\n"
+            for i, (fstype, root, point, options) in enumerate(mounts)
+        )
+        + "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+    )
+    return proc
+
+
+def _write(folder, files: dict[str, str]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def _v1(quota: str) -> dict[str, str]:
+    return {"cpu.cfs_quota_us": quota + "\n", "cpu.cfs_period_us": "100000\n"}
+
+
+def test_a_cgroup_v1_quota_is_the_tightest_along_the_path_to_the_root(tmp_path):
+    cpu = tmp_path / "cpu"
+    _write(cpu, _v1("-1"))
+    _write(cpu / "docker", _v1("300000"))
+    _write(cpu / "docker" / "abc", _v1("150000"))
+    proc = _fake_proc(
+        tmp_path,
+        "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n",
+        [("cgroup", "/", str(cpu), "rw,cpu,cpuacct"), ("cgroup", "/", str(tmp_path / "mem"), "rw,memory")],
+    )
+    assert cpu_threads.cpu_quota(proc) == 1.5
+
+
+def test_a_cgroup_v2_limit_and_a_container_seeing_its_own_cgroup_as_the_root(tmp_path):
+    unified = tmp_path / "unified"
+    _write(unified, {"cpu.max": "max 100000\n"})
+    _write(unified / "user.slice" / "job", {"cpu.max": "200000 100000\n"})
+    proc = _fake_proc(tmp_path, "0::/user.slice/job\n", [("cgroup2", "/", str(unified), "rw")])
+    assert cpu_threads.cpu_quota(proc) == 2.0
+    # inside a container's cgroup namespace its cgroup is "/", and the mount's top holds its limit
+    container = tmp_path / "container"
+    _write(container, {"cpu.max": "50000 100000\n"})
+    proc2 = tmp_path / "c"
+    proc2.mkdir()
+    (proc2 / "cgroup").write_text("0::/\n")
+    (proc2 / "mountinfo").write_text(f"40 31 0:40 / {container} rw - cgroup2 cgroup2 rw\n")
+    assert cpu_threads.cpu_quota(proc2) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("memberships", "files"),
+    [
+        ("0::/job\n", {"cpu.max": "max 100000\n"}),  # no limit
+        ("0::/job\n", {"cpu.max": "garbage\n"}),  # unreadable
+        ("0::/job\n", {}),  # no cpu controller files
+        (
+            "0::/elsewhere/job\n",
+            {"cpu.max": "100000 100000\n"},
+        ),  # the process's cgroup is not under this mount
+    ],
+)
+def test_no_limit_or_an_unreadable_one_is_none(tmp_path, memberships, files):
+    unified = tmp_path / "unified"
+    _write(unified / "job", files)
+    root = "/elsewhere-not" if "elsewhere" in memberships else "/"
+    proc = _fake_proc(tmp_path, memberships, [("cgroup2", root, str(unified), "rw")])
+    assert cpu_threads.cpu_quota(proc) is None
+
+
+def test_missing_proc_files_mean_no_limit(tmp_path):
+    assert cpu_threads.cpu_quota(tmp_path / "nothing") is None
+
+
+def test_usable_cpus_are_the_whole_cpus_of_the_quota_and_at_least_one(monkeypatch):
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for quota, expected in ((None, cpus), (0.5, 1), (1.5, min(cpus, 1)), (1000.0, cpus)):
+        monkeypatch.setattr(cpu_threads, "cpu_quota", lambda quota=quota: quota)
+        assert cpu_threads.usable_cpus() == expected
+
+
+def test_training_threads_follow_the_quota_unless_the_user_chose(monkeypatch):
+    import torch
+
+    from imgcls.runtime.precision import configure_backends
+
+    before = torch.get_num_threads()
+    cfg = load_config(None, []).train
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: 1.0)
+        configure_backends(cfg, torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv(THREADS_ENV, "2")  # the user's choice stands
+        configure_backends(cfg, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+        cfg.threads = 2  # and so does the config's
+        monkeypatch.delenv(THREADS_ENV)
+        configure_backends(cfg, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -422,6 +422,7 @@ def evaluate(
         _check_evaluation_overrides(data_overrides)
         cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), data_overrides))
     device = resolve_device(cfg.train.device)
+    configure_backends(cfg.train, device)  # the run's threads (or the CPU quota's), as in training
     if data is None or data_overrides:
         data = prepare_data(cfg, need_train=False)
     if data.class_names != ckpt["class_names"]:

@@ -9,6 +9,12 @@ cores idle on a larger machine. Here every one of N processes started together g
 threads (at least one) through ``OMP_NUM_THREADS``, which torch reads at start-up, unless the user has
 set ``OMP_NUM_THREADS`` already; ``train.threads`` in a config still overrides both
 (``runtime/precision.configure_backends``).
+
+"Cores" are what this process may use: its CPU affinity, capped by a cgroup CPU quota (a container run with
+``--cpus 2`` on a 64-core host, a Kubernetes CPU limit), which torch's default of one thread per core ignores.
+Measured on the 2-core machine under a 1-CPU quota (``python benchmarks/cpu_quota.py``,
+``benchmarks/results/cpu_quota.md``), torch's default two threads trained slower than the one thread the quota
+allows; on a large host with a small quota the default oversubscribes far more.
 """
 
 from __future__ import annotations
@@ -16,16 +22,77 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 THREADS_ENV = "OMP_NUM_THREADS"
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, so ``taskset`` and cgroup cpusets count)."""
+    """The CPUs this process may keep busy: its affinity mask (``taskset``, cgroup cpusets), capped by the
+    whole CPUs of its cgroup CPU quota (at least 1)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, int(quota))  # whole CPUs: a thread on a fraction of one is throttled each period
+    return max(1, cpus)
+
+
+def cpu_quota(proc: Path = Path("/proc/self")) -> float | None:
+    """The CPUs' worth of time this process's cgroups allow per period (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us / cpu.cfs_period_us``), the tightest along the path from its cgroup to the root of each
+    mounted hierarchy; None without a limit or where cgroups cannot be read."""
+    try:
+        memberships = (proc / "cgroup").read_text().splitlines()
+        mounts = (proc / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    member: dict[str, str] = {}  # "v2" / "v1" → the process's cgroup path in that hierarchy
+    for line in memberships:
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0":
+            member["v2"] = path
+        elif "cpu" in controllers.split(","):
+            member["v1"] = path
+    limits: list[float] = []
+    for line in mounts:
+        fields = line.split()
+        if "-" not in fields or len(fields) < fields.index("-") + 4:
+            continue
+        sep = fields.index("-")
+        fstype, root, mount_point, options = fields[sep + 1], fields[3], fields[4], fields[sep + 3].split(",")
+        version = "v2" if fstype == "cgroup2" else "v1" if fstype == "cgroup" and "cpu" in options else None
+        if version is None or version not in member:
+            continue
+        inside = os.path.relpath(member[version], root)
+        if inside.startswith(".."):  # the process's cgroup is not visible under this mount
+            continue
+        top = Path(mount_point)
+        folder = Path(os.path.normpath(top / inside))
+        while True:
+            limit = _cgroup_limit(folder, version)
+            if limit is not None:
+                limits.append(limit)
+            if folder == top or folder.parent == folder:
+                break
+            folder = folder.parent
+    return min(limits) if limits else None
+
+
+def _cgroup_limit(folder: Path, version: str) -> float | None:
+    try:
+        if version == "v2":
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 def threads_per_process(processes: int) -> int:
