@@ -197,3 +197,21 @@ def test_training_threads_follow_the_quota_unless_the_user_chose(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_inference_fits_torch_threads_to_the_quota_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    from imgcls import api
+    from imgcls.errors import UserError
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        monkeypatch.setattr(cpu_threads, "cpu_quota", lambda: 1.0)
+        with pytest.raises(UserError):
+            api.load(tmp_path / "no_run")  # `imgcls predict` and `imgcls.load` start here
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

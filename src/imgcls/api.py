@@ -465,7 +465,9 @@ def load(
     the temperature fitted by evaluation (``eval.calibration: temperature``) for this checkpoint is applied."""
     from imgcls.evaluation.calibration import stored_temperature
     from imgcls.evaluation.evaluate import require_finite_weights
+    from imgcls.runtime.cpu_threads import fit_torch_threads
 
+    fit_torch_threads()  # a CPU quota's share, as in training
     ckpt, which = load_run_checkpoint(run_dir, checkpoint)
     model, _, taxonomy = model_from_checkpoint(ckpt, which)
     require_finite_weights(model, Path(run_dir), which)  # NaN weights would predict NaN probabilities

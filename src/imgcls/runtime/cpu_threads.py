@@ -100,6 +100,15 @@ def threads_per_process(processes: int) -> int:
     return max(1, usable_cpus() // max(1, int(processes)))
 
 
+def fit_torch_threads() -> None:
+    """Lower torch's intra-op threads (a thread per core of the whole machine by default) to
+    :func:`usable_cpus`, unless the user chose them with ``OMP_NUM_THREADS``; never raises them."""
+    import torch
+
+    if not os.environ.get(THREADS_ENV, "").strip() and usable_cpus() < torch.get_num_threads():
+        torch.set_num_threads(usable_cpus())
+
+
 def shared_cpu_env(processes: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's environment) for one of ``processes`` processes started together:
     ``OMP_NUM_THREADS`` set to :func:`threads_per_process` unless it is set already (the user's choice)."""

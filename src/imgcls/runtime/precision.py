@@ -17,7 +17,7 @@ import os
 import torch
 
 from imgcls.config import TrainConfig
-from imgcls.runtime.cpu_threads import THREADS_ENV, usable_cpus
+from imgcls.runtime.cpu_threads import fit_torch_threads
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,9 +64,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    elif not os.environ.get(THREADS_ENV, "").strip() and usable_cpus() < torch.get_num_threads():
-        # torch's default is a thread per core of the machine, also where a CPU quota or affinity allows fewer
-        torch.set_num_threads(usable_cpus())
+    else:  # torch's default is a thread per core of the machine, also where a CPU quota or affinity allows fewer
+        fit_torch_threads()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
