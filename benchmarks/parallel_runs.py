@@ -81,7 +81,7 @@ def arrangements(k: int, cores: int) -> dict[str, tuple[int, int | None, bool]]:
     }
 
 
-def measure(name: str, shape: tuple[int, int | None, bool], k: int, subset: int, work: Path) -> dict:
+def measure(shape: tuple[int, int | None, bool], k: int, subset: int, work: Path) -> dict:
     at_once, threads, ddp = shape
     env = {key: v for key, v in os.environ.items() if key != THREADS_ENV}
     if threads is not None:
@@ -121,7 +121,7 @@ def main() -> None:
         for r in range(args.rounds):
             order = list(shapes)[r % len(shapes) :] + list(shapes)[: r % len(shapes)]
             for n in order:
-                results[n].append(measure(n, shapes[n], k, args.subset, Path(tmp)))
+                results[n].append(measure(shapes[n], k, args.subset, Path(tmp)))
                 print(f"round {r + 1}: {n}: {results[n][-1]}", flush=True)
     summary = {}
     for n, rows in results.items():

@@ -1,14 +1,14 @@
 """CPU threads when several training processes share one machine (issue 11, speed by measurement).
 
 torch gives every process as many intra-op threads as the machine has cores. Two such processes on the
-same cores (``imgcls sweep --workers 2``, two seeds run side by side) oversubscribe them: measured on
-the 2-core machine (``python benchmarks/parallel_runs.py``, ``benchmarks/results/parallel_runs.md``), two
+same cores (``imgcls sweep --workers 2``, two seeds run side by side) oversubscribe them: measured on the
+2-core machine (``python benchmarks/parallel_runs.py``, ``benchmarks/results/parallel_runs.md``), two
 concurrent trainings with two threads each trained at a fifth of the images per second of two with one
-thread each (0.22× against 1.12× the images per second of running them one after another). torchrun avoids this with ``OMP_NUM_THREADS=1`` per rank, which in turn leaves all but N
-cores idle on a larger machine. Here every one of N processes started together gets ``cores // N``
-threads (at least one) through ``OMP_NUM_THREADS``, which torch reads at start-up, unless the user has
-set ``OMP_NUM_THREADS`` already; ``train.threads`` in a config still overrides both
-(``runtime/precision.configure_backends``).
+thread each (0.22× against 1.12× the images per second of running them one after another). torchrun avoids
+this with ``OMP_NUM_THREADS=1`` per rank, which in turn leaves all but N cores idle on a larger machine.
+Here every one of N processes started together gets ``cores // N`` threads (at least one) through
+``OMP_NUM_THREADS``, which torch reads at start-up, unless the user has set ``OMP_NUM_THREADS`` already;
+``train.threads`` in a config still overrides both (``runtime/precision.configure_backends``).
 
 "Cores" are what this process may use: its CPU affinity, capped by a cgroup CPU quota (a container run with
 ``--cpus 2`` on a 64-core host, a Kubernetes CPU limit), which torch's default of one thread per core ignores.
@@ -59,9 +59,9 @@ def cpu_quota(proc: Path = Path("/proc/self")) -> float | None:
     limits: list[float] = []
     for line in mounts:
         fields = line.split()
-        if "-" not in fields or len(fields) < fields.index("-") + 4:
+        sep = fields.index("-") if "-" in fields else len(fields)
+        if len(fields) < sep + 4:
             continue
-        sep = fields.index("-")
         fstype, root, mount_point, options = fields[sep + 1], fields[3], fields[4], fields[sep + 3].split(",")
         version = "v2" if fstype == "cgroup2" else "v1" if fstype == "cgroup" and "cpu" in options else None
         if version is None or version not in member:
@@ -105,17 +105,22 @@ def fit_torch_threads() -> None:
     :func:`usable_cpus`, unless the user chose them with ``OMP_NUM_THREADS``; never raises them."""
     import torch
 
-    if not os.environ.get(THREADS_ENV, "").strip() and usable_cpus() < torch.get_num_threads():
-        torch.set_num_threads(usable_cpus())
+    if not _threads_chosen(os.environ) and (cpus := usable_cpus()) < torch.get_num_threads():
+        torch.set_num_threads(cpus)
 
 
 def shared_cpu_env(processes: int, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's environment) for one of ``processes`` processes started together:
     ``OMP_NUM_THREADS`` set to :func:`threads_per_process` unless it is set already (the user's choice)."""
     env = dict(os.environ if env is None else env)
-    if not env.get(THREADS_ENV, "").strip():
+    if not _threads_chosen(env):
         env[THREADS_ENV] = str(threads_per_process(processes))
     return env
+
+
+def _threads_chosen(env: Mapping[str, str]) -> bool:
+    """Whether ``env`` sets ``OMP_NUM_THREADS`` (a blank value does not count)."""
+    return bool(env.get(THREADS_ENV, "").strip())
 
 
 @contextmanager
