@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FMNIST_RECIPES = {
     "fast92": ROOT / "configs/fashion_mnist/fast92.yaml",
     "best30min": ROOT / "configs/fashion_mnist/best30min.yaml",
+    "airbench": ROOT / "configs/fashion_mnist/airbench.yaml",
     "strong": ROOT / "configs/fashion_mnist/strong.yaml",
     "quickstart": ROOT / "configs/quickstart.yaml",
 }

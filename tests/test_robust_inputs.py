@@ -432,3 +432,40 @@ def test_api_checkpoint_names_and_evaluation_overrides_are_checked(tmp_path_fact
         ConfigError, match=r"cannot change 'data\.image_size': the model was trained with its value"
     ):
         api.evaluate(run_dir, data_overrides=["data.image_size=32"])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9000000000000 bytes."),
+        MemoryError(),
+    ],
+)
+def test_out_of_memory_is_one_line_naming_the_batch_size(tmp_path, capsys, monkeypatch, error):
+    from imgcls import api as api_module
+
+    def oom(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(api_module, "train", oom)
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {name: fashion_mnist}\n")
+    code, _, err = run_cli(["train", str(config)], capsys, monkeypatch)
+    assert_one_line_error(
+        code, err, "out of memory", "lower train.batch_size", "checkpoints written before are intact"
+    )
+
+
+def test_an_unrelated_runtime_error_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    from imgcls import api as api_module
+
+    def fault(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api_module, "train", fault)
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {name: fashion_mnist}\n")
+    monkeypatch.setattr(sys, "argv", ["imgcls", "train", str(config)])
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main()

@@ -129,9 +129,11 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> list:
     from imgcls.engine.attractor_init import class_mean_init_callbacks
     from imgcls.engine.averaging import averaging_callbacks
     from imgcls.engine.confusion_sampling import sampling_callbacks
+    from imgcls.engine.whitening_init import whitening_init_callbacks
 
-    # head initialisation first: weight averaging copies the model at stage start
+    # initialisation from the data first: weight averaging copies the model at fit and stage start
     callbacks = [
+        *whitening_init_callbacks(cfg),
         *class_mean_init_callbacks(cfg),
         *averaging_callbacks(cfg),
         *sampling_callbacks(cfg),

@@ -707,6 +707,30 @@ def _exit_disk_full(filename: str | None) -> None:
     sys.exit(2)
 
 
+#: what torch's allocators say when an allocation fails (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError)
+_OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # not imported for the commands that never load it
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return any(phrase in str(exc).lower() for phrase in _OUT_OF_MEMORY)
+
+
+def _exit_out_of_memory(exc: BaseException) -> None:
+    """An allocation failed (a batch too large for the GPU, or for the host under a memory limit): one line,
+    exit 2; the checkpoints written before are intact."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    err.print(
+        f"[bold red]error:[/] out of memory ({escape(detail[:200])}); the checkpoints written before are intact "
+        "(lower train.batch_size or eval.batch_size and run again)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(2)
+
+
 def exit_interrupted(code: int, message: str | None = INTERRUPTED) -> None:
     """Print ``message`` and exit with ``code``; a further Ctrl-C (pressed twice quickly, it lands while the
     interpreter shuts down) ends the process at once and quietly instead of showing a traceback from
@@ -741,9 +765,13 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:  # older typer / click let it through
         exit_interrupted(130)
+    except MemoryError as exc:
+        _exit_out_of_memory(exc)
     except RuntimeError as exc:  # torch's zip writer closing after an ENOSPC: the OSError is its context
         from imgcls.runtime.checkpoint import is_disk_full
 
+        if _is_out_of_memory(exc):
+            _exit_out_of_memory(exc)
         if not is_disk_full(exc):
             raise
         _exit_disk_full(None)

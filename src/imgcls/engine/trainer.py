@@ -48,6 +48,7 @@ from imgcls.config import (
 from imgcls.data.loader import epoch_generator
 from imgcls.data.preprocess import Preprocess
 from imgcls.engine.autotune import (
+    PRECISIONS,
     Execution,
     candidate_grid,
     default_execution,
@@ -67,6 +68,12 @@ from imgcls.runs import apply_stage_head, load_weights, stage_head_parameters
 from imgcls.runtime import checkpoint as ckpt_io
 from imgcls.runtime.batch import Batch
 from imgcls.runtime.distributed import DistInfo, all_reduce_sum, broadcast_object
+from imgcls.runtime.memory import (
+    PEAK_OVER_SAVED,
+    activation_bytes_per_image,
+    available_memory_bytes,
+    readable_bytes,
+)
 from imgcls.runtime.precision import autocast
 from imgcls.runtime.signals import stop_requested
 
@@ -224,10 +231,11 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.prep = Preprocess.from_meta(self.preprocess_meta, self.device, execution.channels_last)
 
-    def _tune_execution(self) -> None:
+    def _tune_execution(self, first: Batch | None = None) -> None:
         """Measure precision × layout on a copy of the model (``engine/autotune.py``), within
-        ``train.autotune_max_share`` of the run's estimated time; rank 0's choice is every rank's."""
-        batch = next(iter(self.train_loader)).to(self.device)
+        ``train.autotune_max_share`` of the run's estimated time; rank 0's choice is every rank's.
+        ``first``: the training split's first batch, when already loaded."""
+        batch = (first if first is not None else next(iter(self.train_loader))).to(self.device)
         optim_cfg = self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
         make_step = training_step_factory(self.objective, optim_cfg, batch, self.device, self.prep)
         grid = candidate_grid(self.cfg.train, self.device)
@@ -259,6 +267,51 @@ class Trainer:
                 f"execution by measurement (ms per step):\n{execution.table()}\n-> {execution.describe()}",
                 highlight=False,
                 markup=False,
+            )
+
+    def _check_batch_memory(self, batch: Batch, precisions: list[str]) -> None:
+        """Refuse, before any step, a per-step batch whose activations would need more memory than is available:
+        on the CPU the kernel would kill the process mid-step without a word (``runtime/memory.py``). The bytes
+        saved for backward are measured on the model itself in training mode, in each of ``precisions`` (the
+        largest counts), with :data:`PEAK_OVER_SAVED` for the backward pass's own buffers; its buffers (BatchNorm
+        statistics, memory banks), feature cache, mode and the random state are put back afterwards."""
+        available = available_memory_bytes()
+        small = min(2, len(batch) // 2)
+        if available is None or small < 1:
+            return
+        model, was_training, cache = (
+            self.model,
+            self.model.training,
+            getattr(self.model, "feature_cache", None),
+        )
+        buffers = [b.detach().clone() for b in model.buffers()]
+        images = self.prep(batch.images[: 2 * small].to(self.device))
+        targets = batch.targets[: 2 * small].to(self.device)
+        per_image = 0.0
+        try:
+            model.train()
+            if cache is not None:
+                model.feature_cache = None
+            with torch.random.fork_rng(devices=[]):
+                for precision in precisions:
+                    with autocast(self.device, PRECISIONS[precision]):
+                        cost = activation_bytes_per_image(lambda n: model(images[:n], targets[:n]), small)
+                    per_image = max(per_image, PEAK_OVER_SAVED * cost)
+        finally:
+            with torch.no_grad():
+                for b, value in zip(model.buffers(), buffers, strict=True):
+                    b.copy_(value)
+            if cache is not None:
+                model.feature_cache = cache
+            model.train(was_training)
+        need = per_image * len(batch)
+        if need > available:
+            fits = max(1, int(available // per_image))
+            raise ConfigError(
+                f"train.batch_size={self.cfg.train.batch_size} puts {len(batch)} images in each training step, "
+                f"which need about {readable_bytes(need)} of memory ({' and '.join(precisions)}), more than the "
+                f"{readable_bytes(available)} available; lower train.batch_size to {fits} or less "
+                "(train.accumulate keeps the effective batch)"
             )
 
     # ------------------------------------------------------------------ stages
@@ -488,12 +541,24 @@ class Trainer:
         # before autotuning and the first step: a typo or an impossible head costs nothing
         self._check_stage_modules()
         self._check_stage_head_sizes()
-        if resume is not None and resume.get("execution"):
-            self._apply_execution(Execution.from_dict(resume["execution"]))  # never re-measured
-        elif needs_tuning(
+        recorded = Execution.from_dict(resume["execution"]) if resume and resume.get("execution") else None
+        tuning = recorded is None and needs_tuning(
             self.cfg.train, self.device, self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
-        ):
-            self._tune_execution()
+        )
+        first = next(iter(self.train_loader), None) if self.device.type == "cpu" else None
+        if first is not None:  # the precisions that will run: the tuner times fp32 and every candidate
+            precisions = (
+                {recorded.precision}
+                if recorded is not None
+                else {"fp32", *(p for p, _ in candidate_grid(self.cfg.train, self.device))}
+                if tuning
+                else {default_execution(self.cfg.train, self.device).precision}
+            )
+            self._check_batch_memory(first, sorted(precisions))
+        if recorded is not None:
+            self._apply_execution(recorded)  # never re-measured
+        elif tuning:
+            self._tune_execution(first)
         mid_stage = self._restore(resume) if resume is not None else False
         for cb in self.callbacks:
             cb.on_fit_start(self)

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from imgcls.runtime.cgroups import cgroup_folders
+
 THREADS_ENV = "OMP_NUM_THREADS"
 
 
@@ -44,40 +46,11 @@ def cpu_quota(proc: Path = Path("/proc/self")) -> float | None:
     """The CPUs' worth of time this process's cgroups allow per period (cgroup v2 ``cpu.max``, v1
     ``cpu.cfs_quota_us / cpu.cfs_period_us``), the tightest along the path from its cgroup to the root of each
     mounted hierarchy; None without a limit or where cgroups cannot be read."""
-    try:
-        memberships = (proc / "cgroup").read_text().splitlines()
-        mounts = (proc / "mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    member: dict[str, str] = {}  # "v2" / "v1" → the process's cgroup path in that hierarchy
-    for line in memberships:
-        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
-        if hierarchy == "0":
-            member["v2"] = path
-        elif "cpu" in controllers.split(","):
-            member["v1"] = path
-    limits: list[float] = []
-    for line in mounts:
-        fields = line.split()
-        sep = fields.index("-") if "-" in fields else len(fields)
-        if len(fields) < sep + 4:
-            continue
-        fstype, root, mount_point, options = fields[sep + 1], fields[3], fields[4], fields[sep + 3].split(",")
-        version = "v2" if fstype == "cgroup2" else "v1" if fstype == "cgroup" and "cpu" in options else None
-        if version is None or version not in member:
-            continue
-        inside = os.path.relpath(member[version], root)
-        if inside.startswith(".."):  # the process's cgroup is not visible under this mount
-            continue
-        top = Path(mount_point)
-        folder = Path(os.path.normpath(top / inside))
-        while True:
-            limit = _cgroup_limit(folder, version)
-            if limit is not None:
-                limits.append(limit)
-            if folder == top or folder.parent == folder:
-                break
-            folder = folder.parent
+    limits = [
+        limit
+        for version, folder in cgroup_folders("cpu", proc)
+        if (limit := _cgroup_limit(folder, version)) is not None
+    ]
     return min(limits) if limits else None
 
 

@@ -79,7 +79,7 @@ class VGG5(nn.Module):
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU(inplace=True))
             if i in args.pool_after:
-                layers.append(_MaxPoolIfLarger())
+                layers.append(MaxPoolIfLarger())
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -98,7 +98,7 @@ class VGG5(nn.Module):
         return self.forward_features(x)
 
 
-class _MaxPoolIfLarger(nn.MaxPool2d):
+class MaxPoolIfLarger(nn.MaxPool2d):
     """2×2 max-pool that leaves a 1-pixel map alone (small inputs such as 28-px MNIST after four pools)."""
 
     def __init__(self) -> None:
