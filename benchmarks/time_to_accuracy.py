@@ -5,11 +5,12 @@ mean ± std of each run's **final** test accuracy (the test set is evaluated onc
 Training seconds are ``train_summary.json``'s ``train_time_s`` (the trainer's fit: every epoch's training
 and validation, precision autotuning included); data loading (decoding Fashion-MNIST into memory) and the
 final test evaluation are timed and reported separately. Rows: our fastest recipe for ≥ 92 %
-(``configs/fashion_mnist/fast92.yaml``), our best recipe within 30 minutes (``best30min.yaml``), the
-quickstart, the long ``strong.yaml`` recipe, and the peer loop (``peer_loop.py``: DataLoader + per-sample
+(``configs/fashion_mnist/fast92.yaml``), our best recipe within 30 minutes (``airbench.yaml``; before it the
+AdaptiveCNN's ``best30min.yaml``), the quickstart, the long ``strong.yaml`` recipe, and the peer loop (``peer_loop.py``: DataLoader + per-sample
 torchvision transforms, fp32) on the quickstart's model and recipe at the same epochs.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --rows fast92,quickstart,peer --seeds 0,1,2,3,4
+    .venv/bin/python benchmarks/time_to_accuracy.py --rows airbench --seeds 0,1,2 --name time_to_accuracy_airbench
     .venv/bin/python benchmarks/time_to_accuracy.py --rows best30min --seeds 0,1,2 --name time_to_accuracy_best30min
     .venv/bin/python benchmarks/time_to_accuracy.py --quick        # CI-sized smoke run, no accuracy claim
 """

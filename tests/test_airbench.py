@@ -72,7 +72,9 @@ def test_backbone_shapes_identity_start_and_norm_momentum():
     net = Airbench(in_chans=1, widths=[8, 16, 12])
     assert net.whiten.out_channels == 2 * 1 * 2 * 2
     assert net.num_features == 12
-    for size in (28, 13, 2):  # any input: the global pool is adaptive, pooling skips 1-px maps
+    # any input: the global pool is adaptive, pooling skips 1-px maps, and one smaller than a whitening patch
+    # (1 px high) is padded to one
+    for size in (28, 13, 2, 1):
         assert net(torch.randn(3, 1, size, size + 3)).shape == (3, 12)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 6 and all(
@@ -137,35 +139,44 @@ class WhiteningSnapshot(Callback):
 
     def __init__(self) -> None:
         self.weight: torch.Tensor | None = None
+        self.ema_weight: torch.Tensor | None = None
 
     def on_epoch_start(self, trainer) -> None:
         if self.weight is None:
             self.weight = trainer.model.backbone.whiten.weight.detach().clone()
+            ema = next(cb for cb in trainer.callbacks if cb.name == "ema").ema.module
+            self.ema_weight = ema.backbone.whiten.weight.detach().clone()
 
 
 @requires_fashion_mnist
-def test_a_real_run_starts_from_whitening_filters_and_learns(tmp_path, monkeypatch):
+def test_a_real_run_starts_from_whitening_filters_learns_and_resumes_without_redoing_them(tmp_path):
     from imgcls import api
 
-    snapshot = WhiteningSnapshot()
-    original = api.build_callbacks
-    monkeypatch.setattr(api, "build_callbacks", lambda cfg, run_dir: [*original(cfg, run_dir), snapshot])
     config = yaml.safe_load((CONFIGS / "fashion_mnist" / "airbench.yaml").read_text())
     config["data"]["train_subset"] = 800
     config["model"]["backbone_args"] = {"widths": [8, 16, 16]}
     config["optim"]["lr"] = 0.02
     config["schedule"]["warmup_epochs"] = 0.5
-    config["train"].update(epochs=4, time_budget_s=None, batch_size=64, progress=False, ema_decay=0.9)
+    config["train"].update(epochs=3, time_budget_s=None, batch_size=64, progress=False, ema_decay=0.9)
     config["output"] = {"tensorboard": False, "name": "airbench", "dir": str(tmp_path)}
     path = tmp_path / "airbench.yaml"
     path.write_text(yaml.safe_dump(config))
+    snapshot = WhiteningSnapshot()
     with single_thread():
-        result = api.train(str(path), [], evaluate_after=False)
+        result = api.train(str(path), [], evaluate_after=False, callbacks=[snapshot])
     rows = snapshot.weight[:4].flatten(1).double()
     gram = rows @ rows.T  # whitening filters are orthogonal (eigenvectors); random ones are not
     assert (gram - torch.diag(gram.diagonal())).abs().max() < 1e-4 * gram.diagonal().max()
     assert torch.equal(snapshot.weight[4:], -snapshot.weight[:4])
+    assert torch.equal(snapshot.ema_weight, snapshot.weight)  # the EMA copy was taken after the whitening
     ckpt = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["callbacks"]["patch_whitening_init"] == {"done": True}  # a resumed run will not redo it
+    assert ckpt["callbacks"]["patch_whitening_init"] == {"done": True}
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0] and result.history[-1]["val_acc"] > 0.45
+    # a resumed run (here: extended by an epoch) continues from the trained filters instead of re-whitening
+    resumed = WhiteningSnapshot()
+    with single_thread():
+        api.train(
+            resume=result.run_dir, overrides=["train.epochs=4"], evaluate_after=False, callbacks=[resumed]
+        )
+    assert torch.equal(resumed.weight, ckpt["model"]["backbone.whiten.weight"])

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from fake_proc import fake_proc, write_files
 from imgcls.config import load_config
 from imgcls.engine import sweep as sw
 from imgcls.runtime import cpu_threads
@@ -89,37 +90,16 @@ def test_the_ddp_launcher_gives_each_rank_its_share(monkeypatch):
     assert seen == ["4"] and THREADS_ENV not in os.environ
 
 
-def _fake_proc(tmp_path, memberships: str, mounts: list[tuple[str, str, str, str]]):
-    """A /proc/self with ``cgroup`` and ``mountinfo``; mounts are (fstype, root, mount point, super options)."""
-    proc = tmp_path / "proc"
-    proc.mkdir()
-    (proc / "cgroup").write_text(memberships)
-    (proc / "mountinfo").write_text(
-        "".join(
-            f"{30 + i} 23 0:{28 + i} {root} {point} rw,relatime - {fstype} {fstype} {options}\n"
-            for i, (fstype, root, point, options) in enumerate(mounts)
-        )
-        + "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
-    )
-    return proc
-
-
-def _write(folder, files: dict[str, str]):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-
-
 def _v1(quota: str) -> dict[str, str]:
     return {"cpu.cfs_quota_us": quota + "\n", "cpu.cfs_period_us": "100000\n"}
 
 
 def test_a_cgroup_v1_quota_is_the_tightest_along_the_path_to_the_root(tmp_path):
     cpu = tmp_path / "cpu"
-    _write(cpu, _v1("-1"))
-    _write(cpu / "docker", _v1("300000"))
-    _write(cpu / "docker" / "abc", _v1("150000"))
-    proc = _fake_proc(
+    write_files(cpu, _v1("-1"))
+    write_files(cpu / "docker", _v1("300000"))
+    write_files(cpu / "docker" / "abc", _v1("150000"))
+    proc = fake_proc(
         tmp_path,
         "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n",
         [("cgroup", "/", str(cpu), "rw,cpu,cpuacct"), ("cgroup", "/", str(tmp_path / "mem"), "rw,memory")],
@@ -129,13 +109,13 @@ def test_a_cgroup_v1_quota_is_the_tightest_along_the_path_to_the_root(tmp_path):
 
 def test_a_cgroup_v2_limit_and_a_container_seeing_its_own_cgroup_as_the_root(tmp_path):
     unified = tmp_path / "unified"
-    _write(unified, {"cpu.max": "max 100000\n"})
-    _write(unified / "user.slice" / "job", {"cpu.max": "200000 100000\n"})
-    proc = _fake_proc(tmp_path, "0::/user.slice/job\n", [("cgroup2", "/", str(unified), "rw")])
+    write_files(unified, {"cpu.max": "max 100000\n"})
+    write_files(unified / "user.slice" / "job", {"cpu.max": "200000 100000\n"})
+    proc = fake_proc(tmp_path, "0::/user.slice/job\n", [("cgroup2", "/", str(unified), "rw")])
     assert cpu_threads.cpu_quota(proc) == 2.0
     # inside a container's cgroup namespace its cgroup is "/", and the mount's top holds its limit
     container = tmp_path / "container"
-    _write(container, {"cpu.max": "50000 100000\n"})
+    write_files(container, {"cpu.max": "50000 100000\n"})
     proc2 = tmp_path / "c"
     proc2.mkdir()
     (proc2 / "cgroup").write_text("0::/\n")
@@ -157,9 +137,9 @@ def test_a_cgroup_v2_limit_and_a_container_seeing_its_own_cgroup_as_the_root(tmp
 )
 def test_no_limit_or_an_unreadable_one_is_none(tmp_path, memberships, files):
     unified = tmp_path / "unified"
-    _write(unified / "job", files)
+    write_files(unified / "job", files)
     root = "/elsewhere-not" if "elsewhere" in memberships else "/"
-    proc = _fake_proc(tmp_path, memberships, [("cgroup2", root, str(unified), "rw")])
+    proc = fake_proc(tmp_path, memberships, [("cgroup2", root, str(unified), "rw")])
     assert cpu_threads.cpu_quota(proc) is None
 
 

@@ -437,7 +437,8 @@ def test_api_checkpoint_names_and_evaluation_overrides_are_checked(tmp_path_fact
 @pytest.mark.parametrize(
     "error",
     [
-        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        OSError(errno.ENOMEM, "Cannot allocate memory"),
         RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9000000000000 bytes."),
         MemoryError(),
     ],

@@ -7,6 +7,7 @@ code 2, without a traceback; everything else is a bug and raises normally.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -722,6 +723,8 @@ def _exit_out_of_memory(exc: BaseException) -> None:
     """An allocation failed (a batch too large for the GPU, or for the host under a memory limit): one line,
     exit 2; the checkpoints written before are intact."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.environ.get("RANK", "0") != "0":  # DDP ranks fail together: rank 0 speaks for them
+        sys.exit(2)
     err.print(
         f"[bold red]error:[/] out of memory ({escape(detail[:200])}); the checkpoints written before are intact "
         "(lower train.batch_size or eval.batch_size and run again)",
@@ -780,6 +783,8 @@ def main() -> None:
 
         if is_disk_full(exc):
             _exit_disk_full(exc.filename)
+        if exc.errno == errno.ENOMEM:  # e.g. forking DataLoader workers under memory pressure
+            _exit_out_of_memory(exc)
         if exc.filename is None:  # not about a file the user named: a real fault, keep its traceback
             raise
         err.print(

@@ -54,6 +54,18 @@ class _Loader:
         skips the batches it already trained on (same order, nothing re-drawn, nothing decoded)."""
         self.epoch, self.start_batch = epoch, start_batch
 
+    def first_step(self, n: int) -> tuple[int, Batch | None]:
+        """How many images this rank's first batch holds, and a batch of (up to) its first ``n``, loaded without
+        the rest (the memory check before training, which must not load an oversized batch); ``(0, None)``
+        when the split yields no batch."""
+        batches = self._rank_batches()
+        if not batches:
+            return 0, None
+        return len(batches[0]), self._load(batches[0][:n])
+
+    def _load(self, idx: torch.Tensor) -> Batch | None:
+        raise NotImplementedError
+
     def set_class_probs(self, probs: torch.Tensor | None) -> None:
         """Class draw probabilities of the ``confusion`` sampler from the next epoch on (None: uniform)."""
         self.class_probs = None if probs is None else torch.as_tensor(probs, dtype=torch.float64).cpu()
@@ -96,8 +108,11 @@ class InMemoryLoader(_Loader):
 
     def __iter__(self) -> Iterator[Batch]:
         for idx in self._rank_batches()[self.start_batch :]:
-            idx_dev = idx.to(self.images.device)
-            yield Batch(images=self.images[idx_dev], targets=self.labels[idx_dev], index=idx)
+            yield self._load(idx)
+
+    def _load(self, idx: torch.Tensor) -> Batch:
+        idx_dev = idx.to(self.images.device)
+        return Batch(images=self.images[idx_dev], targets=self.labels[idx_dev], index=idx)
 
 
 class FileLoader(_Loader):
@@ -133,3 +148,8 @@ class FileLoader(_Loader):
             self.skipped.update(self.data.files[i] for i in bad)
             if images is not None:
                 yield Batch(images=images, targets=labels, index=index)
+
+    def _load(self, idx: torch.Tensor) -> Batch | None:
+        """Decode ``idx`` in this process (a few images; the epochs stream through workers)."""
+        images, labels, index, _ = collate_skip([self.dataset[i] for i in idx.tolist()])
+        return None if images is None else Batch(images=images, targets=labels, index=index)

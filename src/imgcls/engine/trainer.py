@@ -231,11 +231,10 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.prep = Preprocess.from_meta(self.preprocess_meta, self.device, execution.channels_last)
 
-    def _tune_execution(self, first: Batch | None = None) -> None:
+    def _tune_execution(self) -> None:
         """Measure precision × layout on a copy of the model (``engine/autotune.py``), within
-        ``train.autotune_max_share`` of the run's estimated time; rank 0's choice is every rank's.
-        ``first``: the training split's first batch, when already loaded."""
-        batch = (first if first is not None else next(iter(self.train_loader))).to(self.device)
+        ``train.autotune_max_share`` of the run's estimated time; rank 0's choice is every rank's."""
+        batch = next(iter(self.train_loader)).to(self.device)
         optim_cfg = self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
         make_step = training_step_factory(self.objective, optim_cfg, batch, self.device, self.prep)
         grid = candidate_grid(self.cfg.train, self.device)
@@ -269,49 +268,66 @@ class Trainer:
                 markup=False,
             )
 
-    def _check_batch_memory(self, batch: Batch, precisions: list[str]) -> None:
-        """Refuse, before any step, a per-step batch whose activations would need more memory than is available:
-        on the CPU the kernel would kill the process mid-step without a word (``runtime/memory.py``). The bytes
-        saved for backward are measured on the model itself in training mode, in each of ``precisions`` (the
-        largest counts), with :data:`PEAK_OVER_SAVED` for the backward pass's own buffers; its buffers (BatchNorm
-        statistics, memory banks), feature cache, mode and the random state are put back afterwards."""
+    def _check_batch_memory(self, precisions: list[str], stage: StageConfig) -> None:
+        """Refuse, before any step, a batch whose training step would need more memory than is available: on the
+        CPU the kernel would kill the process mid-step without a word (``runtime/memory.py``). The bytes saved
+        for backward are measured on 2 and 4 images of the first batch (never the whole batch), on the model
+        itself in training mode with ``stage``'s frozen parameters, in each of ``precisions`` (the largest
+        counts), times :data:`PEAK_OVER_SAVED`; gradients and two optimiser moments of the trained parameters
+        are added, and the ranks sharing this host (``LOCAL_WORLD_SIZE``) count together. The model's
+        buffers, ``requires_grad`` flags, modes, feature cache and the random state are put back; a check that
+        cannot measure (a model failing on 2 images) lets the run go on."""
         available = available_memory_bytes()
-        small = min(2, len(batch) // 2)
-        if available is None or small < 1:
+        step_images, sample = self.train_loader.first_step(4)
+        if available is None or sample is None or len(sample) < 4:
             return
-        model, was_training, cache = (
-            self.model,
-            self.model.training,
-            getattr(self.model, "feature_cache", None),
-        )
+        model, cache = self.model, getattr(self.model, "feature_cache", None)
         buffers = [b.detach().clone() for b in model.buffers()]
-        images = self.prep(batch.images[: 2 * small].to(self.device))
-        targets = batch.targets[: 2 * small].to(self.device)
+        grads = [p.requires_grad for p in model.parameters()]
+        modes = [m.training for m in model.modules()]
+        images, targets = self.prep(sample.images.to(self.device)), sample.targets.to(self.device)
         per_image = 0.0
         try:
+            self._apply_stage_grads(stage)
+            trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
             model.train()
-            if cache is not None:
+            if cache is not None:  # measure what a step saves; with a frozen trunk that is the head's
                 model.feature_cache = None
             with torch.random.fork_rng(devices=[]):
                 for precision in precisions:
                     with autocast(self.device, PRECISIONS[precision]):
-                        cost = activation_bytes_per_image(lambda n: model(images[:n], targets[:n]), small)
+                        cost = activation_bytes_per_image(lambda n: model(images[:n], targets[:n]), 2)
                     per_image = max(per_image, PEAK_OVER_SAVED * cost)
+        except RuntimeError:
+            return
         finally:
             with torch.no_grad():
                 for b, value in zip(model.buffers(), buffers, strict=True):
                     b.copy_(value)
+            for p, flag in zip(model.parameters(), grads, strict=True):
+                p.requires_grad_(flag)
+            for m, mode in zip(model.modules(), modes, strict=True):
+                m.training = mode
             if cache is not None:
                 model.feature_cache = cache
-            model.train(was_training)
-        need = per_image * len(batch)
-        if need > available:
-            fits = max(1, int(available // per_image))
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        need = local * (per_image * step_images + 3 * trained)
+        refuse = need > available
+        if self.dist.enabled:  # every rank stops, or none
+            refuse = bool(all_reduce_sum(torch.tensor([float(refuse)]), self.dist).item() > 0)
+        if refuse:
+            world = self.dist.world_size
+            per_rank = int((available / local - 3 * trained) // per_image) if per_image > 0 else 0
+            fits = per_rank * world  # the global batch: a multiple of the world size
+            fix = (
+                f"lower train.batch_size to {fits} or less (train.accumulate keeps the effective batch)"
+                if fits
+                else "even one image per step does not fit: use a smaller model or free memory"
+            )
             raise ConfigError(
-                f"train.batch_size={self.cfg.train.batch_size} puts {len(batch)} images in each training step, "
-                f"which need about {readable_bytes(need)} of memory ({' and '.join(precisions)}), more than the "
-                f"{readable_bytes(available)} available; lower train.batch_size to {fits} or less "
-                "(train.accumulate keeps the effective batch)"
+                f"train.batch_size={self.cfg.train.batch_size} puts {step_images} images in each training step"
+                f"{f' of each of {local} processes' if local > 1 else ''}, which need about {readable_bytes(need)} of "
+                f"memory ({' and '.join(precisions)}), more than the {readable_bytes(available)} available; {fix}"
             )
 
     # ------------------------------------------------------------------ stages
@@ -375,8 +391,8 @@ class Trainer:
         """Head switch (a new head with fresh parameters) — part of the model's structure."""
         apply_stage_head(self.model, stage, self.cfg.train.label_smoothing, self.taxonomy)
 
-    def _setup_stage(self) -> None:
-        stage = self.stage
+    def _apply_stage_grads(self, stage: StageConfig) -> None:
+        """Which parameters ``stage`` trains (``train_only``, ``freeze``)."""
         if stage.train_only:
             keep = self._select_modules(stage.train_only, "train_only")
             for p in self.model.parameters():
@@ -387,6 +403,10 @@ class Trainer:
             self.model.requires_grad_(True)
         for m in self._select_modules(stage.freeze, "freeze"):
             m.requires_grad_(False)
+
+    def _setup_stage(self) -> None:
+        stage = self.stage
+        self._apply_stage_grads(stage)
         # A module whose parameters are all frozen also stays in eval mode, children included
         # (BatchNorm statistics, dropout, drop-path).
         self.frozen = [
@@ -545,8 +565,9 @@ class Trainer:
         tuning = recorded is None and needs_tuning(
             self.cfg.train, self.device, self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
         )
-        first = next(iter(self.train_loader), None) if self.device.type == "cpu" else None
-        if first is not None:  # the precisions that will run: the tuner times fp32 and every candidate
+        if (
+            self.device.type == "cpu"
+        ):  # the precisions that will run: the tuner times fp32 and every candidate
             precisions = (
                 {recorded.precision}
                 if recorded is not None
@@ -554,11 +575,12 @@ class Trainer:
                 if tuning
                 else {default_execution(self.cfg.train, self.device).precision}
             )
-            self._check_batch_memory(first, sorted(precisions))
+            stage = int(resume.get("progress", {}).get("stage", 0)) if resume else 0
+            self._check_batch_memory(sorted(precisions), self.stages[min(stage, len(self.stages) - 1)])
         if recorded is not None:
             self._apply_execution(recorded)  # never re-measured
         elif tuning:
-            self._tune_execution(first)
+            self._tune_execution()
         mid_stage = self._restore(resume) if resume is not None else False
         for cb in self.callbacks:
             cb.on_fit_start(self)

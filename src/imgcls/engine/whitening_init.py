@@ -2,15 +2,17 @@
 Jordan 2024, arXiv:2404.00498: the first layer whitens 2×2 patches; issue 11, P3).
 
 A backbone opts in by exposing ``wants_patch_whitening_init`` (true; its registered factory too, so the config
-side can tell), ``whiten_kernel`` and ``init_whitening(second_moment)``
+side can tell), ``in_chans``, ``whiten_kernel``, ``pad_to_patch(images)`` and ``init_whitening(second_moment)``
 (:class:`imgcls.models.backbones.airbench.Airbench`). The callback :class:`PatchWhiteningInit` reads the first
-``max_images`` images of the training split as the model sees them (normalised, no augmentation), sums the
-second moments of their ``k×k`` patches (across DDP ranks too, so every rank sets the same filters) and hands
-the average to the backbone. It runs once per run: a resumed run takes the filters from its checkpoint.
+``max_images`` images of the training split as the model sees them (normalised, no augmentation; under DDP
+each rank reads its share), sums the second moments of their ``k×k`` patches on the CPU (across the ranks too,
+so every rank sets the same filters) and hands the average to the backbone. It runs once per run: a resumed run
+takes the filters from its checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,26 +43,23 @@ class PatchWhiteningInit(Callback):
         backbone = trainer.model.backbone
         if self.done or not getattr(backbone, "wants_patch_whitening_init", False):
             return
-        kernel = backbone.whiten_kernel
-        moments: torch.Tensor | None = None
+        kernel, side = backbone.whiten_kernel, backbone.in_chans * backbone.whiten_kernel**2
+        per_rank = math.ceil(self.max_images / max(1, trainer.dist.world_size))  # the same total on any ranks
+        moments = torch.zeros(side * side + 1, dtype=torch.float64)  # the sums, then the patch count
         seen = 0
         for batch in trainer.train_loader:
-            images = trainer.prep(batch.to(trainer.device).images).float()[: self.max_images - seen]
-            if min(images.shape[-2:]) < kernel:
-                break
+            # on the CPU in float64 (any device, MPS included); padded as the backbone pads small inputs
+            images = backbone.pad_to_patch(trainer.prep(batch.to(trainer.device).images)).float().cpu()
+            images = images[: per_rank - seen]
             sums, count = patch_second_moments(images, kernel)
-            found = torch.cat([sums.flatten(), sums.new_tensor([count])])
-            moments = found if moments is None else moments + found
+            moments += torch.cat([sums.flatten(), sums.new_tensor([count])])
             seen += len(images)
-            if seen >= self.max_images:
+            if seen >= per_rank:
                 break
-        if moments is None:  # nothing to learn from (images smaller than a patch): keep the random filters
-            moments = torch.zeros((backbone.in_chans * kernel**2) ** 2 + 1, dtype=torch.float64)
-        totals = all_reduce_sum(moments.to(trainer.device), trainer.dist)
-        side = backbone.in_chans * kernel**2
-        count = float(totals[-1])
-        if count > 0:
-            backbone.init_whitening(totals[:-1].view(side, side) / count)
+        if trainer.dist.enabled:  # every rank calls this once, with the same shape
+            moments = all_reduce_sum(moments.to(trainer.device), trainer.dist).cpu()
+        if moments[-1] > 0:
+            backbone.init_whitening(moments[:-1].view(side, side) / moments[-1])
         self.done = True
 
     def state_dict(self) -> dict[str, Any]:

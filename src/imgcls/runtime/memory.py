@@ -7,7 +7,8 @@ The estimate measures rather than models: the bytes of the tensors autograd save
 (``torch.autograd.graph.saved_tensors_hooks``) in forward passes of two small batches; their difference is
 the memory one more image costs, the rest (weights saved by reference) is fixed. The memory available is
 the kernel's ``MemAvailable``, lowered by the headroom under a cgroup memory limit (a container's
-``--memory``, a Kubernetes limit), which ``MemAvailable`` does not see.
+``--memory``, a Kubernetes limit), which ``MemAvailable`` does not see. Not counted: the input pipeline's float
+copies of the batch, an objective's extra forward passes (a distillation teacher runs without gradients), swap.
 """
 
 from __future__ import annotations
@@ -48,18 +49,28 @@ def available_memory_bytes(
 
 
 def _cgroup_headroom(folder: Path, version: str) -> int | None:
-    limit_file, usage_file = (
-        ("memory.max", "memory.current")
+    """Limit − usage of one cgroup, the usage without the page cache the kernel reclaims under pressure
+    (``inactive_file``, as ``docker stats`` and Kubernetes count a working set); None without a limit."""
+    limit_file, usage_file, cache_key = (
+        ("memory.max", "memory.current", "inactive_file")
         if version == "v2"
-        else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
     )
     try:
         limit = (folder / limit_file).read_text().strip()
         if limit == "max" or int(limit) >= _NO_LIMIT:
             return None
-        return max(0, int(limit) - int((folder / usage_file).read_text().strip()))
+        usage = int((folder / usage_file).read_text().strip())
     except (OSError, ValueError):
         return None
+    try:
+        stats = dict(
+            line.split()[:2] for line in (folder / "memory.stat").read_text().splitlines() if " " in line
+        )
+        usage -= min(usage, int(stats.get(cache_key, 0)))
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit) - usage)
 
 
 def saved_tensor_bytes(forward: Callable[[], object]) -> int:

@@ -24,6 +24,8 @@ Differences from ``airbench94.py``, all because imgcls splits a backbone from it
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from pydantic import Field, field_validator
 from torch import nn
@@ -38,11 +40,11 @@ class AirbenchArgs(ComponentArgs):
     )
     whiten_kernel: int = Field(2, ge=1, le=7, description="side of the whitening convolution's patches")
     whiten_eps: float = Field(5e-4, gt=0.0, description="added to each eigenvalue before whitening")
-    bn_momentum: float = Field(
+    bn_keep: float = Field(
         0.6,
         ge=0.0,
         lt=1.0,
-        description="share of BatchNorm's running statistics kept per step (airbench's convention; "
+        description="share of BatchNorm's running statistics kept per step (airbench's 'batchnorm_momentum'; "
         "PyTorch's momentum is 1 - this)",
     )
     feature_scale: float = Field(1 / 9, gt=0.0, description="multiplies the pooled features (airbench: 1/9)")
@@ -105,10 +107,12 @@ def whitening_filters(second_moment: torch.Tensor, channels: int, kernel: int, e
     return torch.cat([filters, -filters]).float()
 
 
+@BACKBONES.register("airbench", args=AirbenchArgs)
 class Airbench(nn.Module):
     """Patch-whitening convolution, three conv groups, global max-pool, scaled features."""
 
-    #: tells :func:`imgcls.engine.whitening_init.whitening_init_callbacks` to set the whitening before training
+    #: tells :func:`imgcls.engine.whitening_init.whitening_init_callbacks` (which reads it from the registered
+    #: class) to set the whitening before training
     wants_patch_whitening_init = True
 
     def __init__(
@@ -117,7 +121,7 @@ class Airbench(nn.Module):
         widths: list[int] | None = None,
         whiten_kernel: int = 2,
         whiten_eps: float = 5e-4,
-        bn_momentum: float = 0.6,
+        bn_keep: float = 0.6,
         feature_scale: float = 1 / 9,
     ) -> None:
         super().__init__()
@@ -128,9 +132,7 @@ class Airbench(nn.Module):
         self.whiten = nn.Conv2d(in_chans, whiten_width, args.whiten_kernel, padding=0, bias=True)
         nn.init.zeros_(self.whiten.bias)  # its weight is set from the data by PatchWhiteningInit
         widths = [whiten_width, *args.widths]
-        self.groups = nn.Sequential(
-            *(ConvGroup(a, b, args.bn_momentum) for a, b in zip(widths[:-1], widths[1:], strict=True))
-        )
+        self.groups = nn.Sequential(*(ConvGroup(a, b, args.bn_keep) for a, b in itertools.pairwise(widths)))
         self.act = nn.GELU()
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.num_features = args.widths[-1]
@@ -141,24 +143,14 @@ class Airbench(nn.Module):
         weight = whitening_filters(second_moment, self.in_chans, self.whiten_kernel, self.whiten_eps)
         self.whiten.weight.copy_(weight.to(self.whiten.weight))
 
+    def pad_to_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded (right, bottom) to at least one whitening patch; unchanged when it is that large."""
+        short = [max(0, self.whiten_kernel - size) for size in x.shape[-2:]]
+        return nn.functional.pad(x, (0, short[1], 0, short[0])) if any(short) else x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.groups(self.act(self.whiten(x)))
+        x = self.groups(self.act(self.whiten(self.pad_to_patch(x))))
         return self.pool(x).flatten(1) * self.feature_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
-
-
-@BACKBONES.register("airbench", args=AirbenchArgs)
-def airbench(
-    in_chans: int = 3,
-    widths: list[int] | None = None,
-    whiten_kernel: int = 2,
-    whiten_eps: float = 5e-4,
-    bn_momentum: float = 0.6,
-    feature_scale: float = 1 / 9,
-) -> Airbench:
-    return Airbench(in_chans, widths, whiten_kernel, whiten_eps, bn_momentum, feature_scale)
-
-
-airbench.wants_patch_whitening_init = True  # type: ignore[attr-defined]
