@@ -27,6 +27,7 @@ BACKBONE_CASES: list[tuple[str, str, dict[str, Any], int, int]] = [
     ("adaptive_cnn-mnist", "adaptive_cnn", {"layout": "mnist", "width_mult": 0.125}, 1, 28),
     ("adaptive_cnn-cifar", "adaptive_cnn", {"layout": "cifar", "width_mult": 0.0625}, 3, 32),
     ("vgg5", "vgg5", {"channels": [8, 8, 16, 16, 16]}, 3, 32),
+    ("airbench", "airbench", {"widths": [8, 16, 16]}, 1, 28),
     (
         "gfnet-seed",
         "gfnet",

@@ -278,12 +278,14 @@ def test_sigterm_during_the_final_evaluation_in_a_real_process(tmp_path):
 def test_sighup_stops_training_gracefully_unless_started_under_nohup():
     from imgcls.runtime.signals import graceful_stop, stop_requested
 
-    with graceful_stop():
-        os.kill(os.getpid(), signal.SIGHUP)  # the terminal or ssh session closed
-        time.sleep(0.05)
-        assert stop_requested() == signal.SIGHUP
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
+    # as started from a terminal (pytest itself may run under nohup)
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
+        with graceful_stop():
+            os.kill(os.getpid(), signal.SIGHUP)  # the terminal or ssh session closed
+            time.sleep(0.05)
+            assert stop_requested() == signal.SIGHUP
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does
         with graceful_stop():
             assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)
