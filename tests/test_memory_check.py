@@ -4,6 +4,7 @@ fake /proc trees, and the check leaving the model and the random stream as they 
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from imgcls.engine import trainer as trainer_module
 from imgcls.engine.trainer import Trainer
 from imgcls.errors import ConfigError
 from imgcls.runtime.batch import Batch
+from imgcls.runtime.cgroups import cgroup_folders
 from imgcls.runtime.distributed import DistInfo
 from imgcls.runtime.memory import activation_bytes_per_image, available_memory_bytes, saved_tensor_bytes
 
@@ -57,6 +59,32 @@ def test_available_memory_is_the_tightest_of_memavailable_and_the_cgroup_headroo
     assert available_memory_bytes(tmp_path / "none", tmp_path / "no-meminfo") is None
 
 
+def test_cgroup_folders_run_from_the_process_cgroup_up_to_each_mount(tmp_path):
+    unified, mem, cpu = tmp_path / "unified", tmp_path / "mem", tmp_path / "cpu"
+    proc = fake_proc(
+        tmp_path,
+        "4:memory:/pod/c1\n3:cpu,cpuacct:/other\n0::/slice/job\n",
+        [
+            ("cgroup2", "/", str(unified), "rw"),
+            ("cgroup", "/", str(mem), "rw,memory"),
+            ("cgroup", "/", str(cpu), "rw,cpu,cpuacct"),
+        ],
+    )
+    assert cgroup_folders("memory", proc) == [
+        ("v2", unified / "slice" / "job"),
+        ("v2", unified / "slice"),
+        ("v2", unified),
+        ("v1", mem / "pod" / "c1"),
+        ("v1", mem / "pod"),
+        ("v1", mem),
+    ]
+    assert cgroup_folders("cpu", proc)[-2:] == [
+        ("v1", cpu / "other"),
+        ("v1", cpu),
+    ]  # v1: the controller's own tree
+    assert cgroup_folders("memory", tmp_path / "missing") == []
+
+
 def test_page_cache_in_a_cgroup_counts_as_free(tmp_path):
     """A container that read its data set shows the page cache in its usage; the kernel reclaims it."""
     meminfo = tmp_path / "meminfo"
@@ -95,7 +123,7 @@ def checker(batch_size: int, step_images: int | None = None, model: nn.Module | 
     model = (model or TinyModel()).eval()
     step_images = batch_size if step_images is None else step_images
     sample = make_batch(min(4, step_images))
-    return SimpleNamespace(
+    fake = SimpleNamespace(
         model=model,
         device=torch.device("cpu"),
         prep=lambda x: x.float() / 255,
@@ -103,7 +131,9 @@ def checker(batch_size: int, step_images: int | None = None, model: nn.Module | 
         train_loader=SimpleNamespace(first_step=lambda n: (step_images, sample)),
         dist=DistInfo(),
         _apply_stage_grads=lambda stage: model.conv.requires_grad_(False) if stage == "freeze conv" else None,
-    ), model
+    )
+    fake._probing = functools.partial(Trainer._probing, fake)
+    return fake, model
 
 
 def test_a_batch_beyond_the_memory_available_is_refused_in_one_line(monkeypatch):

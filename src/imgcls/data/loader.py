@@ -8,6 +8,7 @@ single-process k-th batch.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import torch
@@ -24,7 +25,7 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + salt) % (2**63 - 1))
 
 
-class _Loader:
+class _Loader(ABC):
     def __init__(
         self,
         data: ImageData,
@@ -63,8 +64,9 @@ class _Loader:
             return 0, None
         return len(batches[0]), self._load(batches[0][:n])
 
+    @abstractmethod
     def _load(self, idx: torch.Tensor) -> Batch | None:
-        raise NotImplementedError
+        """The batch of the images at ``idx`` (None when none of them can be read)."""
 
     def set_class_probs(self, probs: torch.Tensor | None) -> None:
         """Class draw probabilities of the ``confusion`` sampler from the next epoch on (None: uniform)."""

@@ -23,12 +23,14 @@ parameter stops the run before any checkpoint is written, so ``last.pt``/``best.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -268,38 +270,31 @@ class Trainer:
                 markup=False,
             )
 
-    def _check_batch_memory(self, precisions: list[str], stage: StageConfig) -> None:
-        """Refuse, before any step, a batch whose training step would need more memory than is available: on the
-        CPU the kernel would kill the process mid-step without a word (``runtime/memory.py``). The bytes saved
-        for backward are measured on 2 and 4 images of the first batch (never the whole batch), on the model
-        itself in training mode with ``stage``'s frozen parameters, in each of ``precisions`` (the largest
-        counts), times :data:`PEAK_OVER_SAVED`; gradients and two optimiser moments of the trained parameters
-        are added, and the ranks sharing this host (``LOCAL_WORLD_SIZE``) count together. The model's
-        buffers, ``requires_grad`` flags, modes, feature cache and the random state are put back; a check that
-        cannot measure (a model failing on 2 images) lets the run go on."""
-        available = available_memory_bytes()
-        step_images, sample = self.train_loader.first_step(4)
-        if available is None or sample is None or len(sample) < 4:
-            return
+    def _precisions_to_run(self, recorded: Execution | None, tuning: bool) -> list[str]:
+        """The precisions this run's steps will use: a resumed run's recorded one; while tuning, fp32 (the
+        tuner's probe) and every candidate; else the configured one."""
+        if recorded is not None:
+            return [recorded.precision]
+        if tuning:
+            return sorted({"fp32", *(p for p, _ in candidate_grid(self.cfg.train, self.device))})
+        return [default_execution(self.cfg.train, self.device).precision]
+
+    @contextlib.contextmanager
+    def _probing(self, stage: StageConfig) -> Iterator[None]:
+        """Within the block the model trains as ``stage`` does (its frozen parameters frozen, training mode,
+        no feature cache) on a forked random stream; afterwards its buffers (BatchNorm statistics, memory
+        banks), ``requires_grad`` flags, modes and feature cache are as before."""
         model, cache = self.model, getattr(self.model, "feature_cache", None)
         buffers = [b.detach().clone() for b in model.buffers()]
         grads = [p.requires_grad for p in model.parameters()]
         modes = [m.training for m in model.modules()]
-        images, targets = self.prep(sample.images.to(self.device)), sample.targets.to(self.device)
-        per_image = 0.0
         try:
             self._apply_stage_grads(stage)
-            trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
             model.train()
             if cache is not None:  # measure what a step saves; with a frozen trunk that is the head's
                 model.feature_cache = None
             with torch.random.fork_rng(devices=[]):
-                for precision in precisions:
-                    with autocast(self.device, PRECISIONS[precision]):
-                        cost = activation_bytes_per_image(lambda n: model(images[:n], targets[:n]), 2)
-                    per_image = max(per_image, PEAK_OVER_SAVED * cost)
-        except RuntimeError:
-            return
+                yield
         finally:
             with torch.no_grad():
                 for b, value in zip(model.buffers(), buffers, strict=True):
@@ -310,25 +305,50 @@ class Trainer:
                 m.training = mode
             if cache is not None:
                 model.feature_cache = cache
+
+    def _check_batch_memory(self, precisions: list[str], stage: StageConfig) -> None:
+        """Refuse, before any step, a batch whose training step would need more memory than is available: on the
+        CPU the kernel would kill the process mid-step without a word (``runtime/memory.py``). The bytes saved
+        for backward are measured on 2 and 4 images of the first batch (never the whole batch), on the model
+        trained as ``stage`` trains it (:meth:`_probing`), in each of ``precisions`` (the largest counts), times
+        :data:`PEAK_OVER_SAVED`; gradients and two optimiser moments of the trained parameters are added, and
+        the ranks sharing this host (``LOCAL_WORLD_SIZE``) count together. A check that cannot measure (a
+        model failing on 2 images) lets the run go on."""
+        available = available_memory_bytes()
+        step_images, sample = self.train_loader.first_step(4)
+        if available is None or sample is None or len(sample) < 4:
+            return
+        model = self.model
+        images, targets = self.prep(sample.images.to(self.device)), sample.targets.to(self.device)
+        per_image = 0.0
+        try:
+            with self._probing(stage):
+                trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+                for precision in precisions:
+                    with autocast(self.device, PRECISIONS[precision]):
+                        cost = activation_bytes_per_image(lambda n: model(images[:n], targets[:n]), 2)
+                    per_image = max(per_image, PEAK_OVER_SAVED * cost)
+        except RuntimeError:
+            return
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         need = local * (per_image * step_images + 3 * trained)
         refuse = need > available
         if self.dist.enabled:  # every rank stops, or none
             refuse = bool(all_reduce_sum(torch.tensor([float(refuse)]), self.dist).item() > 0)
-        if refuse:
-            world = self.dist.world_size
-            per_rank = int((available / local - 3 * trained) // per_image) if per_image > 0 else 0
-            fits = per_rank * world  # the global batch: a multiple of the world size
-            fix = (
-                f"lower train.batch_size to {fits} or less (train.accumulate keeps the effective batch)"
-                if fits
-                else "even one image per step does not fit: use a smaller model or free memory"
-            )
-            raise ConfigError(
-                f"train.batch_size={self.cfg.train.batch_size} puts {step_images} images in each training step"
-                f"{f' of each of {local} processes' if local > 1 else ''}, which need about {readable_bytes(need)} of "
-                f"memory ({' and '.join(precisions)}), more than the {readable_bytes(available)} available; {fix}"
-            )
+        if not refuse:
+            return
+        per_rank = int((available / local - 3 * trained) // per_image) if per_image > 0 else 0
+        fits = per_rank * self.dist.world_size  # the global batch: a multiple of the world size
+        fix = (
+            f"lower train.batch_size to {fits} or less (train.accumulate keeps the effective batch)"
+            if fits
+            else "even one image per step does not fit: use a smaller model or free memory"
+        )
+        raise ConfigError(
+            f"train.batch_size={self.cfg.train.batch_size} puts {step_images} images in each training step"
+            f"{f' of each of {local} processes' if local > 1 else ''}, which need about {readable_bytes(need)} of "
+            f"memory ({' and '.join(precisions)}), more than the {readable_bytes(available)} available; {fix}"
+        )
 
     # ------------------------------------------------------------------ stages
     def _stage_section(self, base: OptimConfig | ScheduleConfig, overrides: dict, where: str):
@@ -565,18 +585,11 @@ class Trainer:
         tuning = recorded is None and needs_tuning(
             self.cfg.train, self.device, self._stage_section(self.cfg.optim, self.stages[0].optim, "optim")
         )
-        if (
-            self.device.type == "cpu"
-        ):  # the precisions that will run: the tuner times fp32 and every candidate
-            precisions = (
-                {recorded.precision}
-                if recorded is not None
-                else {"fp32", *(p for p, _ in candidate_grid(self.cfg.train, self.device))}
-                if tuning
-                else {default_execution(self.cfg.train, self.device).precision}
-            )
+        if self.device.type == "cpu":  # a CUDA out-of-memory is an exception the CLI reports
             stage = int(resume.get("progress", {}).get("stage", 0)) if resume else 0
-            self._check_batch_memory(sorted(precisions), self.stages[min(stage, len(self.stages) - 1)])
+            self._check_batch_memory(
+                self._precisions_to_run(recorded, tuning), self.stages[min(stage, len(self.stages) - 1)]
+            )
         if recorded is not None:
             self._apply_execution(recorded)  # never re-measured
         elif tuning:
