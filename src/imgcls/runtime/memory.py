@@ -20,8 +20,9 @@ import torch
 
 from imgcls.runtime.cgroups import cgroup_folders
 
-#: a training step's peak memory over the bytes its forward pass saves for backward: 1.02-1.29 measured
-#: (quickstart and airbench recipes, fp32 and bf16 autocast, 4,096 images, peak RSS rise of one step)
+#: a training step's peak memory over the bytes its forward pass saves for backward, with a margin: 1.02-1.25
+#: measured (quickstart and airbench recipes, fp32 and bf16 autocast, 4,096 images, the peak resident rise of one
+#: step; ``python benchmarks/memory_estimate.py``, ``benchmarks/results/memory_estimate.md``)
 PEAK_OVER_SAVED = 1.3
 
 #: a cgroup v1 "no limit" is the largest page-aligned 63-bit number; anything this large means none
